@@ -1,0 +1,1 @@
+"""Image providers: one module per vendor, all behind the `Provider` protocol in `base`."""

@@ -1,0 +1,88 @@
+"""Retrying one provider call: exponential backoff with jitter, `Retry-After` honoured,
+bounded by a retry count and by the job's deadline.
+
+Only `ProviderError`s marked `retryable` (429, 5xx, timeouts, connection errors) are
+retried; other 4xx fail at once. tenacity drives the loop; this module only says when.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one provider before giving up (or falling back)."""
+
+    max_retries: int = 3  # retries after the first attempt
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    jitter_s: float = 0.5
+    max_retry_after_s: float = 120.0  # a larger Retry-After is capped to this
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+class _Wait:
+    """Exponential backoff with jitter, but never shorter than the upstream's Retry-After
+    and never past the deadline."""
+
+    def __init__(self, policy: RetryPolicy, deadline: float) -> None:
+        self._policy = policy
+        self._deadline = deadline
+        self._backoff = wait_exponential_jitter(
+            initial=policy.initial_delay_s, max=policy.max_delay_s, jitter=policy.jitter_s
+        )
+
+    def __call__(self, state: RetryCallState) -> float:
+        delay = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ProviderError) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, self._policy.max_retry_after_s))
+        return max(min(delay, self._deadline - time.monotonic()), 0.0)
+
+
+def _stop_at_deadline(deadline: float) -> Callable[[RetryCallState], bool]:
+    def stop(state: RetryCallState) -> bool:
+        return time.monotonic() >= deadline
+
+    return stop
+
+
+async def call_with_retries(
+    provider: Provider,
+    request: ProviderRequest,
+    *,
+    policy: RetryPolicy,
+    deadline: float,
+    on_attempt: Callable[[int], None] | None = None,
+) -> ProviderResult:
+    """Run `provider.run(request)` until it succeeds, fails for good, runs out of
+    retries, or `deadline` (a `time.monotonic()` instant) passes. The request's `attempt`
+    goes up by one per call; `on_attempt(n)` is told each number before the call.
+    Raises the last ProviderError."""
+    attempt = request.attempt
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_is_retryable),
+        stop=stop_after_attempt(policy.max_retries + 1) | _stop_at_deadline(deadline),
+        wait=_Wait(policy, deadline),
+        reraise=True,
+    )
+    async for try_ in retrying:
+        with try_:
+            current = dataclasses.replace(request, attempt=attempt)
+            attempt += 1
+            if on_attempt is not None:
+                on_attempt(current.attempt)
+            return await provider.run(current)
+    raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
