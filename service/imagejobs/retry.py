@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 from tenacity.wait import wait_exponential_jitter
 
 from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
@@ -52,11 +53,14 @@ class _Wait:
         return max(min(delay, self._deadline - time.monotonic()), 0.0)
 
 
-def _stop_at_deadline(deadline: float) -> Callable[[RetryCallState], bool]:
-    def stop(state: RetryCallState) -> bool:
-        return time.monotonic() >= deadline
+class _StopAtDeadline(stop_base):
+    """Stop once the job's deadline (a monotonic instant) has passed."""
 
-    return stop
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self._deadline
 
 
 async def call_with_retries(
@@ -74,7 +78,7 @@ async def call_with_retries(
     attempt = request.attempt
     retrying = AsyncRetrying(
         retry=retry_if_exception(_is_retryable),
-        stop=stop_after_attempt(policy.max_retries + 1) | _stop_at_deadline(deadline),
+        stop=stop_after_attempt(policy.max_retries + 1) | _StopAtDeadline(deadline),
         wait=_Wait(policy, deadline),
         reraise=True,
     )

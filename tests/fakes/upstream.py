@@ -47,9 +47,7 @@ class FakeRequest:
             filename = part.get_filename()
             payload = part.get_payload(decode=True) or b""
             if filename is not None:
-                files.setdefault(str(name), []).append(
-                    (filename, part.get_content_type(), payload)
-                )
+                files.setdefault(str(name), []).append((filename, part.get_content_type(), payload))
             else:
                 fields.setdefault(str(name), []).append(payload.decode())
         return fields, files

@@ -343,7 +343,9 @@ async def download(
             code="result_too_large",
         )
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
-    return ImageOut(data=response.content, content_type=content_type or sniff_type(response.content))
+    return ImageOut(
+        data=response.content, content_type=content_type or sniff_type(response.content)
+    )
 
 
 def sniff_type(data: bytes) -> str:
