@@ -1,0 +1,214 @@
+"""Settings: one frozen object, read once from an optional TOML file and the environment.
+
+Precedence (highest first): `IMAGEJOBS_*` environment variables (nested with `__`, e.g.
+`IMAGEJOBS_PROVIDERS__OPENAI__BASE_URL`), then the TOML file (`--config` or
+`IMAGEJOBS_CONFIG`), then the defaults below, which run the whole stack offline with
+the mock provider. Secrets are never written in the file: a key is named by the
+environment variable that holds it (`keys = [{env = "OPENAI_API_KEY"}]`), or given
+directly in the environment. Nothing else in the code base reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from imagejobs import constants
+from imagejobs.errors import ConfigError
+from imagejobs.providers.base import ProviderConfig, WeightedKey
+from imagejobs.providers.registry import KNOWN_PROVIDERS
+
+DEFAULT_PROVIDER_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "azure": "AZURE_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "xai": "XAI_API_KEY",
+    "huggingface": "HF_TOKEN",
+    "nebius": "NEBIUS_API_KEY",
+    "replicate": "REPLICATE_API_TOKEN",
+    "stability": "STABILITY_API_KEY",
+    "bfl": "BFL_API_KEY",
+    "bedrock": "AWS_ACCESS_KEY_ID",
+}
+
+
+class KeySetting(BaseModel):
+    """One provider key: its value directly (environment only), or the variable holding it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    value: str = Field(default="", repr=False)
+    env: str = ""
+    weight: float = Field(default=1.0, gt=0)
+
+
+class ProviderSettings(BaseModel):
+    """One provider's section, `[providers.<name>]`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    keys: tuple[KeySetting, ...] = ()
+    base_url: str = ""
+    timeout_s: float = Field(default=constants.PROVIDER_TIMEOUT_S, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    concurrency: int = Field(default=16, ge=1)
+    region: str = ""
+    project: str = ""
+    api_version: str = ""
+    deployments: dict[str, str] = Field(default_factory=dict)
+    credentials_file: str = ""
+    aws_secret_access_key: str = Field(default="", repr=False)
+    aws_session_token: str = Field(default="", repr=False)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of every component. Ports and hosts are loopback by default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEJOBS_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    # where things listen
+    host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    gateway_admin_port: int = Field(default=9901, ge=1, le=65535)
+    api_port: int = Field(default=50051, ge=1, le=65535)
+    api_ports: tuple[int, ...] = ()  # several API processes; empty = (api_port,)
+    api_host: str = "127.0.0.1"  # where the gateway finds the API
+    nats_port: int = Field(default=4222, ge=1, le=65535)
+    nats_url: str = ""  # comma-separated server list; '' = nats://127.0.0.1:<nats_port>
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0 = no /metrics endpoint
+    public_url: str = ""  # base of result URLs; '' = the caller's Host header
+    data_dir: str = "./data"
+
+    # jobs
+    default_ttl_s: int = Field(default=constants.DEFAULT_RESULT_TTL_S, ge=1)
+    max_ttl_s: int = Field(default=constants.MAX_RESULT_TTL_S, ge=1)
+    job_timeout_s: float = Field(default=constants.JOB_TIMEOUT_S, gt=0)
+    max_attempts: int = Field(default=constants.MAX_DELIVERIES, ge=1)
+    ack_wait_s: float = Field(default=constants.ACK_WAIT_S, gt=0)
+    queue_max_jobs: int = Field(default=100_000, ge=1)
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+
+    # workers
+    worker_processes: int = Field(default=1, ge=1)
+    worker_concurrency: int = Field(default=32, ge=1)
+
+    # request limits
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=lambda: {"mock": ProviderSettings()}
+    )
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _known_providers(self) -> Settings:
+        unknown = sorted(set(self.providers) - KNOWN_PROVIDERS)
+        if unknown:
+            raise ValueError(f"unknown provider(s) {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the file's values arrive as init kwargs; the environment overrides them
+        return (env_settings, init_settings)
+
+    # --- derived values ------------------------------------------------------------------
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS server URLs to connect to."""
+        raw = self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+        return [u.strip() for u in raw.split(",") if u.strip()]
+
+    @property
+    def all_api_ports(self) -> tuple[int, ...]:
+        return self.api_ports or (self.api_port,)
+
+    def provider_config(self, name: str) -> ProviderConfig | None:
+        """The adapter config for provider `name`, or None when it is not configured."""
+        section = self.providers.get(name)
+        if section is None:
+            return None
+        return ProviderConfig(
+            name=name,
+            keys=_resolve_keys(name, section),
+            base_url=section.base_url.rstrip("/"),
+            timeout_s=section.timeout_s,
+            max_retries=section.max_retries,
+            concurrency=section.concurrency,
+            region=section.region,
+            project=section.project,
+            api_version=section.api_version,
+            deployments=dict(section.deployments),
+            credentials_file=section.credentials_file,
+            aws_secret_access_key=section.aws_secret_access_key
+            or _aws_env(name, "AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=section.aws_session_token or _aws_env(name, "AWS_SESSION_TOKEN"),
+            poll_interval_s=section.poll_interval_s,
+        )
+
+    def all_secrets(self) -> tuple[str, ...]:
+        """Every configured provider secret, for scrubbing text before it leaves us."""
+        found: list[str] = []
+        for name in self.providers:
+            config = self.provider_config(name)
+            if config is not None:
+                found.extend(config.secrets())
+        return tuple(s for s in found if len(s) >= 4)
+
+
+def _aws_env(name: str, variable: str) -> str:
+    """Bedrock's standard AWS credential variables, for bedrock only."""
+    return os.environ.get(variable, "") if name == "bedrock" else ""
+
+
+def _resolve_keys(name: str, section: ProviderSettings) -> tuple[WeightedKey, ...]:
+    keys = section.keys
+    if not keys and name in DEFAULT_PROVIDER_ENV:
+        keys = (KeySetting(env=DEFAULT_PROVIDER_ENV[name]),)
+    resolved = []
+    for key in keys:
+        value = key.value or (os.environ.get(key.env, "") if key.env else "")
+        if value:
+            resolved.append(WeightedKey(value=value, weight=key.weight))
+    return tuple(resolved)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings once: TOML file (if any), environment, then `overrides` (from
+    the command line, highest). Raises ConfigError with a readable message."""
+    file_path = path or os.environ.get("IMAGEJOBS_CONFIG") or None
+    values: dict[str, Any] = {}
+    if file_path:
+        try:
+            values = tomllib.loads(Path(file_path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {file_path}") from exc
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file_path}: {exc}") from exc
+    try:
+        settings = Settings(**values)
+        if overrides:
+            merged = settings.model_dump()
+            merged.update({k: v for k, v in overrides.items() if v is not None})
+            settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+    return settings

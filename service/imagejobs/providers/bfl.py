@@ -1,0 +1,248 @@
+"""Black Forest Labs FLUX (`bfl/<endpoint>`, e.g. `bfl/flux-pro-1.1`, `bfl/flux-kontext-pro`,
+`bfl/flux-pro-1.0-fill`, `bfl/flux-2-pro`).
+
+`POST {base}/v1/{model}` with header `x-key: <key>` and a JSON body answers
+`{"id", "polling_url"}`; the task is then followed by GETting `polling_url` (with
+`x-key`) every `config.poll_interval_s`, bounded by `config.timeout_s` overall, until its
+status is `Ready`, when `result.sample` (a signed URL that expires in minutes) is
+downloaded at once, without the key. One image per task: `n` fans out into `n` tasks.
+
+Body mapping — generation: `prompt`; `aspect_ratio` for Kontext and `-ultra` models
+(given, or the nearest common ratio to the size), `width`/`height` (rounded to multiples
+of 32) for the others, only when the client gave a size; `seed`, `output_format`,
+`num_inference_steps` -> `steps`; unknown keys (`safety_tolerance`,
+`prompt_upsampling`, `guidance`, ...) pass through. Edits: a `-fill` model gets `image`
+and `mask` (base64; the mask converted from OpenAI's transparent-means-edit to BFL's
+white-means-edit); any other model (Kontext, FLUX.2) gets `input_image` (and
+`input_image_2`..`_4` from further input images) and edits by prompt alone — a mask
+is ignored there. No variations.
+
+Terminal states: `Request Moderated` / `Content Moderated` -> 400 `content_filtered`;
+`Error` -> 500 `task_failed`; `Task not found` -> 500 `task_not_found`, retryable (a new
+task may well succeed). Everything else (`Pending`, ...) is polled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import httpx
+
+from imagejobs.kinds import Kind
+from imagejobs.providers.base import (
+    ProviderConfig,
+    ProviderError,
+    ProviderNotConfigured,
+    ProviderRequest,
+    ProviderResult,
+    UnsupportedOperation,
+    download,
+    fan_out,
+    send,
+)
+from imagejobs.providers.normalize import (
+    dimensions,
+    nearest_aspect_ratio,
+    parse_size,
+    transparent_to_white_mask,
+    without,
+)
+from imagejobs.providers.polling import TaskDoc, TaskStates, follow_task, json_object
+
+NAME = "bfl"
+DEFAULT_BASE_URL = "https://api.bfl.ai"
+STATES = TaskStates(
+    succeeded=frozenset({"Ready"}),
+    failed=frozenset({"Request Moderated", "Content Moderated", "Error", "Task not found"}),
+)
+SIZE_MULTIPLE = 32  # FLUX 1.1 [pro] wants width/height in multiples of 32
+SIZE_KEYS = ("size", "width", "height", "aspect_ratio", "resolution")
+DROPPED = frozenset(
+    {
+        "n",
+        "size",
+        "width",
+        "height",
+        "aspect_ratio",
+        "resolution",
+        "quality",
+        "style",
+        "response_format",
+        "background",
+        "moderation",
+        "output_compression",
+        "partial_images",
+        "user",
+        "input_images",
+        "type",
+        "input_fidelity",
+        "negative_prompt",  # FLUX has no negative prompt
+        "num_inference_steps",  # sent as `steps`
+    }
+)
+
+
+class BflProvider:
+    """Runs FLUX generations and edits as BFL tasks, one image per task."""
+
+    name = NAME
+    operations = frozenset({Kind.GENERATION, Kind.EDIT})
+
+    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self._config = config
+        self._http = http
+        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        if request.kind not in self.operations:
+            raise UnsupportedOperation(self.name, request.kind)
+        key = self._config.pick_key()
+        if not key:
+            raise ProviderNotConfigured(self.name)
+        if not request.model or "/" in request.model:
+            raise ProviderError(
+                f"bfl model must be an endpoint name such as flux-pro-1.1, got {request.model!r}",
+                status_code=400,
+                type="invalid_request_error",
+                code="model_not_found",
+                param="model",
+            )
+        body = await task_body(request)
+        deadline = time.monotonic() + self._config.timeout_s
+        return await fan_out(
+            request, 1, lambda _count: self._one(request.model, body, key, deadline)
+        )
+
+    async def _one(self, model: str, body: TaskDoc, key: str, deadline: float) -> ProviderResult:
+        headers = {"x-key": key, "Accept": "application/json"}
+        response = await send(
+            self._http,
+            self._http.build_request(
+                "POST", f"{self._base}/v1/{model}", json=body, headers=headers
+            ),
+            provider=self.name,
+            timeout_s=self._config.timeout_s,
+        )
+        created = json_object(response, self.name)
+        final = await follow_task(
+            self._http,
+            self._polling_url(created),
+            provider=self.name,
+            headers=headers,
+            states=STATES,
+            on_failure=task_error,
+            interval_s=self._config.poll_interval_s,
+            deadline=deadline,
+            timeout_s=self._config.timeout_s,
+        )
+        result = final.get("result")
+        sample = result.get("sample") if isinstance(result, dict) else None
+        if not isinstance(sample, str) or not sample:
+            raise ProviderError(
+                "bfl task is Ready without result.sample",
+                status_code=502,
+                type="upstream_error",
+                code="no_output",
+            )
+        image = await download(
+            self._http,
+            sample,
+            provider=self.name,
+            timeout_s=max(min(self._config.timeout_s, deadline - time.monotonic()), 0.001),
+            max_bytes=self._config.max_download_bytes,
+        )
+        return ProviderResult(images=(image,))
+
+    def _polling_url(self, created: TaskDoc) -> str:
+        url = created.get("polling_url")
+        if isinstance(url, str) and url:
+            return url
+        task_id = created.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            raise ProviderError(
+                "bfl returned a task without id or polling_url",
+                status_code=502,
+                type="upstream_error",
+                code="invalid_response",
+            )
+        return f"{self._base}/v1/get_result?id={task_id}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _uses_aspect_ratio(model: str) -> bool:
+    return "kontext" in model or model.endswith("-ultra")
+
+
+async def task_body(request: ProviderRequest) -> dict[str, Any]:
+    """The JSON body of one task for `request` (see the module doc)."""
+    body: dict[str, Any] = without(request.params, DROPPED)
+    if request.prompt:
+        body["prompt"] = request.prompt
+    steps = request.param_int("num_inference_steps")
+    if steps is not None:
+        body.setdefault("steps", steps)
+    is_fill = "fill" in request.model
+    if not is_fill and any(k in request.params for k in SIZE_KEYS):
+        if _uses_aspect_ratio(request.model):
+            ratio = request.param_str("aspect_ratio")
+            size = parse_size(request.param_str("size"))
+            if ratio is None:
+                ratio = nearest_aspect_ratio(*(size or dimensions(request.params)))
+            body["aspect_ratio"] = ratio
+        else:
+            width, height = dimensions(request.params)
+            body["width"] = _round(width)
+            body["height"] = _round(height)
+    if request.kind is Kind.EDIT and request.images:
+        if is_fill:
+            body["image"] = _b64(request.images[0].data)
+            if request.mask is not None:
+                mask = await asyncio.to_thread(transparent_to_white_mask, request.mask.data)
+                body["mask"] = _b64(mask)
+        else:
+            body["input_image"] = _b64(request.images[0].data)
+            for index, extra in enumerate(request.images[1:4], start=2):
+                body[f"input_image_{index}"] = _b64(extra.data)
+    return body
+
+
+def _round(value: int) -> int:
+    return max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def task_error(task: TaskDoc, status: str) -> ProviderError:
+    """The ProviderError for a task that ended in a failure state."""
+    details = task.get("details")
+    suffix = f": {details}" if details else ""
+    if status in ("Request Moderated", "Content Moderated"):
+        return ProviderError(
+            f"bfl task {status.lower()}{suffix}",
+            status_code=400,
+            type="invalid_request_error",
+            code="content_filtered",
+        )
+    if status == "Task not found":
+        return ProviderError(
+            f"bfl task not found{suffix}",
+            status_code=500,
+            type="upstream_error",
+            code="task_not_found",
+            retryable=True,
+        )
+    return ProviderError(
+        f"bfl task failed{suffix}",
+        status_code=500,
+        type="upstream_error",
+        code="task_failed",
+    )
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> BflProvider:
+    """The BFL adapter (see the module doc)."""
+    return BflProvider(config, http)

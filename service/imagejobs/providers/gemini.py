@@ -1,0 +1,124 @@
+"""The Gemini API (generativelanguage.googleapis.com): Gemini image models and Imagen.
+
+- Gemini image models (`gemini-2.5-flash-image`, `gemini-3-pro-image-preview`):
+  `POST {base}/v1beta/models/{model}:generateContent`. One image per call, so `n` fans
+  out. Edits send the input images as `inlineData` beside the prompt; Gemini has no mask
+  input, so a mask is ignored (describe the edit in the prompt).
+- Imagen (`imagen-4.0-generate-001`, ...): `POST {base}/v1beta/models/{model}:predict`,
+  up to 4 images per call. The Gemini API has no Imagen edit endpoint (Vertex has) and
+  rejects `negativePrompt` and `seed` for Imagen, so those are not sent.
+- Variations: not offered by either model family.
+
+Auth is the `x-goog-api-key` header. Google errors (`{"error": {"code", "message",
+"status"}}`) keep their status (`INVALID_ARGUMENT`, ...) as `code` and map it to a type.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import ClassVar
+
+import httpx
+
+from imagejobs.kinds import Kind
+from imagejobs.providers import google_common as gc
+from imagejobs.providers.base import (
+    JSONValue,
+    ProviderConfig,
+    ProviderError,
+    ProviderNotConfigured,
+    ProviderRequest,
+    ProviderResult,
+    UnsupportedOperation,
+    fan_out,
+    send,
+)
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+
+
+class GeminiProvider:
+    """Gemini image models and Imagen on the Gemini API. `VertexProvider` subclasses it,
+    overriding `endpoint`, `auth_headers`, `secrets` and `imagen_edit_body`."""
+
+    operations: frozenset[Kind] = frozenset({Kind.GENERATION, Kind.EDIT})
+    vertex: ClassVar[bool] = False  # Imagen accepts negativePrompt and seed
+    imagen_edits: ClassVar[bool] = False  # imagen_edit_body is implemented
+
+    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self._config = config
+        self._http = http
+
+    def endpoint(self, model: str, method: str) -> str:
+        """The URL of `model:method` (`predict` or `generateContent`)."""
+        base = (self._config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        return f"{base}/v1beta/models/{model}:{method}"
+
+    async def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate one call."""
+        key = self._config.pick_key()
+        if not key:
+            raise ProviderNotConfigured(self.name)
+        return {"x-goog-api-key": key}
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings never to show in an error message."""
+        return self._config.secrets()
+
+    def imagen_edit_body(self, request: ProviderRequest) -> dict[str, JSONValue]:
+        """An Imagen edit `:predict` body (sampleCount is set per call)."""
+        raise UnsupportedOperation(self.name, request.kind)
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        if request.kind not in self.operations:
+            raise UnsupportedOperation(self.name, request.kind)
+        model = gc.model_id(request.model, self.name)
+        seed = request.param_int("seed")
+        # With a seed, each fanned-out call gets the next one (else all would match).
+        seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
+        if gc.is_imagen(model):
+            edit = None
+            if request.kind is Kind.EDIT:
+                if not self.imagen_edits:
+                    raise UnsupportedOperation(self.name, request.kind)
+                edit = self.imagen_edit_body(request)
+
+            async def imagen_call(count: int) -> ProviderResult:
+                if edit is None:
+                    body = gc.imagen_body(request, count, vertex=self.vertex, seed=next(seeds))
+                else:
+                    parameters = dict(edit["parameters"], sampleCount=count)
+                    body = {"instances": edit["instances"], "parameters": parameters}
+                return gc.parse_imagen(await self._post(model, "predict", body), self.name)
+
+            return await fan_out(request, gc.IMAGEN_PER_CALL, imagen_call)
+
+        images = await gc.input_images(request, self._http, self._config)
+
+        async def gemini_call(count: int) -> ProviderResult:
+            body = gc.gemini_body(request, model, images, next(seeds))
+            return gc.parse_gemini(await self._post(model, "generateContent", body), self.name)
+
+        return await fan_out(request, 1, gemini_call)
+
+    async def _post(self, model: str, method: str, body: dict[str, JSONValue]) -> JSONValue:
+        headers = await self.auth_headers()
+        http_request = self._http.build_request(
+            "POST", self.endpoint(model, method), json=body, headers=headers
+        )
+        try:
+            response = await send(
+                self._http, http_request, provider=self.name, timeout_s=self._config.timeout_s
+            )
+        except ProviderError as exc:
+            raise gc.translate_error(exc, self.secrets()) from exc
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise gc.bad_response(self.name, "not JSON") from exc
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> GeminiProvider:
+    """The Gemini API adapter."""
+    return GeminiProvider(config, http)

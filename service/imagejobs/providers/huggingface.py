@@ -1,0 +1,249 @@
+"""Hugging Face Inference Providers, through the router (`https://router.huggingface.co`).
+
+The model is `<inference-provider>/<repo id>`, e.g. `hf-inference/black-forest-labs/
+FLUX.1-schnell`; the repo id is sent as given (the router's own model-id mapping, which
+the HF client libraries look up on the Hub first, is not consulted: for `together` and
+`nebius` give the id that provider uses). Auth: `Authorization: Bearer <HF token>`.
+Every call makes one image, so `n` fans out (a `seed` goes up by one per call).
+
+- `hf-inference`: `POST {base}/hf-inference/models/{repo}`.
+  Generation: `{"inputs": prompt, "parameters": {width, height, num_inference_steps,
+  negative_prompt, seed, ...}}`. Edit (image-to-image): `{"inputs": <base64 image>,
+  "parameters": {prompt, negative_prompt, num_inference_steps, target_size}}`; there is
+  no mask input, so a mask is ignored. Both answer raw image bytes.
+- `together`: `POST {base}/together/v1/images/generations`, `{model, prompt, width,
+  height, steps, seed, negative_prompt, response_format: "base64"}` → `data[].b64_json`.
+- `nebius`: `POST {base}/nebius/v1/images/generations`, `{model, prompt, width, height,
+  num_inference_steps, seed, negative_prompt, response_format: "b64_json"}`.
+  together and nebius have no edits here.
+
+Other inference providers (fal-ai, replicate, ...) need per-provider model ids and
+queue/polling protocols and are rejected with a 400. Variations: not offered.
+`width`/`height` are sent only when the request gives a shape (`size`, `aspect_ratio`/
+`resolution`, or `width`/`height`); unknown request keys pass through (into
+`parameters` for hf-inference, the top level otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import re
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from imagejobs.kinds import Kind
+from imagejobs.providers import normalize
+from imagejobs.providers.base import (
+    ImageOut,
+    JSONValue,
+    ProviderConfig,
+    ProviderError,
+    ProviderNotConfigured,
+    ProviderRequest,
+    ProviderResult,
+    UnsupportedOperation,
+    download,
+    fan_out,
+    send,
+    sniff_type,
+)
+
+DEFAULT_BASE_URL = "https://router.huggingface.co"
+INFERENCE_PROVIDERS = ("hf-inference", "together", "nebius")
+_REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_SHAPE_PARAMS = ("size", "aspect_ratio", "resolution")
+# Request fields the contract knows; the rest pass through to the vendor.
+_KNOWN = frozenset(
+    {
+        "n", "size", "quality", "style", "response_format", "background", "moderation",
+        "output_format", "output_compression", "partial_images", "seed", "negative_prompt",
+        "num_inference_steps", "user", "input_images", "aspect_ratio", "resolution",
+        "type", "input_fidelity", "width", "height",
+    }
+)  # fmt: skip
+
+Body = dict[str, JSONValue]
+
+
+def _passthrough(params: Mapping[str, JSONValue]) -> Body:
+    return {k: v for k, v in params.items() if k not in _KNOWN}
+
+
+def _shape(request: ProviderRequest) -> tuple[int, int] | None:
+    """(width, height) when the request asked for a shape, else None (model default)."""
+    explicit = request.param_int("width") is not None and request.param_int("height") is not None
+    if explicit or any(request.params.get(name) is not None for name in _SHAPE_PARAMS):
+        return normalize.dimensions(request.params)
+    return None
+
+
+def _set(body: Body, key: str, value: JSONValue) -> None:
+    if value is not None:
+        body[key] = value
+
+
+def _hf_inference_body(request: ProviderRequest, seed: int | None) -> Body:
+    """Text-to-image or image-to-image, as hf-inference's task specs have them."""
+    parameters: Body = {}
+    shape = _shape(request)
+    _set(parameters, "negative_prompt", request.param_str("negative_prompt"))
+    _set(parameters, "num_inference_steps", request.param_int("num_inference_steps"))
+    if request.kind is Kind.EDIT:
+        _set(parameters, "prompt", request.prompt)
+        if shape:
+            parameters["target_size"] = {"width": shape[0], "height": shape[1]}
+        parameters.update(_passthrough(request.params))
+        image = base64.b64encode(request.images[0].data).decode("ascii")
+        return {"inputs": image, "parameters": parameters}
+    if shape:
+        parameters["width"], parameters["height"] = shape
+    _set(parameters, "seed", seed)
+    parameters.update(_passthrough(request.params))
+    return {"inputs": request.prompt or "", "parameters": parameters}
+
+
+def _openai_style_body(
+    request: ProviderRequest, repo: str, seed: int | None, *, steps: str, response_format: str
+) -> Body:
+    """Together's and Nebius's `/v1/images/generations` bodies."""
+    body: Body = {"model": repo, "prompt": request.prompt or ""}
+    shape = _shape(request)
+    if shape:
+        body["width"], body["height"] = shape
+    _set(body, steps, request.param_int("num_inference_steps"))
+    _set(body, "seed", seed)
+    _set(body, "negative_prompt", request.param_str("negative_prompt"))
+    body.update(_passthrough(request.params))
+    body["response_format"] = response_format
+    return body
+
+
+class HuggingFaceProvider:
+    """Text-to-image (and hf-inference image-to-image) through the HF router."""
+
+    operations: frozenset[Kind] = frozenset({Kind.GENERATION, Kind.EDIT})
+
+    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self.name = config.name
+        self._config = config
+        self._http = http
+        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        if request.kind not in self.operations:
+            raise UnsupportedOperation(self.name, request.kind)
+        inference_provider, repo = self._split(request.model)
+        if request.kind is Kind.EDIT:
+            if inference_provider != "hf-inference":
+                raise UnsupportedOperation(self.name, request.kind)
+            if not request.images:
+                raise ProviderError(
+                    "an edit needs an input image",
+                    status_code=400,
+                    type="invalid_request_error",
+                    code="image_required",
+                    param="image",
+                )
+        key = self._config.pick_key()
+        if not key:
+            raise ProviderNotConfigured(self.name)
+        seed = request.param_int("seed")
+        seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
+        call: Callable[[int | None], tuple[str, Body]]
+        if inference_provider == "hf-inference":
+            url = f"{self._base}/hf-inference/models/{repo}"
+
+            def call(s: int | None) -> tuple[str, Body]:
+                return url, _hf_inference_body(request, s)
+        else:
+            url = f"{self._base}/{inference_provider}/v1/images/generations"
+            together = inference_provider == "together"
+            steps = "steps" if together else "num_inference_steps"
+            fmt = "base64" if together else "b64_json"
+
+            def call(s: int | None) -> tuple[str, Body]:
+                body = _openai_style_body(request, repo, s, steps=steps, response_format=fmt)
+                return url, body
+
+        async def one(count: int) -> ProviderResult:
+            target, body = call(next(seeds))
+            return ProviderResult(images=(await self._post(target, body, key),))
+
+        return await fan_out(request, 1, one)
+
+    def _split(self, model: str) -> tuple[str, str]:
+        inference_provider, _, repo = model.partition("/")
+        if inference_provider not in INFERENCE_PROVIDERS or not _REPO_RE.fullmatch(repo):
+            raise ProviderError(
+                f"huggingface models are <inference-provider>/<org>/<model> with the "
+                f"inference provider one of {', '.join(INFERENCE_PROVIDERS)}; got {model!r}",
+                status_code=400,
+                type="invalid_request_error",
+                code="unsupported_model",
+                param="model",
+            )
+        return inference_provider, repo
+
+    async def _post(self, url: str, body: Body, key: str) -> ImageOut:
+        http_request = self._http.build_request(
+            "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        try:
+            response = await send(
+                self._http, http_request, provider=self.name, timeout_s=self._config.timeout_s
+            )
+        except ProviderError as exc:
+            if key in exc.message:
+                exc.message = exc.message.replace(key, "<redacted>")
+                exc.args = (exc.message,)
+            raise
+        ctype = response.headers.get("content-type", "").split(";")[0].strip()
+        if ctype.startswith("image/"):
+            return ImageOut(data=response.content, content_type=ctype)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if payload is None:
+            sniffed = sniff_type(response.content)
+            if sniffed.startswith("image/"):
+                return ImageOut(data=response.content, content_type=sniffed)
+            raise _bad_response(self.name, "neither an image nor JSON")
+        return await self._from_json(payload)
+
+    async def _from_json(self, payload: JSONValue) -> ImageOut:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        first = data[0] if isinstance(data, list) and data else None
+        if not isinstance(first, dict):
+            raise _bad_response(self.name, "no data[0]")
+        if isinstance(first.get("b64_json"), str):
+            try:
+                image = base64.b64decode(first["b64_json"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise _bad_response(self.name, "b64_json is not valid base64") from exc
+            return ImageOut(data=image, content_type=sniff_type(image))
+        if isinstance(first.get("url"), str):
+            return await download(
+                self._http,
+                first["url"],
+                provider=self.name,
+                timeout_s=self._config.timeout_s,
+                max_bytes=self._config.max_download_bytes,
+            )
+        raise _bad_response(self.name, "data[0] has neither b64_json nor url")
+
+
+def _bad_response(provider: str, what: str) -> ProviderError:
+    return ProviderError(
+        f"{provider} returned an unexpected response: {what}",
+        type="upstream_error",
+        code="bad_response",
+    )
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> HuggingFaceProvider:
+    """The Hugging Face router adapter."""
+    return HuggingFaceProvider(config, http)

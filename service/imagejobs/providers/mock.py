@@ -1,0 +1,348 @@
+"""The mock provider (`mock/<any-model>`): real images, made offline and deterministically.
+
+It serves all three kinds with no network call, so the whole stack runs without a vendor
+account: generations are gradient-and-shapes pictures captioned with the prompt, edits
+invert and tint the masked region, variations shift the input's hues. The same request
+(prompt, `seed`, model, size, format, image index) always yields byte-identical images.
+
+Request parameters drive failure drills, for testing the worker's retry policy:
+
+- `mock_latency_ms`: sleep this long (cancellably) before answering, on every attempt.
+- `mock_fail_status`: answer as an upstream error with this HTTP status ...
+- `mock_fail_times`: ... but only while `attempt <= mock_fail_times` (always if absent).
+
+Invalid parameters and undecodable images raise a 400 `ProviderError`, as a vendor would.
+Pillow work runs in a thread (`asyncio.to_thread`) so the event loop keeps heartbeating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+from PIL import Image
+
+from imagejobs.kinds import Kind
+from imagejobs.providers import mock_images
+from imagejobs.providers.base import (
+    RETRYABLE_STATUSES,
+    ImageInput,
+    ImageOut,
+    JSONValue,
+    Provider,
+    ProviderConfig,
+    ProviderError,
+    ProviderRequest,
+    ProviderResult,
+)
+from imagejobs.providers.normalize import (
+    RESOLUTION_LONG_EDGE,
+    dimensions,
+    parse_aspect_ratio,
+    parse_size,
+)
+
+DEFAULT_SIZE = (1024, 1024)
+MAX_SIDE = 4096  # pixels, per side of an output image
+MAX_INPUT_PIXELS = 64 * 1024 * 1024  # an input image larger than this is refused undecoded
+MAX_N = 10
+FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+BACKGROUNDS = frozenset({"auto", "opaque", "transparent"})
+
+
+@dataclass(frozen=True)
+class _Output:
+    """What the request asks the output to look like, validated."""
+
+    fmt: str  # "png" | "jpeg" | "webp"
+    quality: int | None  # jpeg/webp encoder quality, 0-100
+    size: tuple[int, int] | None  # None: the default (generation) or the input's (edits)
+    transparent: bool
+    background_removal: bool
+
+
+def _invalid(param: str, code: str, message: str) -> ProviderError:
+    return ProviderError(
+        message,
+        status_code=400,
+        type="invalid_request_error",
+        code=code,
+        param=param,
+        retryable=False,
+    )
+
+
+# --- behaviour controls -----------------------------------------------------------------
+
+
+def _control(request: ProviderRequest, name: str) -> int | None:
+    """A drill parameter as an int. Multipart edit forms pass unknown fields through as
+    strings, so digit strings count too; anything else counts as absent."""
+    value = request.params.get(name)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return request.param_int(name)
+
+
+async def _simulate_latency(request: ProviderRequest) -> None:
+    delay_ms = _control(request, "mock_latency_ms")
+    if delay_ms is not None and delay_ms > 0:
+        await asyncio.sleep(delay_ms / 1000)
+
+
+def _simulate_failure(request: ProviderRequest) -> None:
+    """Raise the scripted upstream error, if the request scripts one for this attempt."""
+    status = _control(request, "mock_fail_status")
+    if not status:
+        return
+    if not 400 <= status <= 599:
+        raise _invalid(
+            "mock_fail_status", "invalid_value", "mock_fail_status must be an HTTP status 400-599"
+        )
+    times = _control(request, "mock_fail_times")
+    if times is not None and request.attempt > times:
+        return
+    limit = f"of failing {times}" if times is not None else "failing always"
+    if status == 429:
+        error_type = "rate_limit_error"
+    elif status >= 500:
+        error_type = "server_error"
+    else:
+        error_type = "invalid_request_error"
+    raise ProviderError(
+        f"mock upstream error: HTTP {status} (attempt {request.attempt} {limit})",
+        status_code=status,
+        type=error_type,
+        code="mock_failure",
+        retryable=status in RETRYABLE_STATUSES,
+        retry_after=None,
+    )
+
+
+# --- parameter validation -----------------------------------------------------------------
+
+
+def _output_options(request: ProviderRequest) -> _Output:
+    params = request.params
+    background_removal = params.get("type") == "background_removal"
+    raw_format = params.get("output_format")
+    if raw_format is None:
+        fmt = "png"
+    elif isinstance(raw_format, str) and raw_format.lower() in FORMAT_ALIASES:
+        fmt = FORMAT_ALIASES[raw_format.lower()]
+    else:
+        raise _invalid(
+            "output_format",
+            "invalid_output_format",
+            f"invalid output_format {raw_format!r}; expected one of png, jpeg, webp",
+        )
+    quality = params.get("output_compression")
+    if quality is not None and (
+        not isinstance(quality, int) or isinstance(quality, bool) or not 0 <= quality <= 100
+    ):
+        raise _invalid(
+            "output_compression", "invalid_value", "output_compression must be an integer 0-100"
+        )
+    background = params.get("background")
+    if background is not None and background not in BACKGROUNDS:
+        raise _invalid(
+            "background",
+            "invalid_value",
+            f"invalid background {background!r}; expected transparent, opaque or auto",
+        )
+    transparent = background == "transparent"
+    if transparent and fmt == "jpeg":
+        raise _invalid(
+            "background", "invalid_value", "a transparent background needs png or webp output"
+        )
+    if background_removal:
+        fmt, transparent = "png", True
+    return _Output(fmt, quality, _requested_size(params), transparent, background_removal)
+
+
+def _requested_size(params: Mapping[str, JSONValue]) -> tuple[int, int] | None:
+    """The explicitly requested output size, or None when the request names none."""
+    get = params.get
+    size, ratio, resolution = get("size"), get("aspect_ratio"), get("resolution")
+    if size is not None and size != "auto" and not (isinstance(size, str) and parse_size(size)):
+        raise _invalid("size", "invalid_size", f"invalid size {size!r}; expected 'WxH' or 'auto'")
+    if ratio is not None and not (isinstance(ratio, str) and parse_aspect_ratio(ratio)):
+        raise _invalid("aspect_ratio", "invalid_value", f"invalid aspect_ratio {ratio!r}")
+    if resolution is not None and not (
+        isinstance(resolution, str) and resolution.upper() in RESOLUTION_LONG_EDGE
+    ):
+        raise _invalid("resolution", "invalid_value", f"invalid resolution {resolution!r}")
+    named = [get(k) for k in ("width", "height", "aspect_ratio", "resolution")]
+    if size in (None, "auto") and all(v is None for v in named):
+        return None
+    width, height = dimensions(params)
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise _invalid(
+            "size", "invalid_size", f"size {width}x{height} exceeds {MAX_SIDE} pixels per side"
+        )
+    return width, height
+
+
+def _check_inputs(request: ProviderRequest, out: _Output) -> None:
+    """The prompt and images the request's kind needs are there, and `n` is in range."""
+    if request.n > MAX_N:
+        raise _invalid("n", "invalid_value", f"n must be at most {MAX_N}")
+    needs_prompt = request.kind is Kind.GENERATION or (
+        request.kind is Kind.EDIT and not out.background_removal
+    )
+    if needs_prompt and not (request.prompt or "").strip():
+        raise _invalid("prompt", "missing_required_parameter", "a prompt is required")
+    if request.kind is not Kind.GENERATION and not request.images:
+        raise _invalid("image", "missing_required_parameter", "an input image is required")
+
+
+# --- rendering (runs in a worker thread) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    images: tuple[bytes, ...]
+    size: tuple[int, int]
+    image_tokens: int  # what the inputs would cost a vendor, for `usage`
+
+
+def _decode(image: ImageInput, param: str) -> Image.Image:
+    """Pillow's decoded view of an uploaded image; any decoding failure becomes a 400."""
+    try:
+        img = Image.open(io.BytesIO(image.data))
+        width, height = img.size
+        if width * height > MAX_INPUT_PIXELS:
+            raise _invalid(param, "image_too_large", f"{param} is {width}x{height}, too large")
+        img.load()
+    except ProviderError:
+        raise
+    except Exception as exc:  # corrupt data raises OSError, ValueError, SyntaxError, ...
+        raise _invalid(
+            param, "invalid_image", f"could not decode {param}: {type(exc).__name__}"
+        ) from exc
+    return img
+
+
+def _render(request: ProviderRequest, out: _Output) -> _Rendered:
+    prompt = request.prompt or ""
+    seed = request.params.get("seed")
+    stem = (request.kind.value, request.model, prompt, seed, out.fmt, out.size)
+    if request.kind is Kind.GENERATION:
+        size = out.size or DEFAULT_SIZE
+        pictures = [
+            mock_images.generate(prompt, mock_images.derive_key(*stem, i), size, out.transparent)
+            for i in range(request.n)
+        ]
+        image_tokens = 0
+    else:
+        inputs = [_decode(image, "image") for image in request.images]
+        base = inputs[0]
+        image_tokens = sum(_image_tokens(*img.size) for img in inputs)
+        digest = mock_images.derive_key(request.images[0].data).hex()
+        keys = [mock_images.derive_key(*stem, digest, i) for i in range(request.n)]
+        if request.kind is Kind.EDIT:
+            pictures = _edit(request, out, base, prompt, keys)
+        else:
+            pictures = [mock_images.vary(base, key) for key in keys]
+        pictures = [mock_images.fit(picture, out.size) for picture in pictures]
+    encoded = tuple(
+        mock_images.encode(picture, out.fmt, out.quality, out.transparent) for picture in pictures
+    )
+    width, height = pictures[0].size
+    return _Rendered(encoded, (width, height), image_tokens)
+
+
+def _edit(
+    request: ProviderRequest,
+    out: _Output,
+    base: Image.Image,
+    prompt: str,
+    keys: list[bytes],
+) -> list[Image.Image]:
+    if out.background_removal:
+        cut = mock_images.remove_background(base)
+        return [cut] * len(keys)
+    region = None
+    if request.mask is not None:
+        mask = _decode(request.mask, "mask")
+        if mask.size != base.size:
+            raise _invalid(
+                "mask",
+                "invalid_mask",
+                f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                f"{base.size[0]}x{base.size[1]}",
+            )
+        region = mock_images.edit_region(mask)
+    elif mock_images.has_transparency(base):
+        # as OpenAI does without a mask: the image's own transparent pixels are the mask
+        region = mock_images.edit_region(base)
+        region = region if region.getbbox() else None
+    return [mock_images.edit(base, region, prompt, key) for key in keys]
+
+
+def _image_tokens(width: int, height: int) -> int:
+    """A vendor-like price for one input image: a base cost plus one per 512px tile."""
+    tiles = math.ceil(min(width, 2048) / 512) * math.ceil(min(height, 2048) / 512)
+    return 85 + 170 * tiles
+
+
+def _usage(request: ProviderRequest, rendered: _Rendered) -> dict[str, JSONValue]:
+    text_tokens = len((request.prompt or "").split())
+    width, height = rendered.size
+    output_tokens = math.ceil(width * height / 1024) * len(rendered.images)
+    input_tokens = text_tokens + rendered.image_tokens
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "input_tokens_details": {
+            "text_tokens": text_tokens,
+            "image_tokens": rendered.image_tokens,
+        },
+    }
+
+
+# --- the provider -------------------------------------------------------------------------
+
+
+class MockProvider:
+    """Answers every kind of request offline; see the module docstring."""
+
+    name = "mock"
+    operations = frozenset(Kind)
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        """Sleep and fail as the request scripts, then render its images in a thread."""
+        await _simulate_latency(request)
+        _simulate_failure(request)
+        out = _output_options(request)
+        _check_inputs(request, out)
+        rendered = await asyncio.to_thread(_render, request, out)
+        content_type = mock_images.CONTENT_TYPES[out.fmt]
+        width, height = rendered.size
+        return ProviderResult(
+            images=tuple(ImageOut(data, content_type, None) for data in rendered.images),
+            usage=_usage(request, rendered),
+            fields={
+                "output_format": out.fmt,
+                "size": f"{width}x{height}",
+                "quality": request.params.get("quality", "auto"),
+                "background": "transparent" if out.transparent else "opaque",
+            },
+        )
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
+    """The mock provider; `http` is unused, as the mock never leaves the process."""
+    del http
+    return MockProvider(config)

@@ -1,0 +1,383 @@
+"""OpenAI Images API, and the base every OpenAI-shaped adapter builds on (openai-compatible,
+azure, xai, nebius override a hook or two).
+
+Wire, checked against the OpenAI API reference and the official Python SDK:
+
+- generation: `POST {base}/v1/images/generations`, JSON body.
+- edit: `POST {base}/v1/images/edits`, multipart/form-data: the input image as an `image`
+  part, or — several inputs — one `image[]` part per image (as the SDK sends a list), an
+  optional `mask` part (edit where it is transparent; applied to the first image), and
+  every scalar as a form field. Bytes, filenames and content types go out as uploaded.
+- variation: `POST {base}/v1/images/variations`, multipart: `image` (the first input only),
+  `model`, `n`, `response_format`, `size`, `user`.
+- auth: `Authorization: Bearer <key>` (a key picked by weight per call).
+- response: `{"created", "data": [{"b64_json" | "url", "revised_prompt"?}], "background"?,
+  "output_format"?, "quality"?, "size"?, "usage"?}`; `url` results (dall-e, 60 min TTL)
+  are downloaded at once, without our credentials.
+
+Parameters: per operation, the known parameters the API accepts are sent (see
+`GENERATION_PARAMS`, `EDIT_PARAMS`, `VARIATION_PARAMS`); the other known ones (`seed`,
+`num_inference_steps`, `negative_prompt`, `input_images`, `aspect_ratio`, `resolution`,
+`type`, `partial_images` — jobs never stream — and generation-only or edit-only ones on the
+other operation) are dropped; keys we do not know pass through unchanged; `mock_*` never
+leaves us. A request with `aspect_ratio`/`resolution` but no `size` gets a `size`: the
+nearest standard size for gpt-image / dall-e-3 models, nothing for dall-e-2 (squares
+only), and `normalize.size_for()` for any other model (an openai-compatible server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from imagejobs.kinds import Kind
+from imagejobs.providers import normalize
+from imagejobs.providers.base import (
+    ImageInput,
+    ImageOut,
+    Provider,
+    ProviderConfig,
+    ProviderError,
+    ProviderNotConfigured,
+    ProviderRequest,
+    ProviderResult,
+    UnsupportedOperation,
+    download,
+    send,
+    sniff_type,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com"
+
+# Every parameter the contract knows (see ProviderRequest); anything else passes through.
+KNOWN_PARAMS = frozenset(
+    {
+        "n",
+        "size",
+        "quality",
+        "style",
+        "response_format",
+        "background",
+        "moderation",
+        "output_format",
+        "output_compression",
+        "partial_images",
+        "seed",
+        "negative_prompt",
+        "num_inference_steps",
+        "user",
+        "input_images",
+        "aspect_ratio",
+        "resolution",
+        "type",
+        "input_fidelity",
+    }
+)
+GENERATION_PARAMS = frozenset(
+    {
+        "n",
+        "size",
+        "quality",
+        "style",
+        "response_format",
+        "background",
+        "moderation",
+        "output_format",
+        "output_compression",
+        "user",
+    }
+)
+EDIT_PARAMS = frozenset(
+    {
+        "n",
+        "size",
+        "quality",
+        "response_format",
+        "background",
+        "input_fidelity",
+        "output_format",
+        "output_compression",
+        "user",
+    }
+)
+VARIATION_PARAMS = frozenset({"n", "response_format", "size", "user"})
+ECHOED_FIELDS = ("background", "output_format", "quality", "size")
+
+# The sizes a model family accepts, for mapping an aspect ratio onto one (by prefix).
+STANDARD_SIZES: Mapping[str, tuple[str, ...]] = {
+    "gpt-image": ("1024x1024", "1536x1024", "1024x1536"),
+    "chatgpt-image": ("1024x1024", "1536x1024", "1024x1536"),
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+}
+FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+REDACTED = "<redacted>"
+
+
+def select_params(params: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
+    """The known parameters in `allowed`, plus every unknown key (passed through); never
+    `mock_*` keys, never null values."""
+    allow = frozenset(allowed)
+    return {
+        key: value
+        for key, value in params.items()
+        if value is not None
+        and not key.startswith("mock_")
+        and (key in allow or key not in KNOWN_PARAMS)
+    }
+
+
+def size_for_shape(model: str, params: Mapping[str, Any]) -> str | None:
+    """A `size` for a request that gave `aspect_ratio`/`resolution` but no `size`, or None."""
+    if params.get("size") is not None:
+        return None
+    ratio_value, resolution = params.get("aspect_ratio"), params.get("resolution")
+    ratio = ratio_value if isinstance(ratio_value, str) else None
+    res = resolution if isinstance(resolution, str) else None
+    if (ratio is None and res is None) or model.startswith("dall-e-2"):
+        return None
+    for prefix, sizes in STANDARD_SIZES.items():
+        if model.startswith(prefix):
+            wanted = normalize.parse_aspect_ratio(ratio)
+            if wanted is None:  # a resolution alone does not pick among fixed sizes
+                return None
+            choices = [s.replace("x", ":") for s in sizes]
+            best = normalize.nearest_aspect_ratio(wanted.numerator, wanted.denominator, choices)
+            return best.replace(":", "x")
+    width, height = normalize.size_for(ratio, res)
+    return f"{width}x{height}"
+
+
+def form_value(value: Any) -> str:
+    """A parameter as a multipart form field: strings as-is, JSON for everything else."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def bad_response(provider: str, why: str) -> ProviderError:
+    """A 2xx answer we cannot use (no images, undecodable data)."""
+    return ProviderError(
+        f"{provider} returned an unusable response: {why}",
+        status_code=502,
+        type="upstream_error",
+        code="invalid_upstream_response",
+    )
+
+
+class OpenAIProvider:
+    """The OpenAI Images API. Subclasses change the class attributes and the hooks
+    `endpoint`, `query`, `auth_headers`, `generation_body` and `execute`."""
+
+    name: str = "openai"
+    operations: frozenset[Kind] = frozenset(Kind)
+    default_base_url = DEFAULT_BASE_URL
+    requires_key = True
+    requires_base_url = False
+    generation_params: frozenset[str] = GENERATION_PARAMS
+
+    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self._config = config
+        self._http = http
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        """Perform `request`; raises UnsupportedOperation, ProviderNotConfigured or a
+        ProviderError whose message never contains a configured secret."""
+        if request.kind not in self.operations:
+            raise UnsupportedOperation(self.name, request.kind)
+        if (self.requires_base_url and not self._config.base_url) or (
+            self.requires_key and not self._config.keys
+        ):
+            raise ProviderNotConfigured(self.name)
+        try:
+            return await self.execute(request)
+        except ProviderError as exc:
+            self._scrub(exc)
+            raise
+
+    # --- hooks -------------------------------------------------------------------------
+
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
+        """One upstream call for `request` (its kind is supported), parsed."""
+        if request.kind is Kind.GENERATION:
+            http_request = self.json_request(request, self.generation_body(request))
+        elif request.kind is Kind.EDIT:
+            http_request = self.edit_request(request)
+        else:
+            http_request = self.variation_request(request)
+        return await self.parse_response(await self.send_request(http_request))
+
+    def endpoint(self, kind: Kind, model: str) -> str:
+        """The URL for `kind`; a base URL that already ends in `/v1` is not doubled."""
+        base = (self._config.base_url or self.default_base_url).rstrip("/")
+        if not base.endswith("/v1"):
+            base += "/v1"
+        return f"{base}/images/{kind.value}"
+
+    def query(self) -> dict[str, str]:
+        """Query parameters every call carries."""
+        return {}
+
+    def auth_headers(self) -> dict[str, str]:
+        """Credentials for one call (none when no key is configured)."""
+        key = self._config.pick_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def generation_body(self, request: ProviderRequest) -> dict[str, Any]:
+        """The JSON body of a generation."""
+        body: dict[str, Any] = {"model": request.model}
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+        body.update(select_params(request.params, self.generation_params))
+        size = size_for_shape(request.model, request.params)
+        if size is not None:
+            body["size"] = size
+        return body
+
+    # --- requests ------------------------------------------------------------------------
+
+    def json_request(self, request: ProviderRequest, body: Mapping[str, Any]) -> httpx.Request:
+        return self._http.build_request(
+            "POST",
+            self.endpoint(request.kind, request.model),
+            params=self.query(),
+            headers=self.auth_headers(),
+            json=dict(body),
+        )
+
+    def multipart_request(
+        self,
+        request: ProviderRequest,
+        fields: Mapping[str, Any],
+        files: list[tuple[str, ImageInput]],
+    ) -> httpx.Request:
+        return self._http.build_request(
+            "POST",
+            self.endpoint(request.kind, request.model),
+            params=self.query(),
+            headers=self.auth_headers(),
+            data={key: form_value(value) for key, value in fields.items()},
+            files=[(part, (img.filename, img.data, img.content_type)) for part, img in files],
+        )
+
+    def edit_request(self, request: ProviderRequest) -> httpx.Request:
+        self._require_images(request)
+        fields: dict[str, Any] = {"model": request.model}
+        if request.prompt is not None:
+            fields["prompt"] = request.prompt
+        fields.update(select_params(request.params, EDIT_PARAMS))
+        size = size_for_shape(request.model, request.params)
+        if size is not None:
+            fields["size"] = size
+        part = "image" if len(request.images) == 1 else "image[]"
+        files = [(part, img) for img in request.images]
+        if request.mask is not None:
+            files.append(("mask", request.mask))
+        return self.multipart_request(request, fields, files)
+
+    def variation_request(self, request: ProviderRequest) -> httpx.Request:
+        self._require_images(request)
+        fields: dict[str, Any] = {"model": request.model}
+        fields.update(select_params(request.params, VARIATION_PARAMS))
+        return self.multipart_request(request, fields, [("image", request.images[0])])
+
+    def _require_images(self, request: ProviderRequest) -> None:
+        if not request.images:
+            raise ProviderError(
+                f"{request.kind.request_type} needs an input image",
+                status_code=400,
+                type="invalid_request_error",
+                code="missing_image",
+                param="image",
+            )
+
+    async def send_request(self, http_request: httpx.Request) -> httpx.Response:
+        """Send one call through base.send() (which translates every httpx failure)."""
+        return await send(
+            self._http, http_request, provider=self.name, timeout_s=self._config.timeout_s
+        )
+
+    # --- responses -----------------------------------------------------------------------
+
+    async def parse_response(self, response: httpx.Response) -> ProviderResult:
+        """Images (base64 decoded, URLs downloaded concurrently), usage and echoed fields."""
+        try:
+            body = response.json()
+        except ValueError:
+            raise bad_response(self.name, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise bad_response(self.name, "the body is not a JSON object")
+        items = body.get("data")
+        if not isinstance(items, list) or not items:
+            raise bad_response(self.name, "no images in `data`")
+        declared = FORMAT_TYPES.get(str(body.get("output_format")))
+        images = await asyncio.gather(*(self._image(item, declared) for item in items))
+        usage = body.get("usage")
+        fields = {key: body[key] for key in ECHOED_FIELDS if body.get(key) is not None}
+        return ProviderResult(
+            images=tuple(images),
+            usage=usage if isinstance(usage, dict) else None,
+            fields=fields,
+        )
+
+    async def _image(self, item: Any, declared: str | None) -> ImageOut:
+        if not isinstance(item, dict):
+            raise bad_response(self.name, "an entry of `data` is not an object")
+        revised = item.get("revised_prompt")
+        revised_prompt = revised if isinstance(revised, str) and revised else None
+        mime = item.get("mime_type")
+        declared = mime if isinstance(mime, str) and mime.startswith("image/") else declared
+        b64, url = item.get("b64_json"), item.get("url")
+        if isinstance(b64, str) and b64:
+            return self._decoded(b64, declared, revised_prompt)
+        if isinstance(url, str) and url.startswith("data:"):
+            return self._decoded(url.partition(",")[2], declared, revised_prompt)
+        if isinstance(url, str) and url:
+            # No auth headers: result URLs are pre-signed and may live on another host.
+            out = await download(
+                self._http,
+                url,
+                provider=self.name,
+                timeout_s=self._config.timeout_s,
+                max_bytes=self._config.max_download_bytes,
+            )
+            ctype = out.content_type
+            if not ctype.startswith("image/"):
+                ctype = _content_type(out.data, declared)
+            return dataclasses.replace(out, content_type=ctype, revised_prompt=revised_prompt)
+        raise bad_response(self.name, "an image has neither `b64_json` nor `url`")
+
+    def _decoded(self, b64: str, declared: str | None, revised_prompt: str | None) -> ImageOut:
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_response(self.name, "`b64_json` is not valid base64") from None
+        return ImageOut(
+            data=data, content_type=_content_type(data, declared), revised_prompt=revised_prompt
+        )
+
+    def _scrub(self, exc: ProviderError) -> None:
+        """Remove every configured secret from the error's message (upstreams echo keys)."""
+        message = exc.message
+        for secret in self._config.secrets():
+            for value in (secret, secret.removeprefix("Bearer ")):
+                if value:
+                    message = message.replace(value, REDACTED)
+        exc.message = message
+        exc.args = (message,)
+
+
+def _content_type(data: bytes, declared: str | None) -> str:
+    sniffed = sniff_type(data)
+    if sniffed == "application/octet-stream" and declared:
+        return declared
+    return sniffed
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
+    """The OpenAI adapter."""
+    return OpenAIProvider(config, http)

@@ -1,0 +1,30 @@
+"""Any server that speaks the OpenAI Images API at a configured base URL (self-hosted
+models, proxies, other vendors' OpenAI-compatible endpoints).
+
+The wire is exactly the openai adapter's (generations, edits, variations; see
+`imagejobs.providers.openai`), against `config.base_url` — with or without a trailing
+`/v1` — which is required: without one every call fails with 400
+`provider_not_configured`. The key is optional: with none, no `Authorization` header is
+sent.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from imagejobs.providers.base import Provider, ProviderConfig
+from imagejobs.providers.openai import OpenAIProvider
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    """The openai adapter with a required base URL and an optional key."""
+
+    name = "openai-compatible"
+    default_base_url = ""
+    requires_key = False
+    requires_base_url = True
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
+    """The openai-compatible adapter."""
+    return OpenAICompatibleProvider(config, http)

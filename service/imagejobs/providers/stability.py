@@ -1,0 +1,255 @@
+"""Stability AI, REST v2beta (`stability/<model>`).
+
+Every call is `multipart/form-data` with `Authorization: Bearer <key>` and
+`Accept: image/*`, and answers the raw image bytes (200), with a `finish-reason` header
+(`SUCCESS` or `CONTENT_FILTERED`) and a `seed` header. One image per call: `n` fans out.
+
+Generation — the model picks the endpoint `POST {base}/v2beta/stable-image/generate/…`:
+`ultra` / `stable-image-ultra` -> `ultra`; `core` / `stable-image-core` -> `core`;
+`sd3…` (e.g. `sd3.5-large`, `sd3.5-large-turbo`, `sd3.5-medium`) -> `sd3` with the
+`model` field (`sd3` alone sends none: the endpoint's default). Fields: `prompt`,
+`negative_prompt`, `aspect_ratio` (given, or the nearest supported ratio to `size`),
+`seed`, `output_format`, plus unknown scalar keys (`style_preset`, `cfg_scale`, ...).
+
+Edits — `type` picks the endpoint under `/v2beta/stable-image/edit/`: `inpainting`
+(the default) -> `inpaint` with `image`, `mask` (converted from OpenAI's
+transparent-means-edit to Stability's white-means-edit; without a mask Stability reads
+the image's own alpha channel, the same convention as OpenAI), `prompt`;
+`outpainting` -> `outpaint` with `left`/`right`/`up`/`down` (pixels) from the params;
+`background_removal` -> `remove-background` with `image` only. No variations.
+
+Errors are JSON `{"id", "name", "errors": [...]}`: the messages are joined and `name`
+becomes the type. A 200 whose `finish-reason` is `CONTENT_FILTERED` (the image is a
+blurred placeholder) is a 400 `content_filtered`, never returned as a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from imagejobs.kinds import Kind
+from imagejobs.providers.base import (
+    ImageOut,
+    JSONValue,
+    ProviderConfig,
+    ProviderError,
+    ProviderNotConfigured,
+    ProviderRequest,
+    ProviderResult,
+    UnsupportedOperation,
+    fan_out,
+    send,
+    sniff_type,
+)
+from imagejobs.providers.normalize import (
+    nearest_aspect_ratio,
+    parse_size,
+    transparent_to_white_mask,
+)
+
+NAME = "stability"
+DEFAULT_BASE_URL = "https://api.stability.ai"
+ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
+EDIT_ENDPOINTS = {
+    "inpainting": "inpaint",
+    "outpainting": "outpaint",
+    "background_removal": "remove-background",
+}
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+# Fields the adapter maps itself, or that only OpenAI-style APIs understand.
+HANDLED = frozenset(
+    {
+        "n",
+        "size",
+        "quality",
+        "style",
+        "response_format",
+        "background",
+        "moderation",
+        "output_compression",
+        "partial_images",
+        "user",
+        "input_images",
+        "resolution",
+        "type",
+        "input_fidelity",
+        "aspect_ratio",
+        "num_inference_steps",
+        *OUTPAINT_SIDES,
+    }
+)
+
+Part = tuple[str, tuple[str | None, str | bytes] | tuple[str, bytes, str]]
+
+
+class StabilityProvider:
+    """Runs Stable Image generations and edits, one image per call."""
+
+    name = NAME
+    operations = frozenset({Kind.GENERATION, Kind.EDIT})
+
+    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self._config = config
+        self._http = http
+        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        if request.kind not in self.operations:
+            raise UnsupportedOperation(self.name, request.kind)
+        key = self._config.pick_key()
+        if not key:
+            raise ProviderNotConfigured(self.name)
+        if request.kind is Kind.GENERATION:
+            path, parts = generation_call(request)
+        else:
+            path, parts = await edit_call(request)
+        url = f"{self._base}/v2beta/stable-image/{path}"
+        return await fan_out(request, 1, lambda _count: self._one(url, parts, key))
+
+    async def _one(self, url: str, parts: list[Part], key: str) -> ProviderResult:
+        headers = {"Authorization": f"Bearer {key}", "Accept": "image/*"}
+        try:
+            response = await send(
+                self._http,
+                self._http.build_request("POST", url, files=parts, headers=headers),
+                provider=self.name,
+                timeout_s=self._config.timeout_s,
+            )
+        except ProviderError as exc:
+            raise _with_stability_fields(exc) from exc.__cause__
+        if response.headers.get("finish-reason", "SUCCESS").upper() == "CONTENT_FILTERED":
+            raise ProviderError(
+                "stability filtered the result (finish-reason CONTENT_FILTERED)",
+                status_code=400,
+                type="invalid_request_error",
+                code="content_filtered",
+            )
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if not content_type.startswith("image/"):
+            raise ProviderError(
+                f"stability answered {content_type or 'no content type'} instead of an image",
+                status_code=502,
+                type="upstream_error",
+                code="invalid_response",
+            )
+        data = response.content
+        return ProviderResult(images=(ImageOut(data=data, content_type=sniff_type(data)),))
+
+
+def _field(name: str, value: JSONValue) -> Part:
+    """A plain form field (a part without a filename, so the body stays multipart even
+    when no file is sent — Stability rejects urlencoded bodies)."""
+    text = json.dumps(value) if isinstance(value, bool) else str(value)
+    return (name, (None, text))
+
+
+def _common_fields(request: ProviderRequest) -> list[Part]:
+    """prompt, then every scalar param the adapter does not map itself, in order."""
+    parts: list[Part] = []
+    if request.prompt:
+        parts.append(_field("prompt", request.prompt))
+    for name, value in request.params.items():
+        if name in HANDLED or value is None or isinstance(value, dict | list):
+            continue
+        parts.append(_field(name, value))
+    return parts
+
+
+def generation_call(request: ProviderRequest) -> tuple[str, list[Part]]:
+    """The endpoint path (under /v2beta/stable-image/) and the form parts."""
+    model = request.model.lower()
+    model_field: str | None = None
+    if model in ("ultra", "stable-image-ultra"):
+        endpoint = "ultra"
+    elif model in ("core", "stable-image-core"):
+        endpoint = "core"
+    elif model.startswith("sd3"):
+        endpoint = "sd3"
+        model_field = None if model == "sd3" else request.model
+    else:
+        raise ProviderError(
+            f"unknown stability model {request.model!r} (use core, ultra or sd3.5-…)",
+            status_code=400,
+            type="invalid_request_error",
+            code="model_not_found",
+            param="model",
+        )
+    parts = _common_fields(request)
+    if model_field:
+        parts.append(_field("model", model_field))
+    ratio = request.param_str("aspect_ratio")
+    size = parse_size(request.param_str("size"))
+    if ratio is None and size is not None:
+        ratio = nearest_aspect_ratio(*size, choices=ASPECT_RATIOS)
+    if ratio:
+        parts.append(_field("aspect_ratio", ratio))
+    return f"generate/{endpoint}", parts
+
+
+async def edit_call(request: ProviderRequest) -> tuple[str, list[Part]]:
+    """The edit endpoint path and form parts, by `type` (default `inpainting`)."""
+    kind = request.param_str("type") or "inpainting"
+    endpoint = EDIT_ENDPOINTS.get(kind)
+    if endpoint is None:
+        raise ProviderError(
+            f"stability edits support type {', '.join(EDIT_ENDPOINTS)}; got {kind!r}",
+            status_code=400,
+            type="invalid_request_error",
+            code="unsupported_edit_type",
+            param="type",
+        )
+    if not request.images:
+        raise ProviderError(
+            "at least one image is required",
+            status_code=400,
+            type="invalid_request_error",
+            param="image",
+        )
+    image = request.images[0]
+    parts: list[Part] = [("image", (image.filename, image.data, image.content_type))]
+    if endpoint == "remove-background":
+        output_format = request.param_str("output_format")
+        if output_format:
+            parts.append(_field("output_format", output_format))
+        return f"edit/{endpoint}", parts
+    parts += _common_fields(request)
+    if endpoint == "inpaint" and request.mask is not None:
+        mask = await asyncio.to_thread(transparent_to_white_mask, request.mask.data)
+        parts.append(("mask", ("mask.png", mask, "image/png")))
+    if endpoint == "outpaint":
+        for side in OUTPAINT_SIDES:
+            pixels = request.param_int(side)
+            if pixels is not None:
+                parts.append(_field(side, pixels))
+    return f"edit/{endpoint}", parts
+
+
+def _with_stability_fields(exc: ProviderError) -> ProviderError:
+    """Read Stability's `{"name", "errors": [...]}` error body, which the shared parser
+    leaves as raw text in the message, into message and type."""
+    try:
+        body: Any = json.loads(exc.message)
+    except ValueError:
+        return exc
+    if not isinstance(body, dict) or not isinstance(body.get("errors"), list):
+        return exc
+    errors = [str(e) for e in body["errors"] if e]
+    name = body.get("name")
+    return ProviderError(
+        "; ".join(errors) or exc.message,
+        status_code=exc.status_code,
+        type=str(name) if name else exc.type,
+        code=exc.code,
+        param=exc.param,
+        retryable=exc.retryable,
+        retry_after=exc.retry_after,
+    )
+
+
+def build(config: ProviderConfig, http: httpx.AsyncClient) -> StabilityProvider:
+    """The Stability adapter (see the module doc)."""
+    return StabilityProvider(config, http)

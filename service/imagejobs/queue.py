@@ -1,0 +1,63 @@
+"""The work queue: one message per job on `imagejobs.run.<job_id>` in a WorkQueue stream,
+published with `Nats-Msg-Id = job id` so a repeated publish (a retried submit, a repair)
+is dropped by the server inside the duplicate window. The stream is bounded: when it is
+full, publish raises QueueFull and the submit answers 429.
+"""
+
+from __future__ import annotations
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from imagejobs import constants
+from imagejobs.errors import QueueFull, StoreUnavailable
+
+_MAX_MSGS_EXCEEDED = 10077  # JetStream err_code: maximum messages exceeded
+_MAX_BYTES_EXCEEDED = 10047
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def run_subject(job_id: str) -> str:
+    return f"{constants.QUEUE_SUBJECT_PREFIX}.{job_id}"
+
+
+def job_id_of(subject: str) -> str:
+    return subject.rsplit(".", 1)[-1]
+
+
+class JobQueue:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(self, job_id: str) -> None:
+        """Enqueue the job (idempotent per job id within the duplicate window)."""
+        try:
+            await self._js.publish(run_subject(job_id), b"", headers={"Nats-Msg-Id": job_id})
+        except APIError as exc:
+            if exc.err_code in (_MAX_MSGS_EXCEEDED, _MAX_BYTES_EXCEEDED):
+                raise QueueFull(
+                    "the job queue is full; retry later",
+                    retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
+                ) from exc
+            raise StoreUnavailable(f"queue publish failed: {exc.description}") from exc
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"queue publish failed: {type(exc).__name__}") from exc
+
+    async def is_queued(self, job_id: str) -> bool:
+        """Whether the job's message is still in the stream (not yet acked)."""
+        try:
+            await self._js.get_msg(constants.QUEUE_STREAM, subject=run_subject(job_id), direct=True)
+        except NotFoundError:
+            return False
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"queue lookup failed: {type(exc).__name__}") from exc
+        return True
+
+    async def depth(self) -> int:
+        """Messages waiting or in flight."""
+        try:
+            info = await self._js.stream_info(constants.QUEUE_STREAM)
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"queue info failed: {type(exc).__name__}") from exc
+        return int(info.state.messages)

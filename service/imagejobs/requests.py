@@ -1,0 +1,261 @@
+"""Turning a submitted body (JSON, multipart, or a typed gRPC message) into one validated
+`ImageRequest`, with the contract's 400 messages. Pure apart from the multipart parser.
+
+Every path ends in `validate()`, so REST and gRPC clients get the same rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from imagejobs import constants
+from imagejobs.errors import InvalidRequest
+from imagejobs.kinds import Kind
+from imagejobs.providers.registry import KNOWN_PROVIDERS
+from imagejobs.uploads import Upload, parse_multipart
+from imagejobs.v1 import jobs_pb2
+
+INT_FIELDS = frozenset(
+    {"n", "output_compression", "partial_images", "seed", "num_inference_steps"}
+    | {"mock_latency_ms", "mock_fail_status", "mock_fail_times"}
+)
+RESPONSE_FORMATS = frozenset({"url", "b64_json"})
+OUTPUT_FORMATS = frozenset({"png", "jpeg", "jpg", "webp"})
+EDIT_TYPES = frozenset({"inpainting", "outpainting", "background_removal"})
+# keys that are ours, not the provider's
+_RESERVED = frozenset({"model", "prompt", "fallbacks", "stream", "image", "image[]", "mask"})
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A validated request. `params` holds every other field (known and pass-through)."""
+
+    kind: Kind
+    model: str  # "provider/model"
+    prompt: str | None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    images: tuple[Upload, ...] = ()
+    mask: Upload | None = None
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.split("/", 1)[1]
+
+
+def parse_body(kind: Kind, content_type: str, body: bytes, limits: Limits) -> ImageRequest:
+    """A REST body: JSON for every kind, or multipart/form-data for edits and variations."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime == "multipart/form-data":
+        if kind is Kind.GENERATION:
+            raise InvalidRequest(
+                "invalid request format: generations take a JSON body", code="invalid_request"
+            )
+        fields, files = parse_multipart(content_type, body)
+        return validate(
+            kind,
+            fields,
+            files.get("image[]", []) + files.get("image", []),
+            (files.get("mask") or [None])[0],
+            limits,
+        )
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"invalid request format: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("invalid request format: the body must be a JSON object")
+    return from_json_object(kind, data, limits)
+
+
+def from_json_object(kind: Kind, data: dict[str, Any], limits: Limits) -> ImageRequest:
+    """A JSON object; edits and variations carry images as base64 or `data:` URLs."""
+    fields = dict(data)
+    images: list[Upload] = []
+    for name in ("image[]", "image", "images"):
+        raw = fields.pop(name, None)
+        for i, item in enumerate(raw if isinstance(raw, list) else [] if raw is None else [raw]):
+            images.append(Upload.from_base64(item, f"{name}[{i}]"))
+    mask_raw = fields.pop("mask", None)
+    mask = Upload.from_base64(mask_raw, "mask") if mask_raw is not None else None
+    return validate(kind, fields, images, mask, limits)
+
+
+def from_proto(kind: Kind, msg: jobs_pb2.ImageRequest, limits: Limits) -> ImageRequest:
+    """A typed gRPC request (image bytes fields, no multipart)."""
+    data: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    for name in ("images", "mask", "extra"):
+        data.pop(name, None)
+    if msg.HasField("extra"):
+        for key, value in json_format.MessageToDict(msg.extra).items():
+            data.setdefault(key, value)
+    if "seed" in data:  # int64 -> JSON string in MessageToDict
+        data["seed"] = int(data["seed"])
+    images = [Upload(data=b, filename=f"image-{i}") for i, b in enumerate(msg.images)]
+    mask = Upload(data=msg.mask, filename="mask") if msg.mask else None
+    return validate(kind, data, images, mask, limits)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits (issue: hardening); defaults suit the upstream APIs."""
+
+    max_prompt_chars: int = constants.DEFAULT_MAX_PROMPT_CHARS
+    max_n: int = constants.MAX_N
+    max_images: int = constants.MAX_IMAGES
+    max_file_bytes: int = 50 * 1024 * 1024
+    max_total_bytes: int = 64 * 1024 * 1024
+
+
+def validate(
+    kind: Kind,
+    fields: Mapping[str, Any],
+    images: list[Upload],
+    mask: Upload | None,
+    limits: Limits,
+) -> ImageRequest:
+    """The shared rules, in the order the contract's error table lists them."""
+    model = fields.get("model")
+    if not isinstance(model, str) or not _valid_model(model):
+        raise InvalidRequest("model should be in provider/model format", param="model")
+    provider = model.split("/", 1)[0]
+    extra = {
+        "provider": provider,
+        "model": model.split("/", 1)[1],
+        "request_type": kind.request_type,
+    }
+    if _truthy(fields.get("stream")):
+        raise InvalidRequest(
+            "stream is not supported for async image generations", param="stream", **extra
+        )
+    prompt = fields.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise InvalidRequest("prompt must be a string", param="prompt", **extra)
+    prompt_required = kind is Kind.GENERATION or (
+        kind is Kind.EDIT and fields.get("type") != "background_removal"
+    )
+    if prompt_required and not (prompt or "").strip():
+        raise InvalidRequest("prompt cannot be empty", param="prompt", **extra)
+    if prompt and len(prompt) > limits.max_prompt_chars:
+        raise InvalidRequest(
+            f"prompt is longer than {limits.max_prompt_chars} characters", param="prompt", **extra
+        )
+    params = _params(fields, extra, limits)
+    fallbacks = _fallbacks(fields.get("fallbacks"), extra)
+    if kind is not Kind.GENERATION:
+        _check_images(images, mask, limits, extra)
+    return ImageRequest(
+        kind=kind,
+        model=model,
+        prompt=prompt if kind is not Kind.VARIATION else None,
+        params=params,
+        images=tuple(images[:1] if kind is Kind.VARIATION else images),
+        mask=mask if kind is Kind.EDIT else None,
+        fallbacks=fallbacks,
+    )
+
+
+def _valid_model(model: str) -> bool:
+    provider, sep, name = model.partition("/")
+    return bool(sep and name.strip() and provider in KNOWN_PROVIDERS)
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _params(fields: Mapping[str, Any], extra: dict[str, str], limits: Limits) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in _RESERVED or value is None:
+            continue
+        if key in INT_FIELDS:
+            value = _as_int(key, value, extra)
+        params[key] = value
+    n = params.get("n")
+    if n is not None and not 1 <= n <= limits.max_n:
+        raise InvalidRequest(f"n must be between 1 and {limits.max_n}", param="n", **extra)
+    fmt = params.get("response_format")
+    if fmt is not None and fmt not in RESPONSE_FORMATS:
+        raise InvalidRequest(
+            f"invalid response_format value: {fmt}", param="response_format", **extra
+        )
+    out = params.get("output_format")
+    if out is not None and out not in OUTPUT_FORMATS:
+        raise InvalidRequest(f"invalid output_format value: {out}", param="output_format", **extra)
+    comp = params.get("output_compression")
+    if comp is not None and not 0 <= comp <= 100:
+        raise InvalidRequest(
+            "output_compression must be between 0 and 100", param="output_compression", **extra
+        )
+    edit_type = params.get("type")
+    if edit_type is not None and edit_type not in EDIT_TYPES:
+        raise InvalidRequest(f"invalid type value: {edit_type}", param="type", **extra)
+    return params
+
+
+def _as_int(key: str, value: Any, extra: dict[str, str]) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequest(f"invalid {key} value: {value}", param=key, **extra)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise InvalidRequest(f"invalid {key} value: {value}", param=key, **extra)
+
+
+def _fallbacks(value: Any, extra: dict[str, str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, str) or not _valid_model(item):
+            raise InvalidRequest(
+                "fallbacks should be in provider/model format", param="fallbacks", **extra
+            )
+    return tuple(items)
+
+
+def _check_images(
+    images: list[Upload], mask: Upload | None, limits: Limits, extra: dict[str, str]
+) -> None:
+    if not images:
+        raise InvalidRequest("at least one image is required", param="image", **extra)
+    if len(images) > limits.max_images:
+        raise InvalidRequest(
+            f"at most {limits.max_images} images are allowed", param="image", **extra
+        )
+    total = sum(len(i.data) for i in images) + (len(mask.data) if mask else 0)
+    if total > limits.max_total_bytes:
+        raise InvalidRequest(
+            f"images total more than {limits.max_total_bytes} bytes", param="image", **extra
+        )
+    first = None
+    for i, image in enumerate(images):
+        info = image.inspect(f"image[{i}]", limits.max_file_bytes, extra)
+        first = first or info
+    if mask is not None and first is not None:
+        info = mask.inspect("mask", limits.max_file_bytes, extra)
+        if info.format != "png":
+            raise InvalidRequest("mask must be a PNG image", param="mask", **extra)
+        if info.size != first.size:
+            raise InvalidRequest(
+                f"mask must have the same dimensions as the image "
+                f"({first.size[0]}x{first.size[1]}), got {info.size[0]}x{info.size[1]}",
+                param="mask",
+                **extra,
+            )
