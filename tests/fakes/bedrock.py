@@ -23,9 +23,9 @@ from typing import Any
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from imagejobs.providers.base import ProviderConfig, WeightedKey
 from PIL import Image
 
-from imagejobs.providers.base import ProviderConfig, WeightedKey
 from .upstream import FakeRequest, FakeResponse, FakeUpstream
 
 ACCESS_KEY = "AKIDEXAMPLEFAKE00001"
@@ -34,7 +34,8 @@ SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLEsessiontoken"
 REGION = "eu-west-1"
 AUTH_RX = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
-    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<signed>[^,]+), Signature=(?P<sig>[0-9a-f]{64})"
+    r"(?P<service>[^/]+)/aws4_request, "
+    r"SignedHeaders=(?P<signed>[^,]+), Signature=(?P<sig>[0-9a-f]{64})"
 )
 
 

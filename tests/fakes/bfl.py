@@ -87,17 +87,19 @@ class FakeBFL:
         if denied is not None:
             return denied
         body = req.json()
-        if not isinstance(body, dict) or not body.get("prompt") and "image" not in body:
+        if not isinstance(body, dict) or (not body.get("prompt") and "image" not in body):
             return FakeResponse(
                 422,
-                {"detail": [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]},
+                {
+                    "detail": [
+                        {"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}
+                    ]
+                },
             )
         with self._lock:
             tid = f"task-{next(self._ids)}"
             self.tasks[tid] = Task(id=tid, model=req.match["model"] if req.match else "", body=body)
-        return FakeResponse(
-            200, {"id": tid, "polling_url": f"{self.url}/v1/get_result?id={tid}"}
-        )
+        return FakeResponse(200, {"id": tid, "polling_url": f"{self.url}/v1/get_result?id={tid}"})
 
     def _result(self, req: FakeRequest) -> FakeResponse:
         denied = self._forbidden(req)

@@ -144,10 +144,16 @@ class FakeReplicate:
                 {"title": "Input validation failed", "detail": "input is required", "status": 422},
             )
         match = req.match
-        model = f"{match['owner']}/{match['name']}" if match and "owner" in match.re.groupindex else None
+        model = (
+            f"{match['owner']}/{match['name']}"
+            if match and "owner" in match.re.groupindex
+            else None
+        )
         with self._lock:
             pid = f"pred{next(self._ids)}"
-            prediction = Prediction(id=pid, input=model_input, version=body.get("version"), model=model)
+            prediction = Prediction(
+                id=pid, input=model_input, version=body.get("version"), model=model
+            )
             self.predictions[pid] = prediction
         return FakeResponse(201, self._doc(prediction, "starting"))
 

@@ -68,7 +68,10 @@ class FakeStability:
             return _error(401, "unauthorized", "authorization: invalid or missing API key")
         assert req.match is not None
         group, op = req.match["group"], req.match["op"]
-        known = {"generate": {"core", "ultra", "sd3"}, "edit": {"inpaint", "outpaint", "remove-background"}}
+        known = {
+            "generate": {"core", "ultra", "sd3"},
+            "edit": {"inpaint", "outpaint", "remove-background"},
+        }
         if op not in known[group]:
             return _error(404, "not_found", f"unknown endpoint {group}/{op}")
         if not req.headers.get("content-type", "").startswith("multipart/form-data"):

@@ -11,9 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.bfl import FakeBFL
-from fakes.replicate import FakeReplicate
-from fakes.upstream import FakeResponse
 from imagejobs.kinds import Kind
 from imagejobs.providers import bfl, replicate
 from imagejobs.providers.base import (
@@ -26,6 +23,10 @@ from imagejobs.providers.base import (
 )
 from imagejobs.retry import RetryPolicy, call_with_retries
 from PIL import Image
+
+from tests.fakes.bfl import FakeBFL
+from tests.fakes.replicate import FakeReplicate
+from tests.fakes.upstream import FakeResponse
 
 TOKEN = "r8_test_token_123"
 BFL_KEY = "bfl-test-key-456"
@@ -262,9 +263,7 @@ async def test_replicate_transient_poll_failure_does_not_fail_the_job(
     with FakeReplicate(token=TOKEN, polls=1) as fake:
         fake.fail_polls(FakeResponse(503, "unavailable"), FakeResponse(500, "oops"))
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
-        result = await provider.run(
-            ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x")
-        )
+        result = await provider.run(ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"))
         assert len(result.images) == 1
         assert len(fake.upstream.requests_to(r"/v1/models/.*")) == 1  # one prediction only
 
@@ -344,9 +343,7 @@ async def test_bfl_fans_out_n_tasks(http: httpx.AsyncClient) -> None:
     with FakeBFL(key=BFL_KEY, polls=1) as fake:
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
         result = await provider.run(
-            ProviderRequest(
-                kind=Kind.GENERATION, model="flux-pro-1.1", prompt="p", params={"n": 3}
-            )
+            ProviderRequest(kind=Kind.GENERATION, model="flux-pro-1.1", prompt="p", params={"n": 3})
         )
         creates = [r for r in fake.requests if r.method == "POST"]
         assert len(creates) == 3
@@ -499,8 +496,6 @@ async def test_bfl_has_no_variations(http: httpx.AsyncClient) -> None:
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
         with pytest.raises(UnsupportedOperation):
             await provider.run(
-                ProviderRequest(
-                    kind=Kind.VARIATION, model="flux-dev", images=(ImageInput(b"x"),)
-                )
+                ProviderRequest(kind=Kind.VARIATION, model="flux-dev", images=(ImageInput(b"x"),))
             )
         assert fake.requests == []

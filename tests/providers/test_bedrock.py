@@ -13,18 +13,20 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.bedrock import FakeBedrock
-from fakes.upstream import FakeRequest, FakeResponse
 from imagejobs.kinds import Kind
 from imagejobs.providers import bedrock
 from imagejobs.providers.base import (
     ImageInput,
+    ProviderConfig,
     ProviderError,
     ProviderNotConfigured,
     ProviderRequest,
 )
 from imagejobs.retry import RetryPolicy, call_with_retries
 from PIL import Image
+
+from tests.fakes.bedrock import FakeBedrock
+from tests.fakes.upstream import FakeRequest, FakeResponse
 
 TITAN = "amazon.titan-image-generator-v2:0"
 NOVA = "amazon.nova-canvas-v1:0"
@@ -297,7 +299,9 @@ async def test_wrong_secret_fails_the_signature_check(http: httpx.AsyncClient) -
         assert strict.signature_failures == ["signature mismatch"]
 
 
-async def test_validation_error_is_not_retryable(fake: FakeBedrock, http: httpx.AsyncClient) -> None:
+async def test_validation_error_is_not_retryable(
+    fake: FakeBedrock, http: httpx.AsyncClient
+) -> None:
     fake.upstream.fail_next(
         FakeResponse(
             400,
@@ -395,10 +399,6 @@ async def test_refusals_send_nothing(fake: FakeBedrock, http: httpx.AsyncClient)
     assert fake.requests == []
 
 
-def test_default_endpoint_is_regional() -> None:
-    from imagejobs.providers.base import ProviderConfig
-
-    provider = bedrock.build(
-        ProviderConfig(name="bedrock", region="ap-southeast-2"), httpx.AsyncClient()
-    )
+async def test_default_endpoint_is_regional(http: httpx.AsyncClient) -> None:
+    provider = bedrock.build(ProviderConfig(name="bedrock", region="ap-southeast-2"), http)
     assert provider._base == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"

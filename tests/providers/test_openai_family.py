@@ -14,15 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.openai import (
-    FakeAzureOpenAI,
-    FakeNebius,
-    FakeOpenAI,
-    FakeXAI,
-    image_bytes,
-    openai_error,
-)
-from fakes.upstream import FakeResponse
 from imagejobs.kinds import Kind
 from imagejobs.providers import azure, nebius, openai, openai_compatible, xai
 from imagejobs.providers.base import (
@@ -37,6 +28,16 @@ from imagejobs.providers.base import (
 )
 from imagejobs.retry import RetryPolicy, call_with_retries
 from PIL import Image
+
+from tests.fakes.openai import (
+    FakeAzureOpenAI,
+    FakeNebius,
+    FakeOpenAI,
+    FakeXAI,
+    image_bytes,
+    openai_error,
+)
+from tests.fakes.upstream import FakeResponse
 
 KEY = "sk-test-4f9a1c2e7b8d6a5f"
 FAST = RetryPolicy(max_retries=2, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)

@@ -10,8 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.stability import FakeStability
-from fakes.upstream import FakeResponse
 from imagejobs.kinds import Kind
 from imagejobs.providers import stability
 from imagejobs.providers.base import (
@@ -24,6 +22,9 @@ from imagejobs.providers.base import (
 )
 from imagejobs.retry import RetryPolicy, call_with_retries
 from PIL import Image
+
+from tests.fakes.stability import FakeStability
+from tests.fakes.upstream import FakeResponse
 
 KEY = "sk-stability-test"
 FAST_RETRIES = RetryPolicy(max_retries=3, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)
@@ -67,7 +68,9 @@ def generation(model: str = "sd3.5-large", **params: Any) -> ProviderRequest:
     return ProviderRequest(kind=Kind.GENERATION, model=model, prompt="a koi pond", params=params)
 
 
-async def test_sd3_generation_request_and_result(fake: FakeStability, http: httpx.AsyncClient) -> None:
+async def test_sd3_generation_request_and_result(
+    fake: FakeStability, http: httpx.AsyncClient
+) -> None:
     result = await make(fake, http).run(
         generation(
             size="1024x1792",
@@ -122,7 +125,9 @@ async def test_n_fans_out_one_call_per_image(fake: FakeStability, http: httpx.As
     assert len(set(fake.served)) == 3
 
 
-async def test_inpaint_sends_image_and_white_mask(fake: FakeStability, http: httpx.AsyncClient) -> None:
+async def test_inpaint_sends_image_and_white_mask(
+    fake: FakeStability, http: httpx.AsyncClient
+) -> None:
     image = rgba_png()
     await make(fake, http).run(
         ProviderRequest(
@@ -180,7 +185,9 @@ async def test_remove_background_sends_the_image_only(
     assert set(files) == {"image"}
 
 
-async def test_error_body_becomes_message_and_type(fake: FakeStability, http: httpx.AsyncClient) -> None:
+async def test_error_body_becomes_message_and_type(
+    fake: FakeStability, http: httpx.AsyncClient
+) -> None:
     fake.upstream.fail_next(
         FakeResponse(
             400,

@@ -151,4 +151,3 @@ def decode_data_url(url: str, provider: str) -> ImageOut:
 def data_url(data: bytes, content_type: str) -> str:
     """Bytes as a base64 `data:` URL."""
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
-
