@@ -49,7 +49,9 @@ def main() -> int:
         names = sorted(p.name for p in fresh.iterdir() if p.is_file())
         if check:
             stale = [
-                n for n in names if not (OUT / n).exists() or not filecmp.cmp(fresh / n, OUT / n, shallow=False)
+                n
+                for n in names
+                if not (OUT / n).exists() or not filecmp.cmp(fresh / n, OUT / n, shallow=False)
             ]
             extra = sorted(p.name for p in OUT.glob("*") if p.is_file() and p.name not in names)
             if stale or extra:

@@ -56,12 +56,18 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
         yield c
 
 
-def submit(client: httpx.Client, body: dict[str, Any], kind: str = "generations", **headers: str) -> httpx.Response:
+def submit(
+    client: httpx.Client, body: dict[str, Any], kind: str = "generations", **headers: str
+) -> httpx.Response:
     return client.post(f"/v1/async/images/{kind}", json=body, headers=headers)
 
 
 def wait_terminal(
-    client: httpx.Client, job_id: str, kind: str = "generations", timeout_s: float = 30, **headers: str
+    client: httpx.Client,
+    job_id: str,
+    kind: str = "generations",
+    timeout_s: float = 30,
+    **headers: str,
 ) -> httpx.Response:
     """Poll until the job is terminal (HTTP 200); fail at the deadline."""
     deadline = time.monotonic() + timeout_s

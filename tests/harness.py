@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from imagejobs import gateway, natsd
 from imagejobs.config import load_settings
 
@@ -27,7 +26,6 @@ START_TIMEOUT_S = 30.0
 def require_binary(name: str) -> None:
     """Fail in CI (binaries are part of the install); skip locally if missing."""
     import pytest
-
     from imagejobs.binaries import find_binary
     from imagejobs.errors import ConfigError
 
@@ -45,7 +43,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
+) -> Any:
     """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -148,8 +148,12 @@ class Stack:
         wait_until(lambda: tcp_open(self.nats_port), START_TIMEOUT_S, "nats-server")
 
     def start_api(self, port: int) -> subprocess.Popen[bytes]:
-        proc = self.spawn(f"api-{port}", [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)])
-        wait_until(lambda: tcp_open(port) or proc.poll() is not None, START_TIMEOUT_S, f"api {port}")
+        proc = self.spawn(
+            f"api-{port}", [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)]
+        )
+        wait_until(
+            lambda: tcp_open(port) or proc.poll() is not None, START_TIMEOUT_S, f"api {port}"
+        )
         assert proc.poll() is None, self.log(f"api-{port}")
         return proc
 
@@ -157,7 +161,9 @@ class Stack:
         self._worker_seq += 1
         name = f"worker-{self._worker_seq}"
         proc = self.spawn(name, [sys.executable, "-m", "imagejobs.cli", "worker"])
-        wait_until(lambda: "ready" in self.log(name) or proc.poll() is not None, START_TIMEOUT_S, name)
+        wait_until(
+            lambda: "ready" in self.log(name) or proc.poll() is not None, START_TIMEOUT_S, name
+        )
         assert proc.poll() is None, self.log(name)
         return name, proc
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from imagejobs import gateway
+
 from tests.conftest import assert_error_body, submit, wait_terminal
 from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until
 
@@ -51,13 +51,17 @@ def job_record(stack: Stack, job_id: str) -> dict[str, object]:
 
 
 def completions(stack: Stack, job_id: str) -> int:
-    return sum(stack.log(n).count(f"job {job_id} completed") for n in stack.procs if n.startswith("worker"))
+    return sum(
+        stack.log(n).count(f"job {job_id} completed") for n in stack.procs if n.startswith("worker")
+    )
 
 
 def test_worker_killed_mid_job_still_completes_once(fault_stack: Stack) -> None:
     _, first = fault_stack.start_worker()
     with httpx.Client(base_url=fault_stack.url, timeout=30) as client:
-        r = submit(client, {"model": "mock/m", "prompt": "slow", "size": "16x16", "mock_latency_ms": 3000})
+        r = submit(
+            client, {"model": "mock/m", "prompt": "slow", "size": "16x16", "mock_latency_ms": 3000}
+        )
         job_id = r.json()["id"]
         wait_until(lambda: job_record(fault_stack, job_id)["status"] == "processing", 10, "claim")
         first.send_signal(signal.SIGKILL)
@@ -73,7 +77,9 @@ def test_worker_killed_mid_job_still_completes_once(fault_stack: Stack) -> None:
 def test_worker_sigterm_finishes_in_flight_job_then_exits(fault_stack: Stack) -> None:
     fault_stack.start_worker()
     with httpx.Client(base_url=fault_stack.url, timeout=30) as client:
-        r = submit(client, {"model": "mock/m", "prompt": "drain", "size": "16x16", "mock_latency_ms": 1500})
+        r = submit(
+            client, {"model": "mock/m", "prompt": "drain", "size": "16x16", "mock_latency_ms": 1500}
+        )
         job_id = r.json()["id"]
         wait_until(lambda: job_record(fault_stack, job_id)["status"] == "processing", 10, "claim")
         pid = int(str(job_record(fault_stack, job_id)["worker"]).rsplit("-", 1)[1])
@@ -85,16 +91,22 @@ def test_worker_sigterm_finishes_in_flight_job_then_exits(fault_stack: Stack) ->
     assert "stopped" in fault_stack.log(name)
 
 
-def test_backend_down_is_503_with_error_body_and_health_503(fault_stack: Stack, tmp_path: Path) -> None:
+def test_backend_down_is_503_with_error_body_and_health_503(
+    fault_stack: Stack, tmp_path: Path
+) -> None:
     settings = fault_stack.settings.model_copy(
         update={"gateway_port": free_port(), "gateway_admin_port": free_port()}
     )
     config = gateway.render(settings, tmp_path, api_hosts=[("127.0.0.1", free_port())])
-    proc = subprocess.Popen(gateway.command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        gateway.command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{settings.gateway_port}"
         wait_until(lambda: tcp_open(settings.gateway_port), 20, "envoy")
-        r = httpx.post(f"{url}/v1/async/images/generations", json={"model": "mock/m", "prompt": "p"})
+        r = httpx.post(
+            f"{url}/v1/async/images/generations", json={"model": "mock/m", "prompt": "p"}
+        )
         assert_error_body(r, 503)
         assert httpx.get(f"{url}/health").status_code == 503
     finally:
@@ -114,7 +126,14 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     out = (tmp_path / "up.log").open("w+b")
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        wait_until(lambda: b"imagejobs is ready" in (tmp_path / "up.log").read_bytes() or proc.poll() is not None, 60, "up")
+        wait_until(
+            lambda: (
+                b"imagejobs is ready" in (tmp_path / "up.log").read_bytes()
+                or proc.poll() is not None
+            ),
+            60,
+            "up",
+        )
         assert proc.poll() is None, (tmp_path / "up.log").read_text()
         base = f"http://127.0.0.1:{ports['--gateway-port']}"
         with httpx.Client(base_url=base, timeout=30) as client:
@@ -122,7 +141,13 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             assert wait_terminal(client, r.json()["id"]).json()["status"] == "completed"
         logs = sorted(p.name for p in (tmp_path / "d" / "logs").iterdir())
         assert logs == sorted(
-            ["nats.log", f"api-{ports['--api-port']}.log", "worker-1.log", "worker-2.log", "gateway.log"]
+            [
+                "nats.log",
+                f"api-{ports['--api-port']}.log",
+                "worker-1.log",
+                "worker-2.log",
+                "gateway.log",
+            ]
         )
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)

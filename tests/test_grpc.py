@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
+
 from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +70,11 @@ def test_typed_error_detail(channel: grpc.Channel) -> None:
     assert detail.error.message == "prompt cannot be empty" and detail.error.param == "prompt"
 
     with pytest.raises(grpc.RpcError) as missing:
-        stub.GetJob(jobs_pb2.GetJobRequest(kind="generations", job_id="00000000-0000-4000-8000-000000000000"))
+        stub.GetJob(
+            jobs_pb2.GetJobRequest(
+                kind="generations", job_id="00000000-0000-4000-8000-000000000000"
+            )
+        )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -81,6 +85,8 @@ def test_health_and_reflection_through_the_gateway(stack: Stack) -> None:
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert "imagejobs.v1.ImageJobService" in names

@@ -72,7 +72,9 @@ def test_output_format_and_n(client: httpx.Client, fmt: str, pil: str) -> None:
 
 
 def test_url_response_format_serves_the_bytes(client: httpx.Client) -> None:
-    r = submit(client, {"model": "mock/m", "prompt": "a kite", "size": "32x32", "response_format": "url"})
+    r = submit(
+        client, {"model": "mock/m", "prompt": "a kite", "size": "32x32", "response_format": "url"}
+    )
     job = wait_terminal(client, r.json()["id"]).json()
     url = job["result"]["data"][0]["url"]
     assert "b64_json" not in job["result"]["data"][0]
@@ -85,7 +87,10 @@ def test_url_response_format_serves_the_bytes(client: httpx.Client) -> None:
 def test_request_id_header_becomes_request_id(client: httpx.Client) -> None:
     r = submit(client, {"model": "mock/m", "prompt": "p"}, **{"x-request-id": "req-42"})
     assert r.json()["request_id"] == "req-42"
-    assert client.get(f"/v1/async/images/generations/{r.json()['id']}").json()["request_id"] == "req-42"
+    assert (
+        client.get(f"/v1/async/images/generations/{r.json()['id']}").json()["request_id"]
+        == "req-42"
+    )
 
 
 # --- the contract's error table ---------------------------------------------------------
@@ -141,7 +146,9 @@ def test_envoy_own_errors_carry_the_error_body(client: httpx.Client, stack: Stac
     assert body["error"]["message"] == "route not found"
     too_big = b"x" * (stack.settings.max_body_bytes + 1024)
     r = client.post(
-        "/v1/async/images/generations", content=too_big, headers={"content-type": "application/json"}
+        "/v1/async/images/generations",
+        content=too_big,
+        headers={"content-type": "application/json"},
     )
     assert_error_body(r, 413)
 
@@ -151,7 +158,15 @@ def test_envoy_own_errors_carry_the_error_body(client: httpx.Client, stack: Stac
 
 @pytest.mark.parametrize(
     ("header", "ttl"),
-    [(None, 3600), ("", 3600), ("abc", 3600), ("-5", 3600), ("0", 3600), ("120", 120), ("7200", 7200)],
+    [
+        (None, 3600),
+        ("", 3600),
+        ("abc", 3600),
+        ("-5", 3600),
+        ("0", 3600),
+        ("120", 120),
+        ("7200", 7200),
+    ],
 )
 def test_ttl_header_rules(client: httpx.Client, header: str | None, ttl: int) -> None:
     headers = {} if header is None else {"x-bf-async-job-result-ttl": header}
@@ -164,7 +179,13 @@ def test_ttl_header_rules(client: httpx.Client, header: str | None, ttl: int) ->
 def test_result_expires_after_its_ttl_counted_from_completion(client: httpx.Client) -> None:
     r = submit(
         client,
-        {"model": "mock/m", "prompt": "p", "size": "16x16", "response_format": "url", "mock_latency_ms": 1500},
+        {
+            "model": "mock/m",
+            "prompt": "p",
+            "size": "16x16",
+            "response_format": "url",
+            "mock_latency_ms": 1500,
+        },
         **{"x-bf-async-job-result-ttl": "2"},
     )
     job_id = r.json()["id"]
@@ -197,7 +218,13 @@ def test_upstream_error_fails_the_job_with_its_status(client: httpx.Client) -> N
 def test_retryable_failures_then_success(client: httpx.Client) -> None:
     r = submit(
         client,
-        {"model": "mock/m", "prompt": "p", "size": "16x16", "mock_fail_status": 503, "mock_fail_times": 1},
+        {
+            "model": "mock/m",
+            "prompt": "p",
+            "size": "16x16",
+            "mock_fail_status": 503,
+            "mock_fail_times": 1,
+        },
     )
     job = wait_terminal(client, r.json()["id"]).json()
     assert job["status"] == "completed", job

@@ -23,10 +23,19 @@ into the contract's error body, which the servicer's interceptor sends as the
 from __future__ import annotations
 
 import uuid
+from typing import TypedDict
 
 import grpc
 
 from imagejobs.v1 import jobs_pb2
+
+
+class ErrorContext(TypedDict, total=False):
+    """What a request was about, for the error body's `extra_fields`."""
+
+    provider: str
+    model: str
+    request_type: str
 
 
 class ConfigError(Exception):

@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from imagejobs import constants
-from imagejobs.errors import InvalidRequest
+from imagejobs.errors import ErrorContext, InvalidRequest
 from imagejobs.kinds import Kind
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.uploads import Upload, parse_multipart
@@ -61,13 +61,9 @@ def parse_body(kind: Kind, content_type: str, body: bytes, limits: Limits) -> Im
                 "invalid request format: generations take a JSON body", code="invalid_request"
             )
         fields, files = parse_multipart(content_type, body)
-        return validate(
-            kind,
-            fields,
-            files.get("image[]", []) + files.get("image", []),
-            (files.get("mask") or [None])[0],
-            limits,
-        )
+        masks = files.get("mask", [])
+        images = files.get("image[]", []) + files.get("image", [])
+        return validate(kind, fields, images, masks[0] if masks else None, limits)
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -128,11 +124,9 @@ def validate(
     if not isinstance(model, str) or not _valid_model(model):
         raise InvalidRequest("model should be in provider/model format", param="model")
     provider = model.split("/", 1)[0]
-    extra = {
-        "provider": provider,
-        "model": model.split("/", 1)[1],
-        "request_type": kind.request_type,
-    }
+    extra = ErrorContext(
+        provider=provider, model=model.split("/", 1)[1], request_type=kind.request_type
+    )
     if _truthy(fields.get("stream")):
         raise InvalidRequest(
             "stream is not supported for async image generations", param="stream", **extra
@@ -173,7 +167,7 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
-def _params(fields: Mapping[str, Any], extra: dict[str, str], limits: Limits) -> dict[str, Any]:
+def _params(fields: Mapping[str, Any], extra: ErrorContext, limits: Limits) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, value in fields.items():
         if key in _RESERVED or value is None:
@@ -203,7 +197,7 @@ def _params(fields: Mapping[str, Any], extra: dict[str, str], limits: Limits) ->
     return params
 
 
-def _as_int(key: str, value: Any, extra: dict[str, str]) -> int:
+def _as_int(key: str, value: Any, extra: ErrorContext) -> int:
     if isinstance(value, bool):
         raise InvalidRequest(f"invalid {key} value: {value}", param=key, **extra)
     if isinstance(value, int):
@@ -218,7 +212,7 @@ def _as_int(key: str, value: Any, extra: dict[str, str]) -> int:
     raise InvalidRequest(f"invalid {key} value: {value}", param=key, **extra)
 
 
-def _fallbacks(value: Any, extra: dict[str, str]) -> tuple[str, ...]:
+def _fallbacks(value: Any, extra: ErrorContext) -> tuple[str, ...]:
     if value is None:
         return ()
     items = value if isinstance(value, list) else [value]
@@ -231,7 +225,7 @@ def _fallbacks(value: Any, extra: dict[str, str]) -> tuple[str, ...]:
 
 
 def _check_images(
-    images: list[Upload], mask: Upload | None, limits: Limits, extra: dict[str, str]
+    images: list[Upload], mask: Upload | None, limits: Limits, extra: ErrorContext
 ) -> None:
     if not images:
         raise InvalidRequest("at least one image is required", param="image", **extra)

@@ -8,7 +8,7 @@ raw body in `http_body`; the servicer tells Envoy which HTTP status to use throu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -21,14 +21,16 @@ from imagejobs.kinds import Kind
 from imagejobs.requests import ImageRequest, Limits, from_proto, parse_body
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 TTL_HEADER = "x-bf-async-job-result-ttl"
 VK_PREFIX = "sk-bf-"
 
 
-def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+def metadata_of(context: Context) -> dict[str, str]:
     """Request metadata as a dict of lower-case names (text values only)."""
-    pairs: Sequence[tuple[str, str | bytes]] = context.invocation_metadata() or ()
-    return {k.lower(): v for k, v in pairs if isinstance(v, str)}
+    pairs = context.invocation_metadata() or ()
+    return {str(k).lower(): v for k, v in pairs if isinstance(v, str)}
 
 
 def virtual_key(md: dict[str, str]) -> str | None:
@@ -68,7 +70,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         return f"{scheme}://{host}"
 
     async def SubmitImageJob(
-        self, request: jobs_pb2.SubmitImageJobRequest, context: grpc.aio.ServicerContext
+        self, request: jobs_pb2.SubmitImageJobRequest, context: Context
     ) -> jobs_pb2.Job:
         md = metadata_of(context)
         kind = parse_kind(request.kind)
@@ -101,9 +103,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             return await asyncio.to_thread(from_proto, kind, request.request, self._limits)
         return from_proto(kind, request.request, self._limits)
 
-    async def GetJob(
-        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.Job:
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
         job = await self._engine.get(
             parse_kind_or_404(request.kind), request.job_id, Caller.from_key(virtual_key(md))
@@ -113,7 +113,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         return await self._render(job, md)
 
     async def GetJobImage(
-        self, request: jobs_pb2.GetJobImageRequest, context: grpc.aio.ServicerContext
+        self, request: jobs_pb2.GetJobImageRequest, context: Context
     ) -> jobs_pb2.GetJobImageResponse:
         md = metadata_of(context)
         obj = await self._engine.image(

@@ -38,7 +38,8 @@ class Child:
 
 
 async def _pump(child: Child, log_path: Path, echo: bool) -> None:
-    assert child.process is not None and child.process.stdout is not None
+    assert child.process is not None
+    assert child.process.stdout is not None
     with log_path.open("ab") as log:
         async for line in child.process.stdout:
             log.write(line)
@@ -77,10 +78,14 @@ async def wait_http_ok(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
             await asyncio.sleep(0.2)
 
 
+def _contains(path: Path, needle: str) -> bool:
+    return path.exists() and needle in path.read_text(errors="replace")
+
+
 async def wait_log_line(path: Path, needle: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
+        if await asyncio.to_thread(_contains, path, needle):
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"{path.name}: no '{needle}' after {timeout_s:g} s")
@@ -200,10 +205,8 @@ async def run_up(settings: Settings) -> int:
         await asyncio.wait({stopper, died}, return_when=asyncio.FIRST_COMPLETED)
         if died.done():
             child = died.result()
-            print(
-                f"{child.name} exited with {child.process.returncode if child.process else '?'}; stopping",
-                flush=True,
-            )
+            rc = child.process.returncode if child.process else None
+            print(f"{child.name} exited with {rc}; stopping", flush=True)
             code = 1
         stopper.cancel()
         died.cancel()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from imagejobs.errors import InvalidRequest, PayloadTooLarge
+from imagejobs.errors import ErrorContext, InvalidRequest, PayloadTooLarge
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -49,7 +49,7 @@ class Upload:
             raise InvalidRequest(f"{name} is not valid base64", param=name) from exc
         return cls(data=data, filename=name)
 
-    def inspect(self, name: str, max_bytes: int, extra: dict[str, str]) -> ImageInfo:
+    def inspect(self, name: str, max_bytes: int, extra: ErrorContext) -> ImageInfo:
         """Check size and decode the header; InvalidRequest/PayloadTooLarge if it is not
         an allowed image."""
         if len(self.data) > max_bytes:

@@ -14,9 +14,6 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from fakes.gemini import FakeGemini, google_error, png_bytes
-from fakes.upstream import FakeResponse
-from fakes.vertex import GOOGLE_TOKEN_AUDIENCE, JWT_BEARER, FakeVertex
 from google.auth import jwt
 from imagejobs.kinds import Kind
 from imagejobs.providers import gemini, vertex
@@ -31,6 +28,10 @@ from imagejobs.providers.base import (
 )
 from imagejobs.retry import RetryPolicy, call_with_retries
 from PIL import Image
+
+from tests.fakes.gemini import FakeGemini, google_error, png_bytes
+from tests.fakes.upstream import FakeResponse
+from tests.fakes.vertex import GOOGLE_TOKEN_AUDIENCE, JWT_BEARER, FakeVertex
 
 KEY = "gk-test-secret"
 PROJECT_PATH = "/v1/projects/test-project/locations/us-central1/publishers/google/models"

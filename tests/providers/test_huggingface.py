@@ -10,9 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.gemini import png_bytes
-from fakes.huggingface import FakeHuggingFace
-from fakes.upstream import FakeResponse
 from imagejobs.kinds import Kind
 from imagejobs.providers import huggingface
 from imagejobs.providers.base import (
@@ -25,6 +22,10 @@ from imagejobs.providers.base import (
     WeightedKey,
 )
 from imagejobs.retry import RetryPolicy, call_with_retries
+
+from tests.fakes.gemini import png_bytes
+from tests.fakes.huggingface import FakeHuggingFace
+from tests.fakes.upstream import FakeResponse
 
 TOKEN = "hf_test_secret"
 FLUX = "black-forest-labs/FLUX.1-schnell"

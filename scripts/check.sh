@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every check CI runs, in order: generated code fresh, buf lint, ruff, mypy, pytest.
+# Run from the repository root inside the venv made by the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+BIN="$(dirname "$PY")"
+"$PY" scripts/gen_protos.py --check
+"$BIN/buf" lint
+"$BIN/ruff" check service tests scripts bench
+"$BIN/ruff" format --check service tests scripts bench
+"$BIN/mypy"
+"$PY" -m pytest -q -p no:cacheprovider "$@"
