@@ -42,7 +42,7 @@ class _Wait:
         self._policy = policy
         self._deadline = deadline
         self._backoff = wait_exponential_jitter(
-            initial=policy.initial_delay_s, max=policy.max_delay_s, jitter=policy.jitter_s
+            multiplier=policy.initial_delay_s, max=policy.max_delay_s, jitter=policy.jitter_s
         )
 
     def __call__(self, state: RetryCallState) -> float:

@@ -10,6 +10,7 @@ test credentials and the `X-Amz-Date` the client sent — and answers 403
         config = bedrock.config()          # a ProviderConfig pointing at the fake
         ...
         bedrock.requests[-1].json()        # the body sent
+        bedrock.served                     # the PNG bytes answered, in order
 """
 
 from __future__ import annotations

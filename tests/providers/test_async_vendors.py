@@ -343,11 +343,13 @@ async def test_bfl_fans_out_n_tasks(http: httpx.AsyncClient) -> None:
     with FakeBFL(key=BFL_KEY, polls=1) as fake:
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
         result = await provider.run(
-            ProviderRequest(kind=Kind.GENERATION, model="flux-pro-1.1", prompt="p", params={"n": 3})
+            ProviderRequest(
+                kind=Kind.GENERATION, model="flux-pro-1.1", prompt="p", params={"n": 3, "seed": 5}
+            )
         )
         creates = [r for r in fake.requests if r.method == "POST"]
-        assert len(creates) == 3
-        assert all(r.json() == {"prompt": "p"} for r in creates)
+        assert sorted(r.json()["seed"] for r in creates) == [5, 6, 7]  # distinct images
+        assert all(set(r.json()) == {"prompt", "seed"} for r in creates)
         assert len(result.images) == 3
         assert sorted(img.data for img in result.images) == sorted(fake.served)
         assert len(set(fake.served)) == 3

@@ -149,10 +149,10 @@ async def test_n_up_to_five_is_one_call(fake: FakeBedrock, http: httpx.AsyncClie
 
 async def test_n_over_five_fans_out(fake: FakeBedrock, http: httpx.AsyncClient) -> None:
     result = await make(fake, http).run(
-        ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p", params={"n": 7})
+        ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p", params={"n": 7, "seed": 3})
     )
-    counts = sorted(r.json()["imageGenerationConfig"]["numberOfImages"] for r in fake.requests)
-    assert counts == [2, 5]
+    configs = [r.json()["imageGenerationConfig"] for r in fake.requests]
+    assert sorted((c["numberOfImages"], c["seed"]) for c in configs) == [(2, 4), (5, 3)]
     assert len(result.images) == 7
     assert sorted(img.data for img in result.images) == sorted(fake.served)
     for req in fake.requests:

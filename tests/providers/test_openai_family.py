@@ -421,6 +421,20 @@ async def test_openai_maps_aspect_ratio_to_size(
     assert "resolution" not in body
 
 
+@pytest.mark.parametrize(
+    ("model", "sent"), [("gpt-image-1", None), ("chatgpt-image-latest", None), ("dall-e-3", "url")]
+)
+async def test_openai_response_format_only_for_models_that_take_it(
+    model: str, sent: str | None, http: httpx.AsyncClient
+) -> None:
+    with FakeOpenAI() as fake:
+        provider = openai.build(config("openai", fake.url), http)
+        params = {"response_format": "url"}
+        await provider.run(ProviderRequest(Kind.GENERATION, model, "p", params))
+        body = fake.requests[0].json()
+    assert body.get("response_format") == sent
+
+
 async def test_openai_url_results_are_downloaded_without_credentials(
     http: httpx.AsyncClient,
 ) -> None:
@@ -511,7 +525,6 @@ async def test_openai_edit_multipart(build: Build, name: str, http: httpx.AsyncC
         "input_fidelity": ["high"],
         "output_format": ["webp"],
         "output_compression": ["80"],
-        "response_format": ["b64_json"],
         "user": ["user-2"],
         "extra_field": ["x"],
         "flag": ["false"],

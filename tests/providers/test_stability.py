@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -37,12 +37,14 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def fake() -> Any:
+def fake() -> Iterator[FakeStability]:
     with FakeStability(key=KEY) as upstream:
         yield upstream
 
 
-def make(fake: FakeStability, http: httpx.AsyncClient, **overrides: Any) -> Any:
+def make(
+    fake: FakeStability, http: httpx.AsyncClient, **overrides: Any
+) -> stability.StabilityProvider:
     values: dict[str, Any] = {
         "name": "stability",
         "keys": (WeightedKey(KEY),),
@@ -117,9 +119,10 @@ async def test_model_picks_the_endpoint(
 
 
 async def test_n_fans_out_one_call_per_image(fake: FakeStability, http: httpx.AsyncClient) -> None:
-    result = await make(fake, http).run(generation("core", n=3))
-    assert len(fake.requests) == 3
-    assert all(r.multipart()[0] == {"prompt": ["a koi pond"]} for r in fake.requests)
+    result = await make(fake, http).run(generation("core", n=3, seed=9))
+    forms = [r.multipart() for r in fake.requests]
+    assert sorted(fields["seed"][0] for fields, _ in forms) == ["10", "11", "9"]
+    assert all(set(fields) == {"prompt", "seed"} and not files for fields, files in forms)
     assert len(result.images) == 3
     assert sorted(img.data for img in result.images) == sorted(fake.served)
     assert len(set(fake.served)) == 3

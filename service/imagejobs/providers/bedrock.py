@@ -23,7 +23,8 @@ and are refused with a 400):
 - variation: `IMAGE_VARIATION` with `imageVariationParams {images (all inputs, up to 5),
   text?, negativeText?, similarityStrength?}`.
 All but background removal carry `imageGenerationConfig {numberOfImages, width, height,
-quality?, cfgScale?, seed?}`; at most 5 images per call, so a larger `n` fans out.
+quality?, cfgScale?, seed?}`; at most 5 images per call, so a larger `n` fans out
+(batch i with `seed + i`).
 `quality` low/medium/standard -> `standard`, high/hd/premium -> `premium`.
 
 Bedrock's mask convention is the reverse of Stability's: black (0,0,0) pixels are inside
@@ -37,6 +38,7 @@ import asyncio
 import base64
 import binascii
 import io
+import itertools
 import json
 from typing import Any
 
@@ -120,8 +122,13 @@ class BedrockProvider:
         if "imageGenerationConfig" not in body:  # background removal: one image, no n
             return await self._invoke(url, body, key_id)
 
+        batches = itertools.count()
+
         async def call(count: int) -> ProviderResult:
             config = {**body["imageGenerationConfig"], "numberOfImages": count}
+            index = next(batches)
+            if index and isinstance(config.get("seed"), int):
+                config["seed"] += index  # else every batch would repeat the first one
             return await self._invoke(url, {**body, "imageGenerationConfig": config}, key_id)
 
         return await fan_out(request, MAX_IMAGES_PER_CALL, call)

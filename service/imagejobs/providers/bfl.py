@@ -5,7 +5,8 @@
 `{"id", "polling_url"}`; the task is then followed by GETting `polling_url` (with
 `x-key`) every `config.poll_interval_s`, bounded by `config.timeout_s` overall, until its
 status is `Ready`, when `result.sample` (a signed URL that expires in minutes) is
-downloaded at once, without the key. One image per task: `n` fans out into `n` tasks.
+downloaded at once, without the key. One image per task: `n` fans out into `n` tasks
+(with a `seed`, task i gets `seed + i`).
 
 Body mapping — generation: `prompt`; `aspect_ratio` for Kontext and `-ultra` models
 (given, or the nearest common ratio to the size), `width`/`height` (rounded to multiples
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import time
 from typing import Any
 
@@ -112,9 +114,16 @@ class BflProvider:
             )
         body = await task_body(request)
         deadline = time.monotonic() + self._config.timeout_s
-        return await fan_out(
-            request, 1, lambda _count: self._one(request.model, body, key, deadline)
-        )
+        tasks = itertools.count()
+
+        async def one_task(_count: int) -> ProviderResult:
+            # With a seed and n > 1, task i uses seed + i: n identical images help nobody.
+            index = next(tasks)
+            seed = body.get("seed")
+            task = {**body, "seed": seed + index} if isinstance(seed, int) and index else body
+            return await self._one(request.model, task, key, deadline)
+
+        return await fan_out(request, 1, one_task)
 
     async def _one(self, model: str, body: TaskDoc, key: str, deadline: float) -> ProviderResult:
         headers = {"x-key": key, "Accept": "application/json"}
@@ -151,7 +160,7 @@ class BflProvider:
             self._http,
             sample,
             provider=self.name,
-            timeout_s=max(min(self._config.timeout_s, deadline - time.monotonic()), 0.001),
+            timeout_s=self._config.timeout_s,  # its own budget: the result is paid for
             max_bytes=self._config.max_download_bytes,
         )
         return ProviderResult(images=(image,))

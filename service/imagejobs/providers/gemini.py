@@ -3,10 +3,12 @@
 - Gemini image models (`gemini-2.5-flash-image`, `gemini-3-pro-image-preview`):
   `POST {base}/v1beta/models/{model}:generateContent`. One image per call, so `n` fans
   out. Edits send the input images as `inlineData` beside the prompt; Gemini has no mask
-  input, so a mask is ignored (describe the edit in the prompt).
+  input, so a mask is ignored (describe the edit in the prompt). A generation's
+  `input_images` (data URLs, base64, or URLs fetched at once) are sent the same way.
 - Imagen (`imagen-4.0-generate-001`, ...): `POST {base}/v1beta/models/{model}:predict`,
   up to 4 images per call. The Gemini API has no Imagen edit endpoint (Vertex has) and
-  rejects `negativePrompt` and `seed` for Imagen, so those are not sent.
+  rejects `negativePrompt` and `seed` for Imagen, so those are not sent; Imagen ignores
+  `input_images`.
 - Variations: not offered by either model family.
 
 Auth is the `x-goog-api-key` header. Google errors (`{"error": {"code", "message",

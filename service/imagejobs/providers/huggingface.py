@@ -117,6 +117,8 @@ def _openai_style_body(
     _set(body, "seed", seed)
     _set(body, "negative_prompt", request.param_str("negative_prompt"))
     body.update(_passthrough(request.params))
+    if steps == "num_inference_steps":
+        body.pop("guidance_scale", None)  # Nebius rejects it (HF's own client drops it too)
     body["response_format"] = response_format
     return body
 

@@ -20,9 +20,11 @@ Parameters: per operation, the known parameters the API accepts are sent (see
 `num_inference_steps`, `negative_prompt`, `input_images`, `aspect_ratio`, `resolution`,
 `type`, `partial_images` — jobs never stream — and generation-only or edit-only ones on the
 other operation) are dropped; keys we do not know pass through unchanged; `mock_*` never
-leaves us. A request with `aspect_ratio`/`resolution` but no `size` gets a `size`: the
-nearest standard size for gpt-image / dall-e-3 models, nothing for dall-e-2 (squares
-only), and `normalize.size_for()` for any other model (an openai-compatible server).
+leaves us. GPT image models answer base64 only and reject `response_format` (400
+`unknown_parameter`), so it is dropped for them. A request with `aspect_ratio` or
+`resolution` but no `size` gets a `size`: the nearest standard size for gpt-image and
+dall-e-3 models, nothing for dall-e-2 (squares only), and `normalize.size_for()` for any
+other model (an openai-compatible server).
 """
 
 from __future__ import annotations
@@ -56,57 +58,15 @@ from imagejobs.providers.base import (
 
 DEFAULT_BASE_URL = "https://api.openai.com"
 
-# Every parameter the contract knows (see ProviderRequest); anything else passes through.
-KNOWN_PARAMS = frozenset(
-    {
-        "n",
-        "size",
-        "quality",
-        "style",
-        "response_format",
-        "background",
-        "moderation",
-        "output_format",
-        "output_compression",
-        "partial_images",
-        "seed",
-        "negative_prompt",
-        "num_inference_steps",
-        "user",
-        "input_images",
-        "aspect_ratio",
-        "resolution",
-        "type",
-        "input_fidelity",
-    }
-)
-GENERATION_PARAMS = frozenset(
-    {
-        "n",
-        "size",
-        "quality",
-        "style",
-        "response_format",
-        "background",
-        "moderation",
-        "output_format",
-        "output_compression",
-        "user",
-    }
-)
-EDIT_PARAMS = frozenset(
-    {
-        "n",
-        "size",
-        "quality",
-        "response_format",
-        "background",
-        "input_fidelity",
-        "output_format",
-        "output_compression",
-        "user",
-    }
-)
+# What each operation accepts, of the parameters the contract knows (see ProviderRequest).
+_COMMON = frozenset({"n", "size", "quality", "response_format", "background", "user"})
+_GPT_IMAGE_OUTPUT = frozenset({"output_format", "output_compression"})
+GENERATION_PARAMS = _COMMON | _GPT_IMAGE_OUTPUT | {"style", "moderation"}
+EDIT_PARAMS = _COMMON | _GPT_IMAGE_OUTPUT | {"input_fidelity"}
+_ELSEWHERE = frozenset({"seed", "negative_prompt", "num_inference_steps", "partial_images"})
+_SHAPE_AND_INPUT = frozenset({"input_images", "aspect_ratio", "resolution", "type"})
+# Every parameter the contract knows; anything else passes through.
+KNOWN_PARAMS = GENERATION_PARAMS | EDIT_PARAMS | _ELSEWHERE | _SHAPE_AND_INPUT
 VARIATION_PARAMS = frozenset({"n", "response_format", "size", "user"})
 ECHOED_FIELDS = ("background", "output_format", "quality", "size")
 
@@ -116,6 +76,8 @@ STANDARD_SIZES: Mapping[str, tuple[str, ...]] = {
     "chatgpt-image": ("1024x1024", "1536x1024", "1024x1536"),
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
 }
+# Model families that always answer base64 and reject `response_format`.
+BASE64_ONLY_MODELS = ("gpt-image", "chatgpt-image")
 FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 REDACTED = "<redacted>"
 
@@ -131,6 +93,13 @@ def select_params(params: Mapping[str, Any], allowed: Iterable[str]) -> dict[str
         and not key.startswith("mock_")
         and (key in allow or key not in KNOWN_PARAMS)
     }
+
+
+def allowed_for(model: str, allowed: frozenset[str]) -> frozenset[str]:
+    """`allowed` minus what `model` rejects."""
+    if model.startswith(BASE64_ONLY_MODELS):
+        return allowed - {"response_format"}
+    return allowed
 
 
 def size_for_shape(model: str, params: Mapping[str, Any]) -> str | None:
@@ -232,7 +201,9 @@ class OpenAIProvider:
         body: dict[str, Any] = {"model": request.model}
         if request.prompt is not None:
             body["prompt"] = request.prompt
-        body.update(select_params(request.params, self.generation_params))
+        body.update(
+            select_params(request.params, allowed_for(request.model, self.generation_params))
+        )
         size = size_for_shape(request.model, request.params)
         if size is not None:
             body["size"] = size
@@ -269,7 +240,7 @@ class OpenAIProvider:
         fields: dict[str, Any] = {"model": request.model}
         if request.prompt is not None:
             fields["prompt"] = request.prompt
-        fields.update(select_params(request.params, EDIT_PARAMS))
+        fields.update(select_params(request.params, allowed_for(request.model, EDIT_PARAMS)))
         size = size_for_shape(request.model, request.params)
         if size is not None:
             fields["size"] = size
@@ -282,7 +253,7 @@ class OpenAIProvider:
     def variation_request(self, request: ProviderRequest) -> httpx.Request:
         self._require_images(request)
         fields: dict[str, Any] = {"model": request.model}
-        fields.update(select_params(request.params, VARIATION_PARAMS))
+        fields.update(select_params(request.params, allowed_for(request.model, VARIATION_PARAMS)))
         return self.multipart_request(request, fields, [("image", request.images[0])])
 
     def _require_images(self, request: ProviderRequest) -> None:

@@ -147,7 +147,7 @@ class ReplicateProvider:
                 type="upstream_error",
                 code="no_output",
             )
-        images = await asyncio.gather(*(self._fetch(u, deadline) for u in urls))
+        images = await asyncio.gather(*(self._fetch(u) for u in urls))
         return ProviderResult(images=tuple(images))
 
     def _status_url(self, created: TaskDoc) -> str:
@@ -164,14 +164,14 @@ class ReplicateProvider:
             )
         return f"{self._base}/v1/predictions/{prediction_id}"
 
-    async def _fetch(self, url: str, deadline: float) -> ImageOut:
+    async def _fetch(self, url: str) -> ImageOut:
         if url.startswith("data:"):
             return decode_data_url(url, self.name)
         return await download(
             self._http,
             url,
             provider=self.name,
-            timeout_s=max(min(self._config.timeout_s, deadline - time.monotonic()), 0.001),
+            timeout_s=self._config.timeout_s,  # its own budget: the result is paid for
             max_bytes=self._config.max_download_bytes,
         )
 

@@ -2,7 +2,8 @@
 
 Every call is `multipart/form-data` with `Authorization: Bearer <key>` and
 `Accept: image/*`, and answers the raw image bytes (200), with a `finish-reason` header
-(`SUCCESS` or `CONTENT_FILTERED`) and a `seed` header. One image per call: `n` fans out.
+(`SUCCESS` or `CONTENT_FILTERED`) and a `seed` header. One image per call: `n` fans out
+(with a `seed`, call i sends `seed + i`).
 
 Generation — the model picks the endpoint `POST {base}/v2beta/stable-image/generate/…`:
 `ultra` / `stable-image-ultra` -> `ultra`; `core` / `stable-image-core` -> `core`;
@@ -26,6 +27,7 @@ blurred placeholder) is a 400 `content_filtered`, never returned as a result.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -108,7 +110,18 @@ class StabilityProvider:
         else:
             path, parts = await edit_call(request)
         url = f"{self._base}/v2beta/stable-image/{path}"
-        return await fan_out(request, 1, lambda _count: self._one(url, parts, key))
+        calls = itertools.count()
+        seed = request.param_int("seed")
+
+        async def one_call(_count: int) -> ProviderResult:
+            # With a seed and n > 1, call i uses seed + i: n identical images help nobody.
+            index = next(calls)
+            if seed is None or not index:
+                return await self._one(url, parts, key)
+            reseeded = [_field("seed", seed + index) if n == "seed" else (n, v) for n, v in parts]
+            return await self._one(url, reseeded, key)
+
+        return await fan_out(request, 1, one_call)
 
     async def _one(self, url: str, parts: list[Part], key: str) -> ProviderResult:
         headers = {"Authorization": f"Bearer {key}", "Accept": "image/*"}

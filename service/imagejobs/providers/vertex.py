@@ -142,12 +142,14 @@ class TokenSource:
             credentials.refresh(HttpxTransport(self._timeout_s))  # type: ignore[no-untyped-call]
         except google.auth.exceptions.RefreshError as exc:
             reason = str(exc.args[0]) if exc.args else type(exc).__name__
+            # google-auth has already retried a retryable (5xx/429) answer a few times.
+            retryable = bool(getattr(exc, "retryable", False))
             raise ProviderError(
                 f"vertex could not obtain an access token: {reason[:300]}",
-                status_code=401,
+                status_code=None if retryable else 401,
                 type="authentication_error",
                 code="token_refresh_failed",
-                retryable=bool(getattr(exc, "retryable", False)),
+                retryable=retryable,
             ) from exc
         except google.auth.exceptions.TransportError as exc:
             raise ProviderError(
@@ -162,11 +164,20 @@ def _mask_for_vertex(mask: bytes) -> bytes:
     """Vertex edits where the mask is non-zero. A mask with transparent pixels is
     OpenAI-style (edit where transparent) and is converted; an opaque one is taken to be
     white-means-edit already."""
-    with Image.open(io.BytesIO(mask)) as img:
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-            lowest = img.convert("RGBA").getchannel("A").getextrema()[0]
-            if isinstance(lowest, int) and lowest < 255:
-                return normalize.transparent_to_white_mask(mask)
+    try:
+        with Image.open(io.BytesIO(mask)) as img:
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                lowest = img.convert("RGBA").getchannel("A").getextrema()[0]
+                if isinstance(lowest, int) and lowest < 255:
+                    return normalize.transparent_to_white_mask(mask)
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ProviderError(
+            "the mask is not a readable image",
+            status_code=400,
+            type="invalid_request_error",
+            code="invalid_mask",
+            param="mask",
+        ) from exc
     return mask
 
 
