@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=32, ge=1)
 
     # request limits
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=53 * 1024 * 1024, ge=1024)  # a 50 MiB file + form
+    max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
 
     providers: dict[str, ProviderSettings] = Field(
         default_factory=lambda: {"mock": ProviderSettings()}

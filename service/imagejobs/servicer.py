@@ -60,7 +60,9 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
-        self._limits = Limits(max_total_bytes=settings.max_body_bytes)
+        self._limits = Limits(
+            max_total_bytes=settings.max_body_bytes, max_file_bytes=settings.max_file_bytes
+        )
 
     def _base_url(self, md: dict[str, str]) -> str:
         if self._settings.public_url:

@@ -15,9 +15,11 @@ from imagejobs.kinds import Kind
 from imagejobs.providers import bfl, replicate
 from imagejobs.providers.base import (
     ImageInput,
+    Provider,
     ProviderConfig,
     ProviderError,
     ProviderRequest,
+    ProviderResult,
     UnsupportedOperation,
     WeightedKey,
 )
@@ -31,6 +33,16 @@ from tests.fakes.upstream import FakeResponse
 TOKEN = "r8_test_token_123"
 BFL_KEY = "bfl-test-key-456"
 FAST_RETRIES = RetryPolicy(max_retries=3, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)
+
+
+def gen(model: str, prompt: str | None = "x", **params: Any) -> ProviderRequest:
+    return ProviderRequest(kind=Kind.GENERATION, model=model, prompt=prompt, params=params)
+
+
+async def retried(provider: Provider, request: ProviderRequest, **kw: Any) -> ProviderResult:
+    """The request run by the worker's retry loop, with short backoff delays."""
+    deadline = time.monotonic() + 5
+    return await call_with_retries(provider, request, policy=FAST_RETRIES, deadline=deadline, **kw)
 
 
 @pytest.fixture
@@ -131,9 +143,7 @@ async def test_replicate_version_model_uses_the_predictions_endpoint(
 ) -> None:
     with FakeReplicate(token=TOKEN, polls=1, output_as_string=True) as fake:
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
-        result = await provider.run(
-            ProviderRequest(kind=Kind.GENERATION, model="stability-ai/sdxl:abc123", prompt="x")
-        )
+        result = await provider.run(gen("stability-ai/sdxl:abc123", "x"))
         create = fake.requests[0]
         assert (create.method, create.path) == ("POST", "/v1/predictions")
         assert create.json() == {"version": "abc123", "input": {"prompt": "x"}}
@@ -174,7 +184,7 @@ async def test_replicate_failed_prediction_is_a_500_with_its_error(
     with FakeReplicate(token=TOKEN, polls=2, fail_with="CUDA out of memory") as fake:
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"))
+            await provider.run(gen("a/b", "x"))
         err = info.value
         assert err.status_code == 500
         assert err.code == "prediction_failed"
@@ -198,12 +208,7 @@ async def test_replicate_4xx_is_not_retryable(http: httpx.AsyncClient) -> None:
         )
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
         with pytest.raises(ProviderError) as info:
-            await call_with_retries(
-                provider,
-                ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"),
-                policy=FAST_RETRIES,
-                deadline=time.monotonic() + 5,
-            )
+            await retried(provider, gen("a/b", "x"))
         err = info.value
         assert (err.status_code, err.type, err.retryable) == (422, "upstream_error", False)
         assert err.message == "- input.aspect_ratio: must be one of 1:1, 16:9"
@@ -214,7 +219,7 @@ async def test_replicate_wrong_token_is_a_401(http: httpx.AsyncClient) -> None:
     with FakeReplicate(token=TOKEN) as fake:
         provider = replicate.build(config("replicate", fake.url, "r8_wrong"), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"))
+            await provider.run(gen("a/b", "x"))
         assert (info.value.status_code, info.value.retryable) == (401, False)
         assert "authentication token" in info.value.message
         assert "r8_wrong" not in str(info.value)
@@ -231,12 +236,7 @@ async def test_replicate_429_honours_retry_after_then_succeeds(http: httpx.Async
         )
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
         started = time.monotonic()
-        result = await call_with_retries(
-            provider,
-            ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"),
-            policy=FAST_RETRIES,
-            deadline=time.monotonic() + 5,
-        )
+        result = await retried(provider, gen("a/b", "x"))
         assert time.monotonic() - started >= 0.95
         assert [img.data for img in result.images] == fake.served
 
@@ -246,13 +246,7 @@ async def test_replicate_5xx_then_success(http: httpx.AsyncClient) -> None:
         fake.upstream.fail_next(FakeResponse(502, "bad gateway"))
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
         attempts: list[int] = []
-        result = await call_with_retries(
-            provider,
-            ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"),
-            policy=FAST_RETRIES,
-            deadline=time.monotonic() + 5,
-            on_attempt=attempts.append,
-        )
+        result = await retried(provider, gen("a/b", "x"), on_attempt=attempts.append)
         assert attempts == [1, 2]
         assert len(result.images) == 1
 
@@ -263,7 +257,7 @@ async def test_replicate_transient_poll_failure_does_not_fail_the_job(
     with FakeReplicate(token=TOKEN, polls=1) as fake:
         fake.fail_polls(FakeResponse(503, "unavailable"), FakeResponse(500, "oops"))
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
-        result = await provider.run(ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"))
+        result = await provider.run(gen("a/b", "x"))
         assert len(result.images) == 1
         assert len(fake.upstream.requests_to(r"/v1/models/.*")) == 1  # one prediction only
 
@@ -273,7 +267,7 @@ async def test_replicate_timeout_is_retryable(http: httpx.AsyncClient) -> None:
         fake.upstream.fail_next(FakeResponse(201, {}, delay_s=1))
         provider = replicate.build(config("replicate", fake.url, TOKEN, timeout_s=0.3), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"))
+            await provider.run(gen("a/b", "x"))
         assert info.value.retryable is True
         assert info.value.code == "upstream_timeout"
 
@@ -283,7 +277,7 @@ async def test_replicate_polling_is_bounded_by_timeout(http: httpx.AsyncClient) 
         provider = replicate.build(config("replicate", fake.url, TOKEN, timeout_s=0.4), http)
         started = time.monotonic()
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="a/b", prompt="x"))
+            await provider.run(gen("a/b", "x"))
         assert time.monotonic() - started < 1.0
         assert (info.value.code, info.value.retryable) == ("upstream_timeout", True)
         assert len(fake.upstream.requests_to(r"/v1/predictions/.*")) >= 3
@@ -415,7 +409,7 @@ async def test_bfl_failed_task(http: httpx.AsyncClient, final: str, status: int,
     with FakeBFL(key=BFL_KEY, polls=2, final=final) as fake:
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="flux-dev", prompt="p"))
+            await provider.run(gen("flux-dev", "p"))
         assert (info.value.status_code, info.value.code, info.value.retryable) == (
             status,
             code,
@@ -429,12 +423,7 @@ async def test_bfl_422_is_not_retryable(http: httpx.AsyncClient) -> None:
     with FakeBFL(key=BFL_KEY) as fake:
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
         with pytest.raises(ProviderError) as info:
-            await call_with_retries(
-                provider,
-                ProviderRequest(kind=Kind.GENERATION, model="flux-pro-1.1", prompt=None),
-                policy=FAST_RETRIES,
-                deadline=time.monotonic() + 5,
-            )
+            await retried(provider, gen("flux-pro-1.1", None))
         assert (info.value.status_code, info.value.retryable) == (422, False)
         assert "Field required" in info.value.message
         assert len(fake.requests) == 1
@@ -444,7 +433,7 @@ async def test_bfl_wrong_key_is_a_403_without_the_key_in_it(http: httpx.AsyncCli
     with FakeBFL(key=BFL_KEY) as fake:
         provider = bfl.build(config("bfl", fake.url, "not-the-key"), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="flux-dev", prompt="p"))
+            await provider.run(gen("flux-dev", "p"))
         assert (info.value.status_code, info.value.retryable) == (403, False)
         assert "not-the-key" not in str(info.value)
 
@@ -460,12 +449,7 @@ async def test_bfl_429_honours_retry_after_then_succeeds(http: httpx.AsyncClient
         )
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
         started = time.monotonic()
-        result = await call_with_retries(
-            provider,
-            ProviderRequest(kind=Kind.GENERATION, model="flux-dev", prompt="p"),
-            policy=FAST_RETRIES,
-            deadline=time.monotonic() + 5,
-        )
+        result = await retried(provider, gen("flux-dev", "p"))
         assert time.monotonic() - started >= 0.95
         assert [img.data for img in result.images] == fake.served
 
@@ -474,12 +458,7 @@ async def test_bfl_5xx_then_success(http: httpx.AsyncClient) -> None:
     with FakeBFL(key=BFL_KEY, polls=0) as fake:
         fake.upstream.fail_next(FakeResponse(503, {"detail": "maintenance"}))
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
-        result = await call_with_retries(
-            provider,
-            ProviderRequest(kind=Kind.GENERATION, model="flux-dev", prompt="p"),
-            policy=FAST_RETRIES,
-            deadline=time.monotonic() + 5,
-        )
+        result = await retried(provider, gen("flux-dev", "p"))
         assert len(result.images) == 1
         assert len([r for r in fake.requests if r.method == "POST"]) == 2
 
@@ -489,7 +468,7 @@ async def test_bfl_timeout_is_retryable(http: httpx.AsyncClient) -> None:
         fake.upstream.fail_next(FakeResponse(200, {}, delay_s=1))
         provider = bfl.build(config("bfl", fake.url, BFL_KEY, timeout_s=0.3), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model="flux-dev", prompt="p"))
+            await provider.run(gen("flux-dev", "p"))
         assert (info.value.code, info.value.retryable) == ("upstream_timeout", True)
 
 

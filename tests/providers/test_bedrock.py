@@ -30,6 +30,7 @@ from tests.fakes.upstream import FakeRequest, FakeResponse
 
 TITAN = "amazon.titan-image-generator-v2:0"
 NOVA = "amazon.nova-canvas-v1:0"
+NOVA_GEN = ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p")
 FAST_RETRIES = RetryPolicy(max_retries=3, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)
 
 
@@ -122,9 +123,7 @@ async def test_generation_is_signed_and_encodes_the_model_id(
 
 async def test_without_session_token(http: httpx.AsyncClient) -> None:
     with FakeBedrock(session_token=None) as plain:
-        await bedrock.build(plain.config(), http).run(
-            ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p")
-        )
+        await bedrock.build(plain.config(), http).run(NOVA_GEN)
         (req,) = plain.requests
         assert "x-amz-security-token" not in req.headers
         assert req.headers["authorization"] == plain.expected_authorization(req)
@@ -292,7 +291,7 @@ async def test_wrong_secret_fails_the_signature_check(http: httpx.AsyncClient) -
     with FakeBedrock() as strict:
         provider = bedrock.build(strict.config(aws_secret_access_key="not-the-secret"), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p"))
+            await provider.run(NOVA_GEN)
         assert (info.value.status_code, info.value.retryable) == (403, False)
         assert "signature" in info.value.message
         assert "not-the-secret" not in str(info.value)
@@ -312,7 +311,7 @@ async def test_validation_error_is_not_retryable(
     with pytest.raises(ProviderError) as info:
         await call_with_retries(
             make(fake, http),
-            ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p"),
+            NOVA_GEN,
             policy=FAST_RETRIES,
             deadline=time.monotonic() + 5,
         )
@@ -327,7 +326,7 @@ async def test_error_field_in_a_200_is_content_filtered(
 ) -> None:
     fake.upstream.fail_next(FakeResponse(200, {"images": [], "error": "blocked by filters"}))
     with pytest.raises(ProviderError) as info:
-        await make(fake, http).run(ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p"))
+        await make(fake, http).run(NOVA_GEN)
     assert (info.value.status_code, info.value.code) == (400, "content_filtered")
     assert info.value.message == "blocked by filters"
 
@@ -345,7 +344,7 @@ async def test_throttling_honours_retry_after_then_succeeds(
     started = time.monotonic()
     result = await call_with_retries(
         make(fake, http),
-        ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p"),
+        NOVA_GEN,
         policy=FAST_RETRIES,
         deadline=time.monotonic() + 5,
     )
@@ -358,7 +357,7 @@ async def test_5xx_then_success(fake: FakeBedrock, http: httpx.AsyncClient) -> N
     fake.upstream.fail_next(FakeResponse(503, {"message": "ServiceUnavailable"}))
     result = await call_with_retries(
         make(fake, http),
-        ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p"),
+        NOVA_GEN,
         policy=FAST_RETRIES,
         deadline=time.monotonic() + 5,
     )
@@ -369,17 +368,13 @@ async def test_5xx_then_success(fake: FakeBedrock, http: httpx.AsyncClient) -> N
 async def test_timeout_is_retryable(fake: FakeBedrock, http: httpx.AsyncClient) -> None:
     fake.upstream.fail_next(FakeResponse(200, {"images": []}, delay_s=1))
     with pytest.raises(ProviderError) as info:
-        await make(fake, http, timeout_s=0.3).run(
-            ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p")
-        )
+        await make(fake, http, timeout_s=0.3).run(NOVA_GEN)
     assert (info.value.code, info.value.retryable) == ("upstream_timeout", True)
 
 
 async def test_refusals_send_nothing(fake: FakeBedrock, http: httpx.AsyncClient) -> None:
     with pytest.raises(ProviderNotConfigured):
-        await make(fake, http, aws_secret_access_key="").run(
-            ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p")
-        )
+        await make(fake, http, aws_secret_access_key="").run(NOVA_GEN)
     with pytest.raises(ProviderError) as info:
         await make(fake, http).run(
             ProviderRequest(kind=Kind.GENERATION, model="stability.sd3-large-v1:0", prompt="p")
