@@ -32,7 +32,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> 
         require_binary(binary)
     root = tmp_path_factory.mktemp("stack")
     config: dict[str, Any] = {
-        "max_body_bytes": 16 * 1024 * 1024,
         "providers": {
             "mock": {},
             "openai": {

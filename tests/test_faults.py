@@ -4,6 +4,7 @@ worker drained by SIGTERM, `imagejobs up` stopped by Ctrl-C, the backend down.""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from imagejobs import gateway
 
-from tests.conftest import assert_error_body, submit, wait_terminal
+from tests.conftest import assert_error_body, decode_image, submit, wait_terminal
 from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -56,19 +57,40 @@ def completions(stack: Stack, job_id: str) -> int:
     )
 
 
-def test_worker_killed_mid_job_still_completes_once(fault_stack: Stack) -> None:
-    _, first = fault_stack.start_worker()
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["generations", "edits"])
+def test_worker_killed_mid_job_still_completes_once(fault_stack: Stack, kind: str) -> None:
+    fault_stack.start_worker()
     with httpx.Client(base_url=fault_stack.url, timeout=30) as client:
-        r = submit(
-            client, {"model": "mock/m", "prompt": "slow", "size": "16x16", "mock_latency_ms": 3000}
-        )
+        if kind == "edits":  # the upload is in the object store; the redelivery re-reads it
+            r = client.post(
+                "/v1/async/images/edits",
+                data={"model": "mock/m", "prompt": "slow", "mock_latency_ms": "3000"},
+                files=[("image", ("a.png", _png(), "image/png"))],
+            )
+        else:
+            body = {"model": "mock/m", "prompt": "slow", "size": "16x16", "mock_latency_ms": 3000}
+            r = submit(client, body)
         job_id = r.json()["id"]
         wait_until(lambda: job_record(fault_stack, job_id)["status"] == "processing", 10, "claim")
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        pid = int(str(job_record(fault_stack, job_id)["worker"]).rsplit("-", 1)[1])
+        holder = next(p for p in fault_stack.procs.values() if p.pid == pid)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
         fault_stack.start_worker()
-        job = wait_terminal(client, job_id, timeout_s=30).json()
+        job = wait_terminal(client, job_id, kind=kind, timeout_s=30).json()
     assert job["status"] == "completed"
+    if kind == "edits":
+        assert decode_image(job["result"]["data"][0]["b64_json"]).size == (40, 30)
     record = job_record(fault_stack, job_id)
     assert record["deliveries"] == 2
     assert completions(fault_stack, job_id) == 1
@@ -122,7 +144,8 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     for flag, port in ports.items():
         argv += [flag, str(port)]
     argv += ["--workers", "2"]
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("IMAGEJOBS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEJOBS_")}
+    env["IMAGEJOBS_GATEWAY_ADMIN_PORT"] = str(free_port())
     out = (tmp_path / "up.log").open("w+b")
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:

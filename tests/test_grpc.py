@@ -90,3 +90,31 @@ def test_health_and_reflection_through_the_gateway(stack: Stack) -> None:
         )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert "imagejobs.v1.ImageJobService" in names
+
+
+def test_edit_with_typed_image_bytes(channel: grpc.Channel) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), (9, 9, 9)).save(buf, format="PNG")
+    stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
+    job = stub.SubmitImageJob(
+        jobs_pb2.SubmitImageJobRequest(
+            kind="edits",
+            request=jobs_pb2.ImageRequest(
+                model="mock/m", prompt="grpc edit", images=[buf.getvalue()]
+            ),
+        )
+    )
+    done = wait_done(stub, "edits", job.id)
+    assert done.status == "completed"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SubmitImageJob(
+            jobs_pb2.SubmitImageJobRequest(
+                kind="edits", request=jobs_pb2.ImageRequest(model="mock/m", prompt="x")
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least one image is required" in (info.value.details() or "")
