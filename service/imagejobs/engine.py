@@ -9,6 +9,7 @@ same id re-publishes it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -49,10 +50,12 @@ class Engine:
     ) -> Job:
         """Record and enqueue a job; returns it `pending`."""
         job_id = str(uuid.uuid4())
-        images = tuple(
-            [await self._upload(job_id, f"in{i}", u) for i, u in enumerate(request.images)]
-        )
-        mask = await self._upload(job_id, "mask", request.mask) if request.mask else None
+        uploads = [(f"in{i}", u) for i, u in enumerate(request.images)]
+        if request.mask is not None:
+            uploads.append(("mask", request.mask))
+        refs = await asyncio.gather(*(self._upload(job_id, name, u) for name, u in uploads))
+        mask = refs.pop() if request.mask is not None else None
+        images = tuple(refs)
         job = Job(
             id=job_id,
             kind=request.kind,

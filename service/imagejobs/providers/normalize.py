@@ -109,7 +109,8 @@ def without(params: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
 
 def transparent_to_white_mask(mask_png: bytes) -> bytes:
     """Convert an OpenAI-style mask (edit where alpha == 0) into a white-means-edit
-    greyscale PNG (white = edit, black = keep), as Stability, BFL and Bedrock expect."""
+    greyscale PNG (white = edit, black = keep), as Stability and BFL expect (Bedrock's
+    Titan/Nova masks are the opposite: black = edit; bedrock.py inverts this)."""
     with Image.open(io.BytesIO(mask_png)) as img:
         alpha = img.convert("RGBA").getchannel("A")
     out = alpha.point(lambda a: 255 if a == 0 else 0).convert("L")
