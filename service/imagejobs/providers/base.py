@@ -364,20 +364,27 @@ def sniff_type(data: bytes) -> str:
 async def fan_out(
     request: ProviderRequest,
     per_call: int,
-    call: Callable[[int], Awaitable[ProviderResult]],
+    call: Callable[[int, int], Awaitable[ProviderResult]],
 ) -> ProviderResult:
     """Serve `request.n` images from a provider that returns at most `per_call` per call:
-    run `call(count)` concurrently for each batch and merge the results in order."""
+    run `call(count, index)` concurrently for each batch (index 0, 1, …) and merge the
+    results in order. Adapters derive per-batch seeds from the index (`seed_for`)."""
     wanted = request.n
     if wanted <= per_call:
-        return await call(wanted)
+        return await call(wanted, 0)
     counts = [per_call] * (wanted // per_call)
     if wanted % per_call:
         counts.append(wanted % per_call)
-    results = await asyncio.gather(*(call(c) for c in counts))
+    results = await asyncio.gather(*(call(c, i) for i, c in enumerate(counts)))
     images = tuple(img for r in results for img in r.images)
     usage = results[0].usage if len(results) == 1 else merge_usage([r.usage for r in results])
     return ProviderResult(images=images, usage=usage, fields=results[0].fields)
+
+
+def seed_for(seed: int | None, index: int) -> int | None:
+    """The seed of fan-out batch `index`: `seed + index`, so that n images with a fixed
+    seed are not n copies of the first; None stays None."""
+    return None if seed is None else seed + index
 
 
 def merge_usage(

@@ -38,7 +38,6 @@ import asyncio
 import base64
 import binascii
 import io
-import itertools
 import json
 from typing import Any
 
@@ -59,6 +58,7 @@ from imagejobs.providers.base import (
     ProviderResult,
     UnsupportedOperation,
     fan_out,
+    seed_for,
     send,
     sniff_type,
 )
@@ -122,13 +122,10 @@ class BedrockProvider:
         if "imageGenerationConfig" not in body:  # background removal: one image, no n
             return await self._invoke(url, body, key_id)
 
-        batches = itertools.count()
-
-        async def call(count: int) -> ProviderResult:
+        async def call(count: int, index: int) -> ProviderResult:
             config = {**body["imageGenerationConfig"], "numberOfImages": count}
-            index = next(batches)
-            if index and isinstance(config.get("seed"), int):
-                config["seed"] += index  # else every batch would repeat the first one
+            if isinstance(config.get("seed"), int):
+                config["seed"] = seed_for(config["seed"], index)
             return await self._invoke(url, {**body, "imageGenerationConfig": config}, key_id)
 
         return await fan_out(request, MAX_IMAGES_PER_CALL, call)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import time
 from typing import Any
 
@@ -43,6 +42,7 @@ from imagejobs.providers.base import (
     UnsupportedOperation,
     download,
     fan_out,
+    seed_for,
     send,
 )
 from imagejobs.providers.normalize import (
@@ -114,13 +114,10 @@ class BflProvider:
             )
         body = await task_body(request)
         deadline = time.monotonic() + self._config.timeout_s
-        tasks = itertools.count()
 
-        async def one_task(_count: int) -> ProviderResult:
-            # With a seed and n > 1, task i uses seed + i: n identical images help nobody.
-            index = next(tasks)
+        async def one_task(_count: int, index: int) -> ProviderResult:
             seed = body.get("seed")
-            task = {**body, "seed": seed + index} if isinstance(seed, int) and index else body
+            task = {**body, "seed": seed_for(seed, index)} if isinstance(seed, int) else body
             return await self._one(request.model, task, key, deadline)
 
         return await fan_out(request, 1, one_task)

@@ -17,7 +17,6 @@ Auth is the `x-goog-api-key` header. Google errors (`{"error": {"code", "message
 
 from __future__ import annotations
 
-import itertools
 from typing import ClassVar
 
 import httpx
@@ -33,6 +32,7 @@ from imagejobs.providers.base import (
     ProviderResult,
     UnsupportedOperation,
     fan_out,
+    seed_for,
     send,
 )
 
@@ -77,8 +77,6 @@ class GeminiProvider:
             raise UnsupportedOperation(self.name, request.kind)
         model = gc.model_id(request.model, self.name)
         seed = request.param_int("seed")
-        # With a seed, each fanned-out call gets the next one (else all would match).
-        seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
         if gc.is_imagen(model):
             edit = None
             if request.kind is Kind.EDIT:
@@ -86,9 +84,10 @@ class GeminiProvider:
                     raise UnsupportedOperation(self.name, request.kind)
                 edit = self.imagen_edit_body(request)
 
-            async def imagen_call(count: int) -> ProviderResult:
+            async def imagen_call(count: int, index: int) -> ProviderResult:
                 if edit is None:
-                    body = gc.imagen_body(request, count, vertex=self.vertex, seed=next(seeds))
+                    batch_seed = seed_for(seed, index)
+                    body = gc.imagen_body(request, count, vertex=self.vertex, seed=batch_seed)
                 else:
                     parameters = dict(edit["parameters"], sampleCount=count)
                     body = {"instances": edit["instances"], "parameters": parameters}
@@ -98,8 +97,8 @@ class GeminiProvider:
 
         images = await gc.input_images(request, self._http, self._config)
 
-        async def gemini_call(count: int) -> ProviderResult:
-            body = gc.gemini_body(request, model, images, next(seeds))
+        async def gemini_call(count: int, index: int) -> ProviderResult:
+            body = gc.gemini_body(request, model, images, seed_for(seed, index))
             return gc.parse_gemini(await self._post(model, "generateContent", body), self.name)
 
         return await fan_out(request, 1, gemini_call)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import re
 from collections.abc import Callable, Mapping
 
@@ -47,6 +46,7 @@ from imagejobs.providers.base import (
     UnsupportedOperation,
     download,
     fan_out,
+    seed_for,
     send,
     sniff_type,
 )
@@ -153,7 +153,6 @@ class HuggingFaceProvider:
         if not key:
             raise ProviderNotConfigured(self.name)
         seed = request.param_int("seed")
-        seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
         call: Callable[[int | None], tuple[str, Body]]
         if inference_provider == "hf-inference":
             url = f"{self._base}/hf-inference/models/{repo}"
@@ -170,8 +169,8 @@ class HuggingFaceProvider:
                 body = _openai_style_body(request, repo, s, steps=steps, response_format=fmt)
                 return url, body
 
-        async def one(count: int) -> ProviderResult:
-            target, body = call(next(seeds))
+        async def one(count: int, index: int) -> ProviderResult:
+            target, body = call(seed_for(seed, index))
             return ProviderResult(images=(await self._post(target, body, key),))
 
         return await fan_out(request, 1, one)

@@ -18,7 +18,6 @@ Wire, checked against Nebius's OpenAPI (`POST /v1/images/generations`):
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import httpx
@@ -31,6 +30,7 @@ from imagejobs.providers.base import (
     ProviderRequest,
     ProviderResult,
     fan_out,
+    seed_for,
 )
 from imagejobs.providers.openai import OpenAIProvider, select_params
 
@@ -49,11 +49,7 @@ class NebiusProvider(OpenAIProvider):
     generation_params = NEBIUS_PARAMS
 
     async def execute(self, request: ProviderRequest) -> ProviderResult:
-        indexes = itertools.count()
-
-        async def one_call(count: int) -> ProviderResult:
-            # Taken before the first await: calls start in order, so call i gets index i.
-            index = next(indexes)
+        async def one_call(count: int, index: int) -> ProviderResult:
             body = self.nebius_body(request, index)
             response = await self.send_request(self.json_request(request, body))
             return await self.parse_response(response)
@@ -69,7 +65,7 @@ class NebiusProvider(OpenAIProvider):
         body["width"], body["height"] = normalize.dimensions(request.params)
         seed = request.param_int("seed")
         if seed is not None and seed >= 0:
-            body["seed"] = seed + index
+            body["seed"] = seed_for(seed, index)
         fmt = request.param_str("output_format")
         if fmt is not None:
             body["response_extension"] = EXTENSIONS.get(fmt.lower(), fmt.lower())

@@ -27,7 +27,6 @@ blurred placeholder) is a 400 `content_filtered`, never returned as a result.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from typing import Any
 
@@ -44,6 +43,7 @@ from imagejobs.providers.base import (
     ProviderResult,
     UnsupportedOperation,
     fan_out,
+    seed_for,
     send,
     sniff_type,
 )
@@ -110,15 +110,14 @@ class StabilityProvider:
         else:
             path, parts = await edit_call(request)
         url = f"{self._base}/v2beta/stable-image/{path}"
-        calls = itertools.count()
         seed = request.param_int("seed")
 
-        async def one_call(_count: int) -> ProviderResult:
-            # With a seed and n > 1, call i uses seed + i: n identical images help nobody.
-            index = next(calls)
+        async def one_call(_count: int, index: int) -> ProviderResult:
             if seed is None or not index:
                 return await self._one(url, parts, key)
-            reseeded = [_field("seed", seed + index) if n == "seed" else (n, v) for n, v in parts]
+            reseeded = [
+                _field("seed", seed_for(seed, index)) if n == "seed" else (n, v) for n, v in parts
+            ]
             return await self._one(url, reseeded, key)
 
         return await fan_out(request, 1, one_call)
