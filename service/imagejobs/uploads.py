@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from imagejobs.errors import ErrorContext, InvalidRequest, PayloadTooLarge
+from imagejobs.providers.base import sniff_type
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -72,13 +73,10 @@ class Upload:
     @property
     def mime(self) -> str:
         """The content type from the bytes themselves (clients' claims vary)."""
-        if self.data.startswith(b"\x89PNG"):
-            return "image/png"
-        if self.data.startswith(b"\xff\xd8"):
-            return "image/jpeg"
-        if self.data[:4] == b"RIFF" and self.data[8:12] == b"WEBP":
-            return "image/webp"
-        return self.content_type or "application/octet-stream"
+        sniffed = sniff_type(self.data)
+        if sniffed == "application/octet-stream" and self.content_type:
+            return self.content_type
+        return sniffed
 
 
 class _Collector:
