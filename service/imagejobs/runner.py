@@ -38,20 +38,19 @@ class JobRunner:
         self._http = http
         self._providers: dict[str, Provider] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
+        self._policies: dict[str, RetryPolicy] = {}
         self._secrets = settings.all_secrets()
 
     def _provider(self, name: str) -> tuple[Provider, asyncio.Semaphore, RetryPolicy]:
-        config = self._settings.provider_config(name)
-        if config is None:
-            raise ProviderNotConfigured(name)
+        """The adapter, its concurrency limit and retry policy, built once per worker."""
         if name not in self._providers:
+            config = self._settings.provider_config(name)
+            if config is None:
+                raise ProviderNotConfigured(name)
             self._providers[name] = build_provider(config, self._http)
             self._limits[name] = asyncio.Semaphore(config.concurrency)
-        return (
-            self._providers[name],
-            self._limits[name],
-            RetryPolicy(max_retries=config.max_retries),
-        )
+            self._policies[name] = RetryPolicy(max_retries=config.max_retries)
+        return self._providers[name], self._limits[name], self._policies[name]
 
     async def run(self, job: Job) -> Job:
         """The terminal record for `job` (completed or failed)."""
