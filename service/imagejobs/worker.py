@@ -52,13 +52,14 @@ class Worker:
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}"
         self._drain_timeout_s = drain_timeout_s
-        self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._slot_freed = asyncio.Event()  # set whenever an in-flight job ends
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
         """Ask the worker to stop taking jobs (idempotent)."""
         self._stopping.set()
+        self._slot_freed.set()  # wake a loop waiting for a free slot
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         nc, js = await connector.connect(self.settings, f"imagejobs-worker-{self.id}")
@@ -88,35 +89,29 @@ class Worker:
             log.info("worker %s stopped", self.id)
 
     async def _loop(self, sub: object) -> None:
+        limit = self.settings.worker_concurrency
         while not self._stopping.is_set():
-            await self._slots.acquire()  # at least one free slot before fetching
-            free = 1 + self._free_slots()
+            free = limit - len(self._tasks)
+            if free <= 0:  # fetch only what we can run: the rest waits in the queue
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             try:
                 msgs = await sub.fetch(batch=free, timeout=FETCH_WAIT_S)  # type: ignore[attr-defined]
             except (TimeoutError, NatsTimeoutError):
-                self._slots.release()
                 continue
             except NatsError as exc:  # leader election, reconnect: try again shortly
-                self._slots.release()
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            # one slot is held already; take one more for each further message
-            for i, msg in enumerate(msgs):
-                if i > 0:
-                    await self._slots.acquire()
+            for msg in msgs:
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
-            if not msgs:
-                self._slots.release()
-
-    def _free_slots(self) -> int:
-        return max(self._slots._value, 0)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
 
