@@ -68,6 +68,13 @@ class ProviderConfig:
         weights = [max(k.weight, 0.0) for k in self.keys]
         return random.choices(self.keys, weights=weights or None)[0].value
 
+    def require_key(self) -> str:
+        """A key chosen by weight; ProviderNotConfigured when none is configured."""
+        key = self.pick_key()
+        if not key:
+            raise ProviderNotConfigured(self.name)
+        return key
+
     def secrets(self) -> tuple[str, ...]:
         """Every secret in this config, for scrubbing error text."""
         values = [k.value for k in self.keys]

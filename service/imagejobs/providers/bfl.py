@@ -36,7 +36,6 @@ from imagejobs.kinds import Kind
 from imagejobs.providers.base import (
     ProviderConfig,
     ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
     UnsupportedOperation,
@@ -101,9 +100,7 @@ class BflProvider:
     async def run(self, request: ProviderRequest) -> ProviderResult:
         if request.kind not in self.operations:
             raise UnsupportedOperation(self.name, request.kind)
-        key = self._config.pick_key()
-        if not key:
-            raise ProviderNotConfigured(self.name)
+        key = self._config.require_key()
         if not request.model or "/" in request.model:
             raise ProviderError(
                 f"bfl model must be an endpoint name such as flux-pro-1.1, got {request.model!r}",

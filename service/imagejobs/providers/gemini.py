@@ -27,7 +27,6 @@ from imagejobs.providers.base import (
     JSONValue,
     ProviderConfig,
     ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
     UnsupportedOperation,
@@ -59,9 +58,7 @@ class GeminiProvider:
 
     async def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate one call."""
-        key = self._config.pick_key()
-        if not key:
-            raise ProviderNotConfigured(self.name)
+        key = self._config.require_key()
         return {"x-goog-api-key": key}
 
     def secrets(self) -> tuple[str, ...]:

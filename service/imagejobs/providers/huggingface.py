@@ -40,7 +40,6 @@ from imagejobs.providers.base import (
     JSONValue,
     ProviderConfig,
     ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
     UnsupportedOperation,
@@ -149,9 +148,7 @@ class HuggingFaceProvider:
                     code="image_required",
                     param="image",
                 )
-        key = self._config.pick_key()
-        if not key:
-            raise ProviderNotConfigured(self.name)
+        key = self._config.require_key()
         seed = request.param_int("seed")
         call: Callable[[int | None], tuple[str, Body]]
         if inference_provider == "hf-inference":

@@ -39,7 +39,6 @@ from imagejobs.providers.base import (
     ImageOut,
     ProviderConfig,
     ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
     UnsupportedOperation,
@@ -104,9 +103,7 @@ class ReplicateProvider:
     async def run(self, request: ProviderRequest) -> ProviderResult:
         if request.kind not in self.operations:
             raise UnsupportedOperation(self.name, request.kind)
-        token = self._config.pick_key()
-        if not token:
-            raise ProviderNotConfigured(self.name)
+        token = self._config.require_key()
         try:
             return await self._run(request, token)
         except ProviderError as exc:

@@ -38,7 +38,6 @@ from imagejobs.providers.base import (
     JSONValue,
     ProviderConfig,
     ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
     UnsupportedOperation,
@@ -102,9 +101,7 @@ class StabilityProvider:
     async def run(self, request: ProviderRequest) -> ProviderResult:
         if request.kind not in self.operations:
             raise UnsupportedOperation(self.name, request.kind)
-        key = self._config.pick_key()
-        if not key:
-            raise ProviderNotConfigured(self.name)
+        key = self._config.require_key()
         if request.kind is Kind.GENERATION:
             path, parts = generation_call(request)
         else:
