@@ -261,9 +261,14 @@ def _error_fields(body: JSONValue) -> tuple[str | None, str | None, str | None, 
     if not isinstance(err, dict):
         return None, None, None, None
     message = err.get("message") or body.get("message") or body.get("detail")
+    errors = body.get("errors")  # Stability: {"name": …, "errors": ["…", …]}
+    if not message and isinstance(errors, list):
+        message = "; ".join(str(e) for e in errors if e) or None
     if isinstance(message, list | dict):
         message = json.dumps(message)
     etype = err.get("type") or err.get("status")
+    if etype is None and isinstance(errors, list):
+        etype = body.get("name")
     code = err.get("code")
     param = err.get("param")
     return (

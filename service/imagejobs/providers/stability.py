@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import httpx
 
@@ -121,15 +120,12 @@ class StabilityProvider:
 
     async def _one(self, url: str, parts: list[Part], key: str) -> ProviderResult:
         headers = {"Authorization": f"Bearer {key}", "Accept": "image/*"}
-        try:
-            response = await send(
-                self._http,
-                self._http.build_request("POST", url, files=parts, headers=headers),
-                provider=self.name,
-                timeout_s=self._config.timeout_s,
-            )
-        except ProviderError as exc:
-            raise _with_stability_fields(exc) from exc.__cause__
+        response = await send(
+            self._http,
+            self._http.build_request("POST", url, files=parts, headers=headers),
+            provider=self.name,
+            timeout_s=self._config.timeout_s,
+        )
         if response.headers.get("finish-reason", "SUCCESS").upper() == "CONTENT_FILTERED":
             raise ProviderError(
                 "stability filtered the result (finish-reason CONTENT_FILTERED)",
@@ -235,28 +231,6 @@ async def edit_call(request: ProviderRequest) -> tuple[str, list[Part]]:
             if pixels is not None:
                 parts.append(_field(side, pixels))
     return f"edit/{endpoint}", parts
-
-
-def _with_stability_fields(exc: ProviderError) -> ProviderError:
-    """Read Stability's `{"name", "errors": [...]}` error body, which the shared parser
-    leaves as raw text in the message, into message and type."""
-    try:
-        body: Any = json.loads(exc.message)
-    except ValueError:
-        return exc
-    if not isinstance(body, dict) or not isinstance(body.get("errors"), list):
-        return exc
-    errors = [str(e) for e in body["errors"] if e]
-    name = body.get("name")
-    return ProviderError(
-        "; ".join(errors) or exc.message,
-        status_code=exc.status_code,
-        type=str(name) if name else exc.type,
-        code=exc.code,
-        param=exc.param,
-        retryable=exc.retryable,
-        retry_after=exc.retry_after,
-    )
 
 
 def build(config: ProviderConfig, http: httpx.AsyncClient) -> StabilityProvider:
