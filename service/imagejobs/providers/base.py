@@ -266,7 +266,9 @@ def _error_fields(body: JSONValue) -> tuple[str | None, str | None, str | None, 
         message = "; ".join(str(e) for e in errors if e) or None
     if isinstance(message, list | dict):
         message = json.dumps(message)
-    etype = err.get("type") or err.get("status")
+    status = err.get("status")  # Google: "INVALID_ARGUMENT"; problem+json: 422 (no type)
+    named_status = isinstance(status, str) and not status.isdigit()
+    etype = err.get("type") or (status if named_status else None)
     if etype is None and isinstance(errors, list):
         etype = body.get("name")
     code = err.get("code")

@@ -103,15 +103,7 @@ class ReplicateProvider:
     async def run(self, request: ProviderRequest) -> ProviderResult:
         if request.kind not in self.operations:
             raise UnsupportedOperation(self.name, request.kind)
-        token = self._config.require_key()
-        try:
-            return await self._run(request, token)
-        except ProviderError as exc:
-            # Replicate errors are problem+json ({"title", "detail", "status": 422}); the
-            # shared parser reads the numeric `status` as the type, which says nothing.
-            if exc.type and exc.type.isdigit():
-                exc.type = "rate_limit_error" if exc.status_code == 429 else "upstream_error"
-            raise
+        return await self._run(request, self._config.require_key())
 
     async def _run(self, request: ProviderRequest, token: str) -> ProviderResult:
         deadline = time.monotonic() + self._config.timeout_s
