@@ -7,7 +7,6 @@ import base64
 import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -98,8 +97,3 @@ def assert_error_body(r: httpx.Response, status: int, message: str | None = None
     if message is not None:
         assert body["error"]["message"].startswith(message), body
     return body
-
-
-@pytest.fixture
-def tmp_root(tmp_path: Path) -> Path:
-    return tmp_path

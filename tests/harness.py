@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -217,7 +216,3 @@ class Stack:
     @property
     def grpc_direct(self) -> str:
         return f"127.0.0.1:{self.api_ports[0]}"
-
-
-def cleanup_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -14,8 +14,7 @@ ACK_WAIT_S = 30.0  # JetStream redelivers an un-acked job after this
 MAX_DELIVERIES = 5  # deliveries of one job before it is failed for good
 DUPLICATE_WINDOW_S = 120.0  # JetStream dedupe window for Nats-Msg-Id
 
-MAX_PAYLOAD_BYTES = 1024 * 1024  # nats-server max_payload
-CHUNK_BYTES = 512 * 1024  # object-store chunk size, well under max_payload
+CHUNK_BYTES = 512 * 1024  # object-store chunk size, well under nats-server's 1 MiB max_payload
 MAX_GRPC_MESSAGE_BYTES = 128 * 1024 * 1024  # uploads and b64 results of several MB
 
 JOBS_BUCKET = "JOBS"  # KV bucket of job records (stream KV_JOBS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from imagejobs import constants
 from imagejobs.errors import QueueFull, StoreUnavailable
@@ -43,21 +43,3 @@ class JobQueue:
             raise StoreUnavailable(f"queue publish failed: {exc.description}") from exc
         except (TimeoutError, NatsError) as exc:
             raise StoreUnavailable(f"queue publish failed: {type(exc).__name__}") from exc
-
-    async def is_queued(self, job_id: str) -> bool:
-        """Whether the job's message is still in the stream (not yet acked)."""
-        try:
-            await self._js.get_msg(constants.QUEUE_STREAM, subject=run_subject(job_id), direct=True)
-        except NotFoundError:
-            return False
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"queue lookup failed: {type(exc).__name__}") from exc
-        return True
-
-    async def depth(self) -> int:
-        """Messages waiting or in flight."""
-        try:
-            info = await self._js.stream_info(constants.QUEUE_STREAM)
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"queue info failed: {type(exc).__name__}") from exc
-        return int(info.state.messages)
