@@ -45,6 +45,7 @@ from imagejobs.providers.base import (
     send,
 )
 from imagejobs.providers.normalize import (
+    OPENAI_STYLE_PARAMS,
     dimensions,
     nearest_aspect_ratio,
     parse_size,
@@ -61,29 +62,12 @@ STATES = TaskStates(
 )
 SIZE_MULTIPLE = 32  # FLUX 1.1 [pro] wants width/height in multiples of 32
 SIZE_KEYS = ("size", "width", "height", "aspect_ratio", "resolution")
-DROPPED = frozenset(
-    {
-        "n",
-        "size",
-        "width",
-        "height",
-        "aspect_ratio",
-        "resolution",
-        "quality",
-        "style",
-        "response_format",
-        "background",
-        "moderation",
-        "output_compression",
-        "partial_images",
-        "user",
-        "input_images",
-        "type",
-        "input_fidelity",
-        "negative_prompt",  # FLUX has no negative prompt
-        "num_inference_steps",  # sent as `steps`
-    }
-)
+DROPPED = OPENAI_STYLE_PARAMS | {
+    "width",
+    "height",
+    "negative_prompt",  # FLUX has no negative prompt
+    "num_inference_steps",  # sent as `steps`
+}
 
 
 class BflProvider:

@@ -15,6 +15,28 @@ from PIL import Image
 COMMON_ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 RESOLUTION_LONG_EDGE = {"1K": 1024, "2K": 2048, "4K": 4096}
 
+# Request fields that only OpenAI-style image APIs understand, or that describe shape and
+# inputs which non-OpenAI adapters map into their own fields: not passed through as-is.
+OPENAI_STYLE_PARAMS = frozenset(
+    {
+        "n",
+        "size",
+        "quality",
+        "style",
+        "response_format",
+        "background",
+        "moderation",
+        "output_compression",
+        "partial_images",
+        "user",
+        "input_images",
+        "resolution",
+        "type",
+        "input_fidelity",
+        "aspect_ratio",
+    }
+)
+
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
     """`"1024x768"` -> (1024, 768); None for absent, `auto` or malformed values."""

@@ -46,6 +46,7 @@ from imagejobs.providers.base import (
     send,
 )
 from imagejobs.providers.normalize import (
+    OPENAI_STYLE_PARAMS,
     nearest_aspect_ratio,
     parse_size,
     transparent_to_white_mask,
@@ -68,25 +69,7 @@ STATES = TaskStates(
 )
 VERSION_ID = re.compile(r"[0-9a-f]{64}")
 # Request fields that mean something only to OpenAI-style APIs, or that are mapped below.
-DROPPED = frozenset(
-    {
-        "n",
-        "size",
-        "quality",
-        "style",
-        "response_format",
-        "background",
-        "moderation",
-        "output_compression",
-        "partial_images",
-        "user",
-        "input_images",
-        "resolution",
-        "type",
-        "input_fidelity",
-        "aspect_ratio",
-    }
-)
+DROPPED = OPENAI_STYLE_PARAMS
 
 
 class ReplicateProvider:

@@ -46,6 +46,7 @@ from imagejobs.providers.base import (
     sniff_type,
 )
 from imagejobs.providers.normalize import (
+    OPENAI_STYLE_PARAMS,
     nearest_aspect_ratio,
     parse_size,
     transparent_to_white_mask,
@@ -61,27 +62,7 @@ EDIT_ENDPOINTS = {
 }
 OUTPAINT_SIDES = ("left", "right", "up", "down")
 # Fields the adapter maps itself, or that only OpenAI-style APIs understand.
-HANDLED = frozenset(
-    {
-        "n",
-        "size",
-        "quality",
-        "style",
-        "response_format",
-        "background",
-        "moderation",
-        "output_compression",
-        "partial_images",
-        "user",
-        "input_images",
-        "resolution",
-        "type",
-        "input_fidelity",
-        "aspect_ratio",
-        "num_inference_steps",
-        *OUTPAINT_SIDES,
-    }
-)
+HANDLED = OPENAI_STYLE_PARAMS | {"num_inference_steps", *OUTPAINT_SIDES}
 
 Part = tuple[str, tuple[str | None, str | bytes] | tuple[str, bytes, str]]
 
