@@ -27,7 +27,7 @@ from botocore.credentials import Credentials
 from imagejobs.providers.base import ProviderConfig, WeightedKey
 from PIL import Image
 
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 ACCESS_KEY = "AKIDEXAMPLEFAKE00001"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -48,7 +48,7 @@ def png(index: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
     return buf.getvalue()
 
 
-class FakeBedrock:
+class FakeBedrock(VendorFake):
     """A Bedrock Runtime on 127.0.0.1 that verifies SigV4 and serves Titan-style images."""
 
     def __init__(
@@ -71,21 +71,6 @@ class FakeBedrock:
         self.upstream.route("POST", r"/model/(?P<model>[^/]+)/invoke", self._invoke)
 
     # --- plumbing -------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def __enter__(self) -> FakeBedrock:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.upstream.close()
 
     def config(self, **overrides: Any) -> ProviderConfig:
         """A ProviderConfig for the bedrock adapter pointing at this fake."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 
 def png(index: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
@@ -44,7 +44,7 @@ class Task:
     image: bytes | None = None
 
 
-class FakeBFL:
+class FakeBFL(VendorFake):
     """BFL's task API on 127.0.0.1 (see the module doc)."""
 
     def __init__(self, *, key: str | None = None, polls: int = 2, final: str = "Ready") -> None:
@@ -59,21 +59,6 @@ class FakeBFL:
         self.upstream.route("GET", r"/v1/get_result", self._result)
         self.upstream.route("GET", r"/delivery/(?P<id>[^/]+)\.png", self._delivery)
         self.upstream.route("POST", r"/v1/(?P<model>[^/]+)", self._create)
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def __enter__(self) -> FakeBFL:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.upstream.close()
 
     # --- the API ----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 USAGE = {"promptTokenCount": 12, "candidatesTokenCount": 1290, "totalTokenCount": 1302}
 
@@ -46,7 +46,7 @@ def google_error(
     return FakeResponse(status, body, headers=dict(headers or {}))
 
 
-class GoogleImageAPI:
+class GoogleImageAPI(VendorFake):
     """The generateContent/predict handlers both Google hosts share."""
 
     def __init__(self) -> None:
@@ -56,25 +56,6 @@ class GoogleImageAPI:
         self.usage: dict[str, Any] | None = dict(USAGE)
         self._counter = itertools.count()
         self._lock = threading.Lock()
-
-    # --- the FakeUpstream surface ----------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def requests_to(self, pattern: str) -> list[FakeRequest]:
-        return self.upstream.requests_to(pattern)
-
-    def fail_next(self, *responses: FakeResponse) -> None:
-        self.upstream.fail_next(*responses)
-
-    def close(self) -> None:
-        self.upstream.close()
 
     # --- answers -----------------------------------------------------------------------------
 
@@ -140,13 +121,6 @@ class FakeGemini(GoogleImageAPI):
             "POST", r"/v1beta/models/(?P<model>[^/:]+):generateContent", self._generate
         )
         self.upstream.route("POST", r"/v1beta/models/(?P<model>[^/:]+):predict", self._predict)
-
-    def __enter__(self) -> FakeGemini:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _authorized(self, req: FakeRequest) -> FakeResponse | None:
         if self.api_key is None or req.headers.get("x-goog-api-key") == self.api_key:

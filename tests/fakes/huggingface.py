@@ -22,10 +22,10 @@ import itertools
 import threading
 
 from .gemini import png_bytes
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 
-class FakeHuggingFace:
+class FakeHuggingFace(VendorFake):
     """router.huggingface.co. Start with `with FakeHuggingFace() as fake:`."""
 
     def __init__(self, *, token: str | None = None) -> None:
@@ -38,27 +38,6 @@ class FakeHuggingFace:
         self.upstream.route(
             "POST", r"/(?P<provider>together|nebius)/v1/images/generations", self._openai_style
         )
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def requests_to(self, pattern: str) -> list[FakeRequest]:
-        return self.upstream.requests_to(pattern)
-
-    def fail_next(self, *responses: FakeResponse) -> None:
-        self.upstream.fail_next(*responses)
-
-    def __enter__(self) -> FakeHuggingFace:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.upstream.close()
 
     def _next_image(self) -> bytes:
         with self._lock:

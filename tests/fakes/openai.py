@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image
 
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 CONTENT_TYPES = {
@@ -65,7 +65,7 @@ def openai_error(
     return FakeResponse(status, body, headers=dict(headers or {}))
 
 
-class FakeOpenAI:
+class FakeOpenAI(VendorFake):
     """The OpenAI Images API. Start with `with FakeOpenAI() as fake:`."""
 
     prefix = "/v1"
@@ -86,29 +86,6 @@ class FakeOpenAI:
         self.upstream.route("POST", rf"{self.prefix}/images/generations", self._generations)
         self.upstream.route("POST", rf"{self.prefix}/images/edits", self._edits)
         self.upstream.route("POST", rf"{self.prefix}/images/variations", self._variations)
-
-    # --- the FakeUpstream surface ----------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def requests_to(self, pattern: str) -> list[FakeRequest]:
-        return self.upstream.requests_to(pattern)
-
-    def fail_next(self, *responses: FakeResponse) -> None:
-        self.upstream.fail_next(*responses)
-
-    def __enter__(self) -> FakeOpenAI:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.upstream.close()
 
     # --- handlers --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 
 def png(index: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
@@ -46,7 +46,7 @@ class Prediction:
     images: list[bytes] = field(default_factory=list)
 
 
-class FakeReplicate:
+class FakeReplicate(VendorFake):
     """Replicate's prediction API on 127.0.0.1 (see the module doc)."""
 
     def __init__(
@@ -72,21 +72,6 @@ class FakeReplicate:
         up.route("POST", r"/v1/predictions", self._create)
         up.route("GET", r"/v1/predictions/(?P<id>[^/]+)", self._get)
         up.route("GET", r"/files/(?P<id>[^/]+)/(?P<index>\d+)\.png", self._file)
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def __enter__(self) -> FakeReplicate:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.upstream.close()
 
     def fail_polls(self, *responses: FakeResponse) -> None:
         """Answer the next prediction reads with these (e.g. a 503) before the real ones;

@@ -20,7 +20,7 @@ import uuid
 
 from PIL import Image
 
-from .upstream import FakeRequest, FakeResponse, FakeUpstream
+from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 
 def png(index: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
@@ -35,7 +35,7 @@ def _error(status: int, name: str, *errors: str) -> FakeResponse:
     return FakeResponse(status, {"id": uuid.uuid4().hex, "name": name, "errors": list(errors)})
 
 
-class FakeStability:
+class FakeStability(VendorFake):
     """Stability's Stable Image API on 127.0.0.1 (see the module doc)."""
 
     def __init__(self, *, key: str | None = None, content_filtered: bool = False) -> None:
@@ -47,21 +47,6 @@ class FakeStability:
         self.upstream.route(
             "POST", r"/v2beta/stable-image/(?P<group>generate|edit)/(?P<op>[a-z0-9-]+)", self._serve
         )
-
-    @property
-    def url(self) -> str:
-        return self.upstream.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.upstream.requests
-
-    def __enter__(self) -> FakeStability:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.upstream.close()
 
     def _serve(self, req: FakeRequest) -> FakeResponse:
         if self.key is not None and req.headers.get("authorization") != f"Bearer {self.key}":

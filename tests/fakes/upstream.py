@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -167,3 +167,34 @@ class FakeUpstream:
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
         return _Handler
+
+
+class VendorFake:
+    """Base of the per-vendor fakes: owns a FakeUpstream (`self.upstream`, set in the
+    subclass's __init__ before routes are added) and exposes its surface."""
+
+    upstream: FakeUpstream
+
+    @property
+    def url(self) -> str:
+        return self.upstream.url
+
+    @property
+    def requests(self) -> list[FakeRequest]:
+        return self.upstream.requests
+
+    def requests_to(self, pattern: str) -> list[FakeRequest]:
+        return self.upstream.requests_to(pattern)
+
+    def fail_next(self, *responses: FakeResponse) -> None:
+        self.upstream.fail_next(*responses)
+
+    def close(self) -> None:
+        self.upstream.close()
+
+    def __enter__(self) -> Self:
+        self.upstream.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

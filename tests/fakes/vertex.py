@@ -58,13 +58,6 @@ class FakeVertex(GoogleImageAPI):
         self.upstream.route("POST", MODEL_PATH + r":generateContent", self._generate)
         self.upstream.route("POST", MODEL_PATH + r":predict", self._predict)
 
-    def __enter__(self) -> FakeVertex:
-        self.upstream.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
