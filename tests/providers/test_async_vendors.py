@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -43,12 +42,6 @@ async def retried(provider: Provider, request: ProviderRequest, **kw: Any) -> Pr
     """The request run by the worker's retry loop, with short backoff delays."""
     deadline = time.monotonic() + 5
     return await call_with_retries(provider, request, policy=FAST_RETRIES, deadline=deadline, **kw)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
 
 
 def config(name: str, url: str, key: str, **overrides: Any) -> ProviderConfig:

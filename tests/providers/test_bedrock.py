@@ -8,7 +8,7 @@ import base64
 import io
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -32,12 +32,6 @@ TITAN = "amazon.titan-image-generator-v2:0"
 NOVA = "amazon.nova-canvas-v1:0"
 NOVA_GEN = ProviderRequest(kind=Kind.GENERATION, model=NOVA, prompt="p")
 FAST_RETRIES = RetryPolicy(max_retries=3, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
 
 
 @pytest.fixture

@@ -47,12 +47,6 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
 def gemini_fake() -> Iterator[FakeGemini]:
     with FakeGemini(api_key=KEY) as fake:
         yield fake

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -34,12 +34,6 @@ FAST_RETRIES = RetryPolicy(max_retries=2, initial_delay_s=0.01, max_delay_s=0.05
 
 def gen(model: str, prompt: str = "a lighthouse at dusk", **params: Any) -> ProviderRequest:
     return ProviderRequest(kind=Kind.GENERATION, model=model, prompt=prompt, params=params)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

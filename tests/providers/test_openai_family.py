@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +65,6 @@ def is_image(data: bytes) -> bool:
     with Image.open(io.BytesIO(data)) as img:
         img.verify()
     return True
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
 
 
 # --- every provider, every operation it supports --------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -28,12 +28,6 @@ from tests.fakes.upstream import FakeResponse
 
 KEY = "sk-stability-test"
 FAST_RETRIES = RetryPolicy(max_retries=3, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
 
 
 @pytest.fixture
