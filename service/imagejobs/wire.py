@@ -7,7 +7,7 @@ unexpected into a generic 500 whose text reveals nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -52,7 +52,8 @@ def as_api_error(exc: BaseException) -> ApiError:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary and server-streaming handler."""
+    """Wraps every unary handler (no RPC of ours streams yet; health and reflection
+    pass through unchanged)."""
 
     async def intercept_service(
         self,
@@ -75,23 +76,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await context.abort_with_status(to_status(as_api_error(exc)))
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
