@@ -6,6 +6,7 @@ TTL. Returns the terminal record to write; never raises for provider trouble.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -61,15 +62,7 @@ class JobRunner:
         started = time.monotonic()
         for model in (job.request.model, *job.request.fallbacks):
             provider_name, _, model_name = model.partition("/")
-            request = ProviderRequest(
-                kind=job.kind,
-                model=model_name,
-                prompt=base.prompt,
-                params=base.params,
-                images=base.images,
-                mask=base.mask,
-                attempt=attempts + 1,
-            )
+            request = dataclasses.replace(base, model=model_name, attempt=attempts + 1)
             made = [attempts]  # provider calls so far, updated by call_with_retries
 
             def count(n: int, made: list[int] = made) -> None:
@@ -103,7 +96,8 @@ class JobRunner:
         return job.with_attempts(attempts).fail(self._stored_error(error, job), time.time())
 
     async def _inputs(self, job: Job) -> ProviderRequest:
-        """The request's uploaded images and mask, read back from the object store."""
+        """The request with its uploaded images and mask read back from the object store;
+        `model` and `attempt` are filled in per provider tried."""
         refs = list(job.request.images) + ([job.request.mask] if job.request.mask else [])
         objects = await asyncio.gather(*(self._objects.get(r.object_id) for r in refs))
         inputs = []
