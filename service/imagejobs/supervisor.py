@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,46 +50,52 @@ async def _pump(child: Child, log_path: Path, echo: bool) -> None:
                 sys.stdout.flush()
 
 
-async def wait_tcp(host: str, port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Until something accepts TCP connections on host:port."""
+async def poll_until(
+    check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = READY_TIMEOUT_S
+) -> None:
+    """Until `check()` is true; TimeoutError naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout_s:g} s")
+        await asyncio.sleep(0.1)
+
+
+async def wait_tcp(host: str, port: int) -> None:
+    """Until something accepts TCP connections on host:port."""
+
+    async def accepts() -> bool:
         try:
             _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            return
         except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"nothing listening on {host}:{port} after {timeout_s:g} s"
-                ) from None
-            await asyncio.sleep(0.1)
+            return False
+        writer.close()
+        return True
+
+    await poll_until(accepts, f"nothing listening on {host}:{port}")
 
 
-async def wait_http_ok(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+async def wait_http_ok(url: str) -> None:
     """Until `url` answers 200."""
-    deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as client:
-        while True:
+
+        async def ok() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url, timeout=2)).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not healthy after {timeout_s:g} s")
-            await asyncio.sleep(0.2)
+                return (await client.get(url, timeout=2)).status_code == 200
+            return False
+
+        await poll_until(ok, f"{url} not healthy")
 
 
 def _contains(path: Path, needle: str) -> bool:
     return path.exists() and needle in path.read_text(errors="replace")
 
 
-async def wait_log_line(path: Path, needle: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(_contains, path, needle):
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{path.name}: no '{needle}' after {timeout_s:g} s")
+async def wait_log_line(path: Path, needle: str) -> None:
+    """Until `needle` appears in the log file `path`."""
+    await poll_until(
+        lambda: asyncio.to_thread(_contains, path, needle), f"{path.name}: no {needle!r}"
+    )
 
 
 def port_free(host: str, port: int) -> bool:
