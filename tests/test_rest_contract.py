@@ -112,6 +112,9 @@ def test_request_id_header_becomes_request_id(client: httpx.Client) -> None:
             "stream is not supported for async image generations",
         ),
         (b'{"model": "mock/m", "prompt": "p", "n": "x"}', "invalid n value: x"),
+        (b'{"model": "mock/m", "prompt": "p", "output_format": ["png"]}', "invalid output_format"),
+        (b'{"model": "mock/m", "prompt": "p", "response_format": {}}', "invalid response_format"),
+        (b'{"model": "mock/m", "prompt": "p", "output_format": "gif"}', "invalid output_format"),
     ],
 )
 def test_submit_400s(client: httpx.Client, body: bytes, message: str) -> None:

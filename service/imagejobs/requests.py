@@ -178,23 +178,25 @@ def _params(fields: Mapping[str, Any], extra: ErrorContext, limits: Limits) -> d
     n = params.get("n")
     if n is not None and not 1 <= n <= limits.max_n:
         raise InvalidRequest(f"n must be between 1 and {limits.max_n}", param="n", **extra)
-    fmt = params.get("response_format")
-    if fmt is not None and fmt not in RESPONSE_FORMATS:
-        raise InvalidRequest(
-            f"invalid response_format value: {fmt}", param="response_format", **extra
-        )
-    out = params.get("output_format")
-    if out is not None and out not in OUTPUT_FORMATS:
-        raise InvalidRequest(f"invalid output_format value: {out}", param="output_format", **extra)
+    for name, choices in (("response_format", RESPONSE_FORMATS), ("output_format", OUTPUT_FORMATS)):
+        _check_choice(params, name, choices, extra)
     comp = params.get("output_compression")
     if comp is not None and not 0 <= comp <= 100:
         raise InvalidRequest(
             "output_compression must be between 0 and 100", param="output_compression", **extra
         )
-    edit_type = params.get("type")
-    if edit_type is not None and edit_type not in EDIT_TYPES:
-        raise InvalidRequest(f"invalid type value: {edit_type}", param="type", **extra)
+    _check_choice(params, "type", EDIT_TYPES, extra)
     return params
+
+
+def _check_choice(
+    params: dict[str, Any], name: str, choices: frozenset[str], extra: ErrorContext
+) -> None:
+    """400 unless the parameter is absent or one of `choices` (a list or an object is not:
+    checked before the membership test, which such values cannot take)."""
+    value = params.get(name)
+    if value is not None and not (isinstance(value, str) and value in choices):
+        raise InvalidRequest(f"invalid {name} value: {value}", param=name, **extra)
 
 
 def _as_int(key: str, value: Any, extra: ErrorContext) -> int:
