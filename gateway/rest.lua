@@ -1,8 +1,17 @@
--- REST shaping around Envoy's gRPC-JSON transcoder (native gRPC passes untouched):
+-- REST shaping around Envoy's gRPC-JSON transcoder (native gRPC passes untouched).
+-- Rendered by `imagejobs gateway`: string.Template placeholders for the limits, so a
+-- literal dollar sign (a pattern anchor) is written twice.
 --  * marks REST requests (dynamic metadata imagejobs.rest) so that local replies
 --    (bad route, body too large, backend down) get the contract's error body;
---  * drops REST headers ending in -bin (grpcio rejects non-base64 values) and passes
---    the Host on as x-imagejobs-host (result URLs point back at it);
+--  * refuses REST requests whose headers exceed the limits (431), and whose path or
+--    query is not valid UTF-8 once percent-decoded (400; the transcoder would put the
+--    bytes into a proto string field, which the gRPC server cannot parse);
+--  * keeps only the query parameters the REST API documents (`wait` on a job,
+--    `status`/`kind`/`limit`/`page_token` on the list): the transcoder would bind any
+--    other request field from the query (`?kind=edits` on a generations route);
+--  * drops REST headers ending in -bin (grpcio rejects non-base64 values) or whose names
+--    are not valid gRPC metadata keys, and passes the Host on as x-imagejobs-host
+--    (result URLs point back at it);
 --  * moves the servicer's x-http-status metadata into :status (202 for accepted and
 --    running jobs; the error's own status for errors);
 --  * replaces the transcoder's {"code","message","details":[ErrorResponse]} error body
@@ -10,16 +19,172 @@
 
 local DETAIL = '"@type":"type.googleapis.com/imagejobs.v1.ErrorResponse",'
 
+-- Request header limits. Bytes are counted as HTTP/2 and gRPC count them (name + value
+-- + 32 per header), the path and the host twice (Envoy forwards copies of both), so
+-- that what reaches the API stays under grpcio's 8 KiB metadata limit.
+local MAX_HEADERS = ${max_request_headers}
+local MAX_HEADER_BYTES = ${max_request_header_bytes}
+
+local LIST_PATH = "/v1/async/images/jobs"
+local LIST_PARAMS = {status = true, kind = true, limit = true, page_token = true}
+local JOB_PARAMS = {wait = true}
+local NO_PARAMS = {}
+
+-- gRPC as Envoy tells it (Grpc::Common::hasGrpcContentType): exactly application/grpc,
+-- or application/grpc+…; anything else (application/grpc-web, application/grpc;…) is
+-- transcoded as REST, so it must be shaped as REST.
+local function is_grpc(ctype)
+  if string.sub(ctype, 1, 16) ~= "application/grpc" then
+    return false
+  end
+  local rest = string.sub(ctype, 17, 17)
+  return rest == "" or rest == "+"
+end
+
+-- A header name that may travel as gRPC metadata ([0-9a-z_.-]; pseudo-headers stay):
+-- HTTP allows more (`!#%&'*+^|~` and the dollar sign), and grpcio fails the call on such a key.
+local function grpc_key(name)
+  return string.sub(name, 1, 1) == ":" or string.find(name, "^[0-9a-z_.%-]+$$") ~= nil
+end
+
+local function percent_decode(text)
+  text = string.gsub(text, "+", " ")
+  return (string.gsub(text, "%%(%x%x)", function(hex)
+    return string.char(tonumber(hex, 16))
+  end))
+end
+
+-- True when `s` is well-formed UTF-8 (no overlong forms, surrogates or values > U+10FFFF).
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    if c < 0x80 then
+      i = i + 1
+    else
+      local len, low, high
+      if c >= 0xC2 and c <= 0xDF then
+        len = 2
+      elseif c >= 0xE0 and c <= 0xEF then
+        len = 3
+      elseif c >= 0xF0 and c <= 0xF4 then
+        len = 4
+      else
+        return false
+      end
+      if i + len - 1 > n then
+        return false
+      end
+      low, high = 0x80, 0xBF
+      local second = string.byte(s, i + 1)
+      if c == 0xE0 then
+        low = 0xA0
+      elseif c == 0xED then
+        high = 0x9F
+      elseif c == 0xF0 then
+        low = 0x90
+      elseif c == 0xF4 then
+        high = 0x8F
+      end
+      if second < low or second > high then
+        return false
+      end
+      for k = i + 2, i + len - 1 do
+        local b = string.byte(s, k)
+        if b < 0x80 or b > 0xBF then
+          return false
+        end
+      end
+      i = i + len
+    end
+  end
+  return true
+end
+
+-- The request's path with only the documented query parameters, or nil when the path or
+-- a kept parameter is not valid UTF-8.
+local function clean_path(method, path)
+  local base, query = string.match(path, "^([^?]*)%?(.*)$$")
+  if base == nil then
+    base, query = path, nil
+  end
+  if not valid_utf8(percent_decode(base)) then
+    return nil
+  end
+  if query == nil then
+    return path
+  end
+  local allowed = NO_PARAMS
+  if method == "GET" or method == "HEAD" then
+    if base == LIST_PATH then
+      allowed = LIST_PARAMS
+    else
+      allowed = JOB_PARAMS
+    end
+  end
+  local kept = {}
+  for pair in string.gmatch(query, "[^&]+") do
+    local name, value = string.match(pair, "^([^=]*)=?(.*)$$")
+    if allowed[percent_decode(name)] then
+      if not valid_utf8(percent_decode(value)) then
+        return nil
+      end
+      table.insert(kept, pair)
+    end
+  end
+  if #kept == 0 then
+    return base
+  end
+  return base .. "?" .. table.concat(kept, "&")
+end
+
+local function header_size(headers)
+  local count, bytes = 0, 0
+  for name, value in pairs(headers) do
+    count = count + 1
+    local size = #name + #value + 32
+    if name == ":path" or name == ":authority" or name == "host" then
+      size = size * 2
+    end
+    bytes = bytes + size
+  end
+  return count, bytes
+end
+
+-- A local reply; local_reply_config (gateway.py) gives it the contract's error body.
+local function refuse(handle, status, message)
+  handle:respond({[":status"] = tostring(status), ["content-type"] = "text/plain"}, message)
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local ctype = headers:get("content-type") or ""
-  if string.find(ctype, "application/grpc", 1, true) == 1 then
+  if is_grpc(ctype) then
     return
   end
-  handle:streamInfo():dynamicMetadata():set("imagejobs", "rest", true)
+  local meta = handle:streamInfo():dynamicMetadata()
+  meta:set("imagejobs", "rest", true)
+  -- Envoy's request id (generated unless the client sent one): the event_id of an error
+  -- body made here, in the rare case that a gRPC error comes without our detail
+  local request_id = string.gsub(headers:get("x-request-id") or "", "[^%w%-]", "")
+  meta:set("imagejobs", "event_id", string.sub(request_id, 1, 64))
+  local count, bytes = header_size(headers)
+  if count > MAX_HEADERS or bytes > MAX_HEADER_BYTES then
+    refuse(handle, 431, "request headers too large")
+    return
+  end
+  local path = headers:get(":path") or "/"
+  local cleaned = clean_path(headers:get(":method"), path)
+  if cleaned == nil then
+    refuse(handle, 400, "invalid request format: the path is not valid UTF-8")
+    return
+  end
+  if cleaned ~= path then
+    headers:replace(":path", cleaned)
+  end
   local drop = {}
   for name, _ in pairs(headers) do
-    if string.sub(name, -4) == "-bin" or name == "x-http-status" then
+    if string.sub(name, -4) == "-bin" or name == "x-http-status" or not grpc_key(name) then
       table.insert(drop, name)
     end
   end
@@ -29,16 +194,19 @@ function envoy_on_request(handle)
   headers:replace("x-imagejobs-host", headers:get(":authority") or "")
 end
 
-local function generic_body(status, message)
+local function generic_body(status, message, event_id)
   local kind = "api_error"
   if status < 500 then
     kind = "invalid_request_error"
   end
   message = string.gsub(message, '[%c"\\]', " ")
+  if event_id == nil or event_id == "" then
+    event_id = "gateway"
+  end
   return string.format(
-    '{"type":"%s","is_bifrost_error":true,"status_code":%d,' ..
-    '"error":{"type":"%s","code":"gateway_error","message":"%s"}}',
-    kind, status, kind, message)
+    '{"event_id":"%s","type":"%s","is_bifrost_error":true,"status_code":%d,' ..
+    '"error":{"type":"%s","code":"gateway_error","message":"%s","event_id":"%s"}}',
+    event_id, kind, status, kind, message, event_id)
 end
 
 function envoy_on_response(handle)
@@ -73,14 +241,14 @@ function envoy_on_response(handle)
   local out
   local _, last = string.find(text, DETAIL, 1, true)
   if last ~= nil then
-    local inner = string.match(string.sub(text, last + 1), "^(.*)%]}%s*$")
+    local inner = string.match(string.sub(text, last + 1), "^(.*)%]}%s*$$")
     if inner ~= nil then
       out = "{" .. inner
     end
   end
   if out == nil then
     local message = string.match(text, '"message":"(.-)"') or "upstream error"
-    out = generic_body(status, message)
+    out = generic_body(status, message, meta["event_id"])
   end
   body:setBytes(out)
   headers = handle:headers()

@@ -7,7 +7,7 @@ PY="${PYTHON:-.venv/bin/python}"
 BIN="$(dirname "$PY")"
 "$PY" scripts/gen_protos.py --check
 "$BIN/buf" lint
-"$BIN/ruff" check service tests scripts
-"$BIN/ruff" format --check service tests scripts
+"$BIN/ruff" check service tests scripts bench
+"$BIN/ruff" format --check service tests scripts bench
 "$BIN/mypy"
 "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -111,6 +111,7 @@ class Stack:
         values = {
             "nats_port": self.nats_port,
             "api_port": self.api_ports[0],
+            "api_ports": self.api_ports,  # the gateway routes to every one
             "gateway_port": self.gateway_port,
             "gateway_admin_port": self.admin_port,
             "data_dir": str(root / "data"),

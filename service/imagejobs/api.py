@@ -15,11 +15,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from imagejobs import connector, constants
+from imagejobs import connector, constants, metrics
 from imagejobs.config import Settings
-from imagejobs.engine import Engine
+from imagejobs.engine import Engine, EngineLimits
+from imagejobs.idempotency import IdempotencyStore
+from imagejobs.index import JobIndex
+from imagejobs.notifier import Notifier
 from imagejobs.objects import ObjectStore
 from imagejobs.queue import JobQueue
+from imagejobs.quotas import Quotas
 from imagejobs.servicer import ImageJobServicer
 from imagejobs.store import JobStore
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
@@ -41,9 +45,33 @@ def server_options() -> list[tuple[str, int]]:
 
 async def serve(settings: Settings, port: int, ready: asyncio.Event | None = None) -> None:
     """Run one API server on `port` until cancelled or signalled."""
-    nc, js = await connector.connect(settings, f"imagejobs-api-{port}")
+    notifiers: list[Notifier] = []
+
+    def reconnected() -> None:  # changes may have been missed: waiters re-read
+        for n in notifiers:
+            n.reconnected()
+
+    nc, js = await connector.connect(settings, f"imagejobs-api-{port}", on_reconnect=reconnected)
     await connector.declare(js, settings)
-    engine = Engine(JobStore(js), JobQueue(js), ObjectStore(nc, js))
+    notifier = Notifier(nc)
+    notifiers.append(notifier)
+    await notifier.start()
+    store = JobStore(js)
+    engine = Engine(
+        store,
+        JobQueue(nc, js),
+        ObjectStore(nc, js),
+        index=JobIndex(nc, js, ttl_s=constants.PENDING_TTL_S + settings.max_ttl_s),
+        idempotency=IdempotencyStore(js, ttl_s=settings.idempotency_ttl_s),
+        notifier=notifier,
+        quotas=Quotas(nc, js, store, slot_ttl_s=int(settings.max_job_age_s) + 60),
+        limits=EngineLimits(
+            max_job_age_s=settings.max_job_age_s,
+            max_wait_s=settings.max_wait_s,
+            failpoint=settings.failpoint,
+        ),
+    )
+    metrics_server = await metrics.start(settings, metrics.api_ports(settings, port), js)
 
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options())
     jobs_pb2_grpc.add_ImageJobServiceServicer_to_server(ImageJobServicer(engine, settings), server)
@@ -58,6 +86,13 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("api listening on %s", address)
+    if settings.virtual_keys:
+        log.info("%d virtual keys configured: every call needs one", len(settings.virtual_keys))
+    else:
+        log.warning(
+            "no virtual keys configured: running OPEN (development mode) - any caller may "
+            "submit; a presented key only scopes its own jobs"
+        )
     if ready is not None:
         ready.set()
 
@@ -71,6 +106,11 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
     finally:
         log.info("api stopping")
         await health_servicer.enter_graceful_shutdown()
+        # long-polls answer now and watches end (clients re-attach elsewhere); other
+        # calls get the grace period to finish
+        await notifier.stop()
         await server.stop(SHUTDOWN_GRACE_S)
+        if metrics_server is not None:
+            await metrics_server.close()
         await nc.close()
         log.info("api stopped")

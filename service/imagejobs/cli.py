@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from imagejobs import __version__
+from imagejobs.auth import key_hash
 from imagejobs.config import Settings, load_settings
 from imagejobs.errors import ConfigError, StoreUnavailable
 
@@ -142,3 +144,22 @@ def nats(ctx: click.Context, host: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command(name="new-key")
+@click.argument("key_id")
+def new_key(key_id: str) -> None:
+    """Make a virtual key: prints the key (give it to the client, once) and the config
+    section that admits it (only the key's SHA-256 goes into the config)."""
+    key = "sk-bf-" + secrets.token_urlsafe(32)
+    click.echo(f"key: {key}", err=True)
+    click.echo(f'[virtual_keys.{key_id}]\nkey_sha256 = "{key_hash(key)}"')
+
+
+@main.command(name="hash-key")
+def hash_key() -> None:
+    """Print the SHA-256 of a virtual key read from stdin (for `key_sha256`)."""
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise click.ClickException("no key on stdin")
+    click.echo(key_hash(key))

@@ -11,17 +11,22 @@ directly in the environment. Nothing else in the code base reads `os.environ`.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from imagejobs import constants
+from imagejobs.auth import KeyPolicy
 from imagejobs.errors import ConfigError
 from imagejobs.providers.base import ProviderConfig, WeightedKey
 from imagejobs.providers.registry import KNOWN_PROVIDERS
+from imagejobs.safefetch import FetchPolicy
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 DEFAULT_PROVIDER_ENV = {
     "openai": "OPENAI_API_KEY",
@@ -65,6 +70,45 @@ class ProviderSettings(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0)
 
 
+class VirtualKeySettings(BaseModel):
+    """`[virtual_keys.<id>]`: one client key. Only its SHA-256 is configured
+    (`imagejobs new-key` makes a key and prints both). Zero means no limit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    allowed_models: tuple[str, ...] = ()  # "provider/model" patterns, e.g. "openai/*"
+    allowed_providers: tuple[str, ...] = ()
+    max_concurrent_jobs: int = Field(default=0, ge=0, le=1000)  # pending + processing
+    requests_per_minute: int = Field(default=0, ge=0)  # submits
+    max_ttl_s: int = Field(default=0, ge=0)  # longer requested result TTLs are capped
+
+
+class FetchSettings(BaseModel):
+    """`[fetch]`: how URLs that callers give as `input_images` are fetched (the SSRF
+    guard, `safefetch.py`). Loopback, private, link-local, metadata and other non-public
+    addresses are refused unless inside one of `allow_networks` (CIDRs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    allow_networks: tuple[str, ...] = ()
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    timeout_s: float = Field(default=30.0, gt=0)  # the whole fetch, redirects included
+    max_redirects: int = Field(default=3, ge=0, le=10)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        FetchPolicy.build(value)  # ValueError names the bad entry
+        return value
+
+    def policy(self) -> FetchPolicy:
+        return FetchPolicy.build(
+            self.allow_networks,
+            max_bytes=self.max_bytes,
+            timeout_s=self.timeout_s,
+            max_redirects=self.max_redirects,
+        )
+
+
 class Settings(BaseSettings):
     """Every setting of every component. Ports and hosts are loopback by default."""
 
@@ -81,7 +125,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"  # where the gateway finds the API
     nats_port: int = Field(default=4222, ge=1, le=65535)
     nats_url: str = ""  # comma-separated server list; '' = nats://127.0.0.1:<nats_port>
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0 = no /metrics endpoint
+    # /metrics: API i on metrics_port + i, workers after them (metrics.py); 0 = none
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     public_url: str = ""  # base of result URLs; '' = the caller's Host header
     data_dir: str = "./data"
 
@@ -92,11 +137,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=constants.MAX_DELIVERIES, ge=1)
     ack_wait_s: float = Field(default=constants.ACK_WAIT_S, gt=0)
     queue_max_jobs: int = Field(default=100_000, ge=1)
+    max_job_age_s: float = Field(default=constants.MAX_JOB_AGE_S, gt=0)
+    idempotency_ttl_s: int = Field(default=constants.IDEMPOTENCY_TTL_S, ge=1)
+    max_wait_s: float = Field(default=constants.MAX_WAIT_S, ge=0)
     stream_replicas: int = Field(default=1, ge=1, le=5)
 
     # workers
     worker_processes: int = Field(default=1, ge=1)
     worker_concurrency: int = Field(default=32, ge=1)
+    worker_drain_s: float = Field(default=30.0, ge=0)  # SIGTERM: finish in-flight jobs this long
 
     # request limits
     max_body_bytes: int = Field(default=53 * 1024 * 1024, ge=1024)  # a 50 MiB file + form
@@ -105,7 +154,34 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(
         default_factory=lambda: {"mock": ProviderSettings()}
     )
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
     log_level: str = "INFO"
+    virtual_keys: dict[str, VirtualKeySettings] = Field(default_factory=dict)
+    failpoint: str = ""  # fault tests only: e.g. "submit.before_publish" makes the API die there
+
+    @model_validator(mode="after")
+    def _valid_keys(self) -> Settings:
+        for key_id in self.virtual_keys:
+            if not _KEY_ID.fullmatch(key_id):
+                raise ValueError(f"virtual key id {key_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
+        hashes = [k.key_sha256 for k in self.virtual_keys.values()]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two virtual keys have the same key_sha256")
+        return self
+
+    def key_policies(self) -> dict[str, KeyPolicy]:
+        """Each configured virtual key's policy, by the key's hash."""
+        return {
+            vk.key_sha256: KeyPolicy(
+                id=key_id,
+                allowed_models=vk.allowed_models,
+                allowed_providers=vk.allowed_providers,
+                max_concurrent_jobs=vk.max_concurrent_jobs,
+                requests_per_minute=vk.requests_per_minute,
+                max_ttl_s=vk.max_ttl_s,
+            )
+            for key_id, vk in self.virtual_keys.items()
+        }
 
     @model_validator(mode="after")
     def _known_providers(self) -> Settings:
@@ -159,6 +235,7 @@ class Settings(BaseSettings):
             or _aws_env(name, "AWS_SECRET_ACCESS_KEY"),
             aws_session_token=section.aws_session_token or _aws_env(name, "AWS_SESSION_TOKEN"),
             poll_interval_s=section.poll_interval_s,
+            fetch=self.fetch.policy(),
         )
 
     def all_secrets(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ errors turned into `StoreUnavailable`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client
@@ -23,12 +24,19 @@ from imagejobs.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 
-async def connect(settings: Settings, name: str) -> tuple[Client, JetStreamContext]:
+async def connect(
+    settings: Settings, name: str, on_reconnect: Callable[[], None] | None = None
+) -> tuple[Client, JetStreamContext]:
     """A daemon-grade connection: every server listed, reconnect forever, a publish
-    buffer large enough for image chunks."""
+    buffer large enough for image chunks. `on_reconnect` runs after each reconnect."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected")
+        if on_reconnect is not None:
+            on_reconnect()
 
     try:
         nc = await nats.connect(
@@ -39,6 +47,7 @@ async def connect(settings: Settings, name: str) -> tuple[Client, JetStreamConte
             connect_timeout=5,
             pending_size=64 * 1024 * 1024,
             error_cb=on_error,
+            reconnected_cb=on_reconnected,
         )
     except (TimeoutError, NatsError, OSError) as exc:
         raise StoreUnavailable(f"cannot connect to NATS at {settings.nats_servers}") from exc
@@ -46,7 +55,8 @@ async def connect(settings: Settings, name: str) -> tuple[Client, JetStreamConte
 
 
 def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
-    """The three streams: job records (a KV bucket), the work queue, image objects."""
+    """The streams: job records (a KV bucket), the work queue, the per-caller index,
+    idempotency keys, image objects."""
     replicas = settings.stream_replicas
     kv_prefix = f"$KV.{constants.JOBS_BUCKET}"
     return [
@@ -74,6 +84,42 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
             discard=js_api.DiscardPolicy.NEW,
             duplicate_window=constants.DUPLICATE_WINDOW_S,
             allow_direct=True,
+            num_replicas=replicas,
+            storage=js_api.StorageType.FILE,
+        ),
+        js_api.StreamConfig(  # list: one empty message per job, the data in its subject
+            name=constants.INDEX_STREAM,
+            subjects=[f"{constants.INDEX_SUBJECT_PREFIX}.>"],
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            allow_direct=True,
+            num_replicas=replicas,
+            storage=js_api.StorageType.FILE,
+        ),
+        js_api.StreamConfig(  # Idempotency-Key -> job id, written create-only
+            name=constants.IDEMPOTENCY_STREAM,
+            subjects=[f"{constants.IDEMPOTENCY_SUBJECT_PREFIX}.>"],
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            allow_direct=True,
+            num_replicas=replicas,
+            storage=js_api.StorageType.FILE,
+        ),
+        js_api.StreamConfig(  # per-key quota state, compare-and-set
+            name=constants.LIMIT_STREAM,
+            subjects=[f"{constants.LIMIT_SUBJECT_PREFIX}.>"],
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            allow_direct=True,
+            num_replicas=replicas,
+            storage=js_api.StorageType.FILE,
+        ),
+        js_api.StreamConfig(  # per-key request counts per minute, atomic increments
+            name=constants.RATE_STREAM,
+            subjects=[f"{constants.RATE_SUBJECT_PREFIX}.>"],
+            allow_msg_counter=True,
+            allow_direct=True,
+            max_age=180.0,  # a window is needed for two minutes at most
             num_replicas=replicas,
             storage=js_api.StorageType.FILE,
         ),

@@ -6,6 +6,7 @@ DEFAULT_RESULT_TTL_S = 3600  # the contract's default result lifetime after comp
 MAX_RESULT_TTL_S = 30 * 24 * 3600  # a larger requested TTL is capped to this
 PENDING_TTL_S = 7 * 24 * 3600  # safety TTL of non-terminal job records and uploads
 UPLOAD_TTL_S = 2 * 24 * 3600  # uploaded images: the job's whole life
+DELETE_MARKER_TTL_S = 300  # a deleted record's marker (and a released key) lingers this long
 CHUNK_EXTRA_TTL_S = 60  # image chunks outlive their meta record by this much
 
 PROVIDER_TIMEOUT_S = 300.0  # one upstream call: image models take minutes
@@ -13,6 +14,11 @@ JOB_TIMEOUT_S = 900.0  # a whole job incl. retries and fallbacks
 ACK_WAIT_S = 30.0  # JetStream redelivers an un-acked job after this
 MAX_DELIVERIES = 5  # deliveries of one job before it is failed for good
 DUPLICATE_WINDOW_S = 120.0  # JetStream dedupe window for Nats-Msg-Id
+MAX_JOB_AGE_S = 2 * 3600  # a job not terminal this long after submit is failed
+REPAIR_AFTER_S = 10.0  # a pending job this old with no queue message is re-published
+IDEMPOTENCY_TTL_S = 24 * 3600  # an Idempotency-Key maps to its job this long
+MAX_WAIT_S = 60.0  # cap of a long-poll (`?wait=`)
+WATCH_KEEPALIVE_S = 15.0  # SSE comment / safety re-read interval of an idle watch
 
 CHUNK_BYTES = 512 * 1024  # object-store chunk size, well under nats-server's 1 MiB max_payload
 MAX_GRPC_MESSAGE_BYTES = 128 * 1024 * 1024  # uploads and b64 results of several MB
@@ -22,9 +28,21 @@ QUEUE_STREAM = "JOBQ"  # WorkQueue stream of jobs to run
 QUEUE_SUBJECT_PREFIX = "imagejobs.run"  # imagejobs.run.<job_id>
 WORKER_CONSUMER = "workers"
 STATE_SUBJECT_PREFIX = "imagejobs.state"  # every KV write republished here (waiters)
+CANCEL_SUBJECT_PREFIX = "imagejobs.cancel"  # imagejobs.cancel.<job_id>: abort it (workers)
+INDEX_STREAM = "JOBINDEX"  # per-caller job index (list)
+INDEX_SUBJECT_PREFIX = "imagejobs.index"  # .<owner>.<kind>.<created_ms>.<job_id>
+IDEMPOTENCY_STREAM = "IDEMPOTENCY"
+LIMIT_STREAM = "LIMITS"  # per-key rate buckets and concurrency slots
+LIMIT_SUBJECT_PREFIX = "imagejobs.limit"  # .slot.<key>.<n>
+RATE_STREAM = "RATES"  # per-key request counters (JetStream counters)
+RATE_SUBJECT_PREFIX = "imagejobs.rate"  # .<key>.<minute since the epoch>
+IDEMPOTENCY_SUBJECT_PREFIX = "imagejobs.idem"  # .<owner>.<sha256(key)>
 OBJECT_STREAM = "IMAGES"
 OBJECT_SUBJECT_PREFIX = "imagejobs.obj"  # .meta.<id> and .chunk.<id>
 
-DEFAULT_MAX_PROMPT_CHARS = 32_000
-MAX_N = 10
-MAX_IMAGES = 16
+DEFAULT_MAX_PROMPT_CHARS = 32_000  # prompt and negative_prompt, in characters
+MAX_N = 10  # images per request
+MAX_IMAGES = 16  # uploaded images per edit/variation; entries of `input_images`
+MAX_IMAGE_PIXELS = 8192 * 8192  # an input image's width x height; more is a decompression bomb
+MAX_JSON_DEPTH = 32  # nesting of a JSON request body (pass-through values included)
+MAX_FALLBACKS = 10  # `fallbacks` entries, each tried in turn when the one before fails

@@ -18,15 +18,18 @@ def _timestamp(epoch_s: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def result_dict(job: Job, images: list[bytes] | None, base_url: str) -> dict[str, Any]:
+def result_dict(
+    job: Job, images: list[bytes] | None, base_url: str, *, links: bool = False
+) -> dict[str, Any]:
     """The contract's images response for a completed job. `images` holds the bytes of
-    each image for `b64_json`; for `url`, links to our own image route are given."""
+    each image for `b64_json`; for `url` (or with `links`, as in lists), links to our own
+    image route are given."""
     assert job.result is not None
     result = job.result
     data: list[dict[str, Any]] = []
     for i, image in enumerate(result.images):
         item: dict[str, Any] = {"index": i}
-        if job.request.response_format == "url":
+        if links or job.request.response_format == "url":
             item["url"] = f"{base_url}/v1/async/images/{job.kind.value}/{job.id}/images/{i}"
         elif images is not None:
             item["b64_json"] = base64.b64encode(images[i]).decode()
@@ -47,7 +50,9 @@ def result_dict(job: Job, images: list[bytes] | None, base_url: str) -> dict[str
     return out
 
 
-def job_message(job: Job, images: list[bytes] | None = None, base_url: str = "") -> jobs_pb2.Job:
+def job_message(
+    job: Job, images: list[bytes] | None = None, base_url: str = "", *, links: bool = False
+) -> jobs_pb2.Job:
     """The `Job` message; unset fields stay unset (and are omitted from JSON)."""
     msg = jobs_pb2.Job(
         id=job.id,
@@ -63,7 +68,7 @@ def job_message(job: Job, images: list[bytes] | None = None, base_url: str = "")
         msg.status_code = job.status_code
     if job.status is Status.COMPLETED and job.result is not None:
         struct = struct_pb2.Struct()
-        struct.update(result_dict(job, images, base_url))
+        struct.update(result_dict(job, images, base_url, links=links))
         msg.result.CopyFrom(struct)
     if job.error is not None:
         err = job.error

@@ -134,6 +134,11 @@ class JobConflict(ApiError):
     default_code = "conflict"
 
 
+class IdempotencyConflict(JobConflict):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    default_code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(ApiError):
     http_status = 413
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT

@@ -126,6 +126,7 @@ class Job(BaseModel):
     status: Status = Status.PENDING
     request_id: str
     owner: str = ""  # virtual-key id; '' = anonymous
+    slot: str = ""  # the key's concurrency slot it holds until terminal ('' = none)
     created_at: float
     ttl_s: int
     request: StoredRequest

@@ -6,9 +6,10 @@ full, publish raises QueueFull and the submit answers 429.
 
 from __future__ import annotations
 
+from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from imagejobs import constants
 from imagejobs.errors import QueueFull, StoreUnavailable
@@ -26,9 +27,32 @@ def job_id_of(subject: str) -> str:
     return subject.rsplit(".", 1)[-1]
 
 
+def cancel_subject(job_id: str) -> str:
+    return f"{constants.CANCEL_SUBJECT_PREFIX}.{job_id}"
+
+
 class JobQueue:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self._nc = nc
         self._js = js
+
+    async def contains(self, job_id: str) -> bool:
+        """Whether the job's message is in the queue (waiting or being worked on)."""
+        try:
+            await self._js.get_msg(constants.QUEUE_STREAM, subject=run_subject(job_id), direct=True)
+        except NotFoundError:
+            return False
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"queue read failed: {type(exc).__name__}") from exc
+        return True
+
+    async def announce_cancel(self, job_id: str) -> None:
+        """Tell whichever worker runs the job to abort it (best effort: a worker that
+        misses this finds the job terminal at its next heartbeat)."""
+        try:
+            await self._nc.publish(cancel_subject(job_id), b"")
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"cancel notice failed: {type(exc).__name__}") from exc
 
     async def publish(self, job_id: str) -> None:
         """Enqueue the job (idempotent per job id within the duplicate window)."""

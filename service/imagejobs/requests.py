@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from imagejobs import constants
-from imagejobs.errors import ErrorContext, InvalidRequest
+from imagejobs.errors import ErrorContext, InvalidRequest, PayloadTooLarge
 from imagejobs.kinds import Kind
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.uploads import Upload, parse_multipart
@@ -29,6 +29,10 @@ OUTPUT_FORMATS = frozenset({"png", "jpeg", "jpg", "webp"})
 EDIT_TYPES = frozenset({"inpainting", "outpainting", "background_removal"})
 # keys that are ours, not the provider's
 _RESERVED = frozenset({"model", "prompt", "fallbacks", "stream", "image", "image[]", "mask"})
+# text fields held to the prompt's length limit
+_PROMPT_FIELDS = ("prompt", "negative_prompt")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+SHOWN_VALUE_CHARS = 64  # an invalid value is echoed in the error message up to this long
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,44 @@ def parse_body(kind: Kind, content_type: str, body: bytes, limits: Limits) -> Im
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"invalid request format: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest("invalid request format: the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("invalid request format: the body must be a JSON object")
     return from_json_object(kind, data, limits)
+
+
+def _check_json(value: Any, max_depth: int) -> None:
+    """400 unless `value` nests at most `max_depth` deep and every string in it (keys too)
+    is valid Unicode: JSON's `\\ud800` escapes decode to lone surrogates, which no later
+    step (UTF-8, protobuf) could encode."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > max_depth:
+            raise InvalidRequest(
+                f"invalid request format: the JSON is nested more than {max_depth} deep"
+            )
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key)
+                stack.append((child, depth + 1))
+        else:
+            stack.extend((child, depth + 1) for child in item)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            "invalid request format: a string holds an unpaired UTF-16 surrogate"
+        ) from None
 
 
 def from_json_object(kind: Kind, data: dict[str, Any], limits: Limits) -> ImageRequest:
@@ -110,6 +149,8 @@ class Limits:
     max_images: int = constants.MAX_IMAGES
     max_file_bytes: int = 50 * 1024 * 1024
     max_total_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = constants.MAX_JSON_DEPTH
+    max_fallbacks: int = constants.MAX_FALLBACKS
 
 
 def validate(
@@ -120,6 +161,7 @@ def validate(
     limits: Limits,
 ) -> ImageRequest:
     """The shared rules, in the order the contract's error table lists them."""
+    _check_json(dict(fields), limits.max_json_depth)
     model = fields.get("model")
     if not isinstance(model, str) or not _valid_model(model):
         raise InvalidRequest("model should be in provider/model format", param="model")
@@ -139,12 +181,15 @@ def validate(
     )
     if prompt_required and not (prompt or "").strip():
         raise InvalidRequest("prompt cannot be empty", param="prompt", **extra)
-    if prompt and len(prompt) > limits.max_prompt_chars:
-        raise InvalidRequest(
-            f"prompt is longer than {limits.max_prompt_chars} characters", param="prompt", **extra
-        )
+    for name in _PROMPT_FIELDS:
+        text = fields.get(name)
+        if isinstance(text, str) and len(text) > limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"{name} is longer than {limits.max_prompt_chars} characters", param=name, **extra
+            )
     params = _params(fields, extra, limits)
-    fallbacks = _fallbacks(fields.get("fallbacks"), extra)
+    _check_input_images(params.get("input_images"), limits, extra)
+    fallbacks = _fallbacks(fields.get("fallbacks"), limits, extra)
     if kind is not Kind.GENERATION:
         _check_images(images, mask, limits, extra)
     return ImageRequest(
@@ -156,6 +201,23 @@ def validate(
         mask=mask if kind is Kind.EDIT else None,
         fallbacks=fallbacks,
     )
+
+
+def _show(value: Any) -> str:
+    """A caller's value for an error message, cut short (it may be megabytes)."""
+    text = str(value)
+    if len(text) > SHOWN_VALUE_CHARS:
+        return text[:SHOWN_VALUE_CHARS] + "…"
+    return text
+
+
+def _check_input_images(value: Any, limits: Limits, extra: ErrorContext) -> None:
+    """`input_images` (URLs or base64, fetched/decoded by the worker) count against the
+    same image limit as uploads."""
+    if isinstance(value, list) and len(value) > limits.max_images:
+        raise InvalidRequest(
+            f"at most {limits.max_images} input_images are allowed", param="input_images", **extra
+        )
 
 
 def _valid_model(model: str) -> bool:
@@ -196,28 +258,36 @@ def _check_choice(
     checked before the membership test, which such values cannot take)."""
     value = params.get(name)
     if value is not None and not (isinstance(value, str) and value in choices):
-        raise InvalidRequest(f"invalid {name} value: {value}", param=name, **extra)
+        raise InvalidRequest(f"invalid {name} value: {_show(value)}", param=name, **extra)
 
 
 def _as_int(key: str, value: Any, extra: ErrorContext) -> int:
+    """An integer field (a JSON number or a numeric string) within int64, else 400."""
+    number: int | None = None
     if isinstance(value, bool):
-        raise InvalidRequest(f"invalid {key} value: {value}", param=key, **extra)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
         try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise InvalidRequest(f"invalid {key} value: {value}", param=key, **extra)
+            number = int(value.strip())
+        except ValueError:  # not a number, or more digits than int() parses
+            number = None
+    if number is None or not INT64_MIN <= number <= INT64_MAX:
+        raise InvalidRequest(f"invalid {key} value: {_show(value)}", param=key, **extra)
+    return number
 
 
-def _fallbacks(value: Any, extra: ErrorContext) -> tuple[str, ...]:
+def _fallbacks(value: Any, limits: Limits, extra: ErrorContext) -> tuple[str, ...]:
     if value is None:
         return ()
     items = value if isinstance(value, list) else [value]
+    if len(items) > limits.max_fallbacks:
+        raise InvalidRequest(
+            f"at most {limits.max_fallbacks} fallbacks are allowed", param="fallbacks", **extra
+        )
     for item in items:
         if not isinstance(item, str) or not _valid_model(item):
             raise InvalidRequest(
@@ -237,7 +307,7 @@ def _check_images(
         )
     total = sum(len(i.data) for i in images) + (len(mask.data) if mask else 0)
     if total > limits.max_total_bytes:
-        raise InvalidRequest(
+        raise PayloadTooLarge(
             f"images total more than {limits.max_total_bytes} bytes", param="image", **extra
         )
     first = None

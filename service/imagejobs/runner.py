@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from imagejobs import metrics
 from imagejobs.config import Settings
 from imagejobs.errors import StoreError
 from imagejobs.jobs import Job, ObjectRef, ResultImage, StoredError, StoredResult
@@ -48,7 +49,7 @@ class JobRunner:
             config = self._settings.provider_config(name)
             if config is None:
                 raise ProviderNotConfigured(name)
-            self._providers[name] = build_provider(config, self._http)
+            self._providers[name] = metrics.timed(build_provider(config, self._http))
             self._limits[name] = asyncio.Semaphore(config.concurrency)
             self._policies[name] = RetryPolicy(max_retries=config.max_retries)
         return self._providers[name], self._limits[name], self._policies[name]
@@ -59,6 +60,7 @@ class JobRunner:
         base = await self._inputs(job)
         attempts = job.attempts
         error: ProviderError | None = None
+        failed_model = job.request.model  # the candidate whose error is reported
         started = time.monotonic()
         for model in (job.request.model, *job.request.fallbacks):
             provider_name, _, model_name = model.partition("/")
@@ -79,10 +81,11 @@ class JobRunner:
                     )
             except ProviderError as exc:
                 attempts = made[0]
-                error = exc
+                error, failed_model = exc, model
                 log.info("job %s: %s failed: %s", job.id, model, self._scrub(exc.message))
                 continue
             except TimeoutError:
+                failed_model = model
                 error = ProviderError(
                     f"job did not finish within {self._settings.job_timeout_s:g} s",
                     type="timeout_error",
@@ -93,7 +96,8 @@ class JobRunner:
             stored = await self._store_result(job, result, provider_name, model_name, latency_ms)
             return job.with_attempts(made[0]).complete(stored, time.time())
         assert error is not None
-        return job.with_attempts(attempts).fail(self._stored_error(error, job), time.time())
+        stored_error = self._stored_error(error, failed_model)
+        return job.with_attempts(attempts).fail(stored_error, time.time())
 
     async def _inputs(self, job: Job) -> ProviderRequest:
         """The request with its uploaded images and mask read back from the object store;
@@ -143,15 +147,18 @@ class JobRunner:
             latency_ms=latency_ms,
         )
 
-    def _stored_error(self, error: ProviderError, job: Job) -> StoredError:
+    def _stored_error(self, error: ProviderError, model: str) -> StoredError:
+        """The job's error, naming the provider and model that produced it (the last
+        fallback tried, when every candidate failed)."""
+        provider, _, model_name = model.partition("/")
         return StoredError(
             status_code=error.status_code or 500,
             type=error.type or "upstream_error",
             code=error.code or "",
             message=self._scrub(error.message),
             param=error.param or "",
-            provider=job.provider,
-            model=job.request.model.split("/", 1)[1],
+            provider=provider,
+            model=model_name,
         )
 
     def _scrub(self, text: str) -> str:

@@ -8,43 +8,40 @@ raw body in `http_body`; the servicer tells Envoy which HTTP status to use throu
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
+from google.protobuf import json_format
 
+from imagejobs.auth import Authenticator
 from imagejobs.config import Settings
 from imagejobs.convert import job_message
-from imagejobs.engine import Caller, Engine
+from imagejobs.engine import Engine
 from imagejobs.errors import InvalidRequest, JobNotFound, PayloadTooLarge
-from imagejobs.jobs import Job, resolve_ttl
+from imagejobs.jobs import Job, Status, resolve_ttl
 from imagejobs.kinds import Kind
 from imagejobs.requests import ImageRequest, Limits, from_proto, parse_body
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
+SSE_CONTENT_TYPE = "text/event-stream"
+
 Context = grpc.aio.ServicerContext[Any, Any]
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
-VK_PREFIX = "sk-bf-"
+IDEMPOTENCY_HEADER = "idempotency-key"
+MAX_REQUEST_ID_CHARS = 256
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
 
 
 def metadata_of(context: Context) -> dict[str, str]:
     """Request metadata as a dict of lower-case names (text values only)."""
     pairs = context.invocation_metadata() or ()
     return {str(k).lower(): v for k, v in pairs if isinstance(v, str)}
-
-
-def virtual_key(md: dict[str, str]) -> str | None:
-    """The contract's identity headers, in order of precedence."""
-    if md.get("x-bf-vk"):
-        return md["x-bf-vk"].strip()
-    auth = md.get("authorization", "")
-    if auth.lower().startswith("bearer ") and auth[7:].strip().startswith(VK_PREFIX):
-        return auth[7:].strip()
-    for name in ("x-api-key", "x-goog-api-key"):
-        value = md.get(name, "").strip()
-        if value.startswith(VK_PREFIX):
-            return value
-    return None
 
 
 def parse_kind(value: str) -> Kind:
@@ -60,6 +57,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
+        self._auth = Authenticator(settings.key_policies())
         self._limits = Limits(
             max_total_bytes=settings.max_body_bytes, max_file_bytes=settings.max_file_bytes
         )
@@ -75,17 +73,25 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         self, request: jobs_pb2.SubmitImageJobRequest, context: Context
     ) -> jobs_pb2.Job:
         md = metadata_of(context)
+        caller = self._auth.caller(md)  # 401 before anything else
         kind = parse_kind(request.kind)
         image_request = await self._parse(kind, request)
         header_ttl = md.get(TTL_HEADER)
         if header_ttl is None and request.result_ttl_seconds:
             header_ttl = str(request.result_ttl_seconds)
         ttl = resolve_ttl(header_ttl, self._settings.default_ttl_s, self._settings.max_ttl_s)
+        request_id = md.get("x-request-id") or request.request_id
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidRequest(
+                f"x-request-id must be at most {MAX_REQUEST_ID_CHARS} characters",
+                param="request_id",
+            )
         job = await self._engine.submit(
             image_request,
             ttl_s=ttl,
-            request_id=md.get("x-request-id") or request.request_id,
-            caller=Caller.from_key(virtual_key(md)),
+            request_id=request_id,
+            caller=caller,
+            idempotency_key=md.get(IDEMPOTENCY_HEADER) or request.idempotency_key,
         )
         await context.send_initial_metadata((("x-http-status", "202"),))
         return await self._render(job, md)
@@ -107,22 +113,91 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
-        job = await self._engine.get(
-            parse_kind_or_404(request.kind), request.job_id, Caller.from_key(virtual_key(md))
-        )
+        caller = self._auth.caller(md)
+        kind = parse_kind_or_404(request.kind)
+        if math.isnan(request.wait) or request.wait < 0:
+            raise InvalidRequest("wait must be a number of seconds >= 0", param="wait")
+        if request.wait > 0:
+            job = await self._engine.wait(kind, request.job_id, caller, request.wait)
+        else:
+            job = await self._engine.get(kind, request.job_id, caller)
         if not job.status.terminal:
             await context.send_initial_metadata((("x-http-status", "202"),))
         return await self._render(job, md)
+
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Context) -> jobs_pb2.Job:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
+        job = await self._engine.cancel(parse_kind_or_404(request.kind), request.job_id, caller)
+        return await self._render(job, md)
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[jobs_pb2.Job]:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
+        kind = parse_kind_or_404(request.kind)
+        async for job in self._engine.watch(kind, request.job_id, caller):
+            if job is not None:
+                yield await self._render(job, md)
+
+    async def StreamJobEvents(
+        self, request: jobs_pb2.StreamJobEventsRequest, context: Context
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
+        kind = parse_kind_or_404(request.kind)
+        number = 0
+        async for job in self._engine.watch(kind, request.job_id, caller):
+            if job is None:
+                text = ": keep-alive\n\n"
+            else:
+                number += 1
+                doc = json_format.MessageToDict(
+                    await self._render(job, md), preserving_proto_field_name=True
+                )
+                data = json.dumps(doc, separators=(",", ":"))
+                text = f"id: {number}\nevent: job\ndata: {data}\n\n"
+            yield httpbody_pb2.HttpBody(content_type=SSE_CONTENT_TYPE, data=text.encode())
+
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: Context
+    ) -> jobs_pb2.ListJobsResponse:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
+        status = None
+        if request.status:
+            try:
+                status = Status(request.status)
+            except ValueError:
+                raise InvalidRequest(
+                    "status must be pending, processing, completed, failed or cancelled",
+                    param="status",
+                ) from None
+        kind = parse_kind(request.kind) if request.kind else None
+        if request.limit < 0:
+            raise InvalidRequest("limit must be between 1 and 100", param="limit")
+        limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await self._engine.list(
+            caller,
+            status=status,
+            kind=kind,
+            limit=limit,
+            page_token=request.page_token,
+        )
+        base_url = self._base_url(md)
+        return jobs_pb2.ListJobsResponse(
+            jobs=[job_message(j, None, base_url, links=True) for j in page.jobs],
+            next_page_token=page.next_page_token,
+        )
 
     async def GetJobImage(
         self, request: jobs_pb2.GetJobImageRequest, context: Context
     ) -> jobs_pb2.GetJobImageResponse:
         md = metadata_of(context)
+        caller = self._auth.caller(md)
         obj = await self._engine.image(
-            parse_kind_or_404(request.kind),
-            request.job_id,
-            request.index,
-            Caller.from_key(virtual_key(md)),
+            parse_kind_or_404(request.kind), request.job_id, request.index, caller
         )
         response = jobs_pb2.GetJobImageResponse()
         response.image.content_type = obj.content_type

@@ -40,6 +40,14 @@ class JobStore:
         """Replace revision `expected_revision`; RevisionConflict if it is not the latest."""
         return await self._write(job, expected_revision=expected_revision)
 
+    async def delete(self, job_id: str) -> None:
+        """Remove a record (a submit that was not accepted after all)."""
+        headers = {"KV-Operation": "DEL", "Nats-TTL": f"{constants.DELETE_MARKER_TTL_S}s"}
+        try:
+            await self._js.publish(job_subject(job_id), b"", headers=headers)
+        except (TimeoutError, NatsError) as exc:
+            raise StoreUnavailable(f"job store delete failed: {type(exc).__name__}") from exc
+
     async def get(self, job_id: str) -> tuple[Job, int] | None:
         """The record and its revision, or None when absent or expired."""
         try:

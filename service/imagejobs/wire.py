@@ -6,15 +6,22 @@ unexpected into a generic 500 whose text reveals nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
+from imagejobs import metrics
 from imagejobs.errors import ApiError, StoreUnavailable, Unavailable
+from imagejobs.v1 import jobs_pb2
+
+_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"].full_name
+SUBMIT_METHOD = f"/{_SERVICE}/SubmitImageJob"
+OUR_SERVICE_PREFIX = f"/{_SERVICE}/"
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +58,18 @@ def as_api_error(exc: BaseException) -> ApiError:
     return ApiError("internal server error")
 
 
+def _count_submit(request: Any, result: str) -> None:
+    metrics.submitted(request.kind, result)
+
+
+def _no_count(request: Any, result: str) -> None:
+    pass
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler (no RPC of ours streams yet; health and reflection
-    pass through unchanged)."""
+    """Wraps every unary handler and our server-streaming ones (health's Watch and
+    reflection pass through unchanged), and counts submits by kind and result in the
+    metrics."""
 
     async def intercept_service(
         self,
@@ -65,17 +81,45 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             inner = handler.unary_unary
+            count = _count_submit if handler_call_details.method == SUBMIT_METHOD else _no_count
 
             async def unary(request: Any, context: Any) -> Any:
                 try:
-                    return await inner(request, context)
+                    response = await inner(request, context)
+                except grpc.aio.AbortError:
+                    count(request, "aborted")
+                    raise
+                except asyncio.CancelledError:  # the caller went away
+                    count(request, "cancelled")
+                    raise
+                except Exception as exc:
+                    error = as_api_error(exc)
+                    count(request, error.code)
+                    await context.abort_with_status(to_status(error))
+                count(request, "accepted")
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and handler_call_details.method.startswith(
+            OUR_SERVICE_PREFIX
+        ):
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
                     await context.abort_with_status(to_status(as_api_error(exc)))
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -31,29 +31,31 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from imagejobs import connector, constants
+from imagejobs import connector, constants, metrics
 from imagejobs.config import Settings
 from imagejobs.errors import RevisionConflict, StoreError
 from imagejobs.jobs import Job, StoredError
 from imagejobs.objects import ObjectStore
 from imagejobs.queue import job_id_of
+from imagejobs.quotas import Quotas
 from imagejobs.runner import JobRunner
 from imagejobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT_S = 30.0
 FETCH_WAIT_S = 1.0
 STORE_RETRY_DELAY_S = 2.0
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}"
-        self._drain_timeout_s = drain_timeout_s
+        self._drain_timeout_s = settings.worker_drain_s
         self._slot_freed = asyncio.Event()  # set whenever an in-flight job ends
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[Job]] = {}  # job id -> its provider work
+        self._aborted: set[str] = set()  # job ids whose work was cancelled with the job
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -64,7 +66,10 @@ class Worker:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         nc, js = await connector.connect(self.settings, f"imagejobs-worker-{self.id}")
         await connector.declare(js, self.settings)
+        metrics_server = await metrics.start(self.settings, metrics.worker_ports(self.settings), js)
+        metrics.track_in_flight(lambda: len(self._tasks))
         self.store = JobStore(js)
+        self.quotas = Quotas(nc, js, self.store, slot_ttl_s=int(self.settings.max_job_age_s) + 60)
         objects = ObjectStore(nc, js)
         http = httpx.AsyncClient(
             timeout=None,  # each call is bounded by its provider's timeout_s instead
@@ -75,6 +80,9 @@ class Worker:
         sub = await js.pull_subscribe_bind(
             durable=constants.WORKER_CONSUMER, stream=constants.QUEUE_STREAM
         )
+        cancels = await nc.subscribe(
+            f"{constants.CANCEL_SUBJECT_PREFIX}.>", cb=self._on_cancel, pending_msgs_limit=-1
+        )
         log.info("worker %s ready (concurrency %d)", self.id, self.settings.worker_concurrency)
         if ready is not None:
             ready.set()
@@ -84,7 +92,11 @@ class Worker:
             await self._drain()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await cancels.unsubscribe()
             await http.aclose()
+            if metrics_server is not None:
+                await metrics_server.close()
             await nc.close()
             log.info("worker %s stopped", self.id)
 
@@ -138,7 +150,7 @@ class Worker:
 
     async def _process(self, job_id: str, msg: Msg) -> None:
         found = await self.store.get(job_id)
-        if found is None:  # expired or never written: nothing to do
+        if found is None:  # expired (or a submit that was taken back): nothing to do
             await msg.term()
             return
         job, revision = found
@@ -146,17 +158,9 @@ class Worker:
             await msg.ack_sync()
             return
         now = time.time()
-        if job.deliveries >= self.settings.max_attempts:
-            failed = job.fail(
-                StoredError(
-                    status_code=500,
-                    type="api_error",
-                    code="max_deliveries_exceeded",
-                    message=f"job abandoned after {job.deliveries} deliveries",
-                ),
-                now,
-            )
-            await self._finish(msg, failed, revision)
+        give_up = self._give_up(job, now)
+        if give_up is not None:
+            await self._finish(msg, job.fail(give_up, now), revision)
             return
         try:
             claimed = job.claim(self.id, now)
@@ -164,31 +168,114 @@ class Worker:
         except RevisionConflict:
             return  # someone else moved it (a cancel); the redelivery will see the state
         final = await self._run_with_heartbeat(msg, claimed)
+        if final is None:  # cancelled meanwhile: the record already says so
+            log.info("job %s cancelled; its provider call was aborted", job_id)
+            await msg.ack_sync()
+            return
         await self._finish(msg, final, revision)
 
-    async def _run_with_heartbeat(self, msg: Msg, job: Job) -> Job:
+    def _give_up(self, job: Job, now: float) -> StoredError | None:
+        """Why this delivery must fail the job instead of running it, if it must."""
+        if job.deliveries >= self.settings.max_attempts:
+            return StoredError(
+                status_code=500,
+                type="api_error",
+                code="max_deliveries_exceeded",
+                message=f"job abandoned after {job.deliveries} deliveries",
+            )
+        if now - job.created_at > self.settings.max_job_age_s:
+            return StoredError(
+                status_code=500,
+                type="timeout_error",
+                code="job_expired",
+                message=f"job did not finish within {self.settings.max_job_age_s:g} s "
+                "of its submit",
+            )
+        return None
+
+    async def _run_with_heartbeat(self, msg: Msg, job: Job) -> Job | None:
+        """The terminal record to write, or None if the job was cancelled meanwhile (its
+        provider call is then aborted at once)."""
         interval = max(self.settings.ack_wait_s / 3, 0.2)
+        run = asyncio.create_task(self._run_safely(job))
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(interval)
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
+                # the backstop for a missed cancel notice: is the job still ours to run?
+                with contextlib.suppress(StoreError):
+                    found = await self.store.get(job.id)
+                    if found is None or found[0].status.terminal:
+                        self._abort(job.id)
 
+        self._running[job.id] = run
         heartbeat = asyncio.create_task(beat())
         try:
-            return await self.runner.run(job)
+            return await run
+        except asyncio.CancelledError:
+            if job.id in self._aborted and not _current_cancelling():
+                return None
+            raise
         finally:
             heartbeat.cancel()
+            self._running.pop(job.id, None)
+            self._aborted.discard(job.id)
+
+    async def _run_safely(self, job: Job) -> Job:
+        """Run the job; an adapter bug fails it at once instead of every redelivery."""
+        try:
+            return await self.runner.run(job)
+        except (StoreError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("job %s: unexpected error in the provider adapter", job.id)
+            return job.fail(
+                StoredError(
+                    status_code=500,
+                    type="api_error",
+                    code="internal_error",
+                    message="internal error while calling the provider",
+                ),
+                time.time(),
+            )
+
+    def _abort(self, job_id: str) -> None:
+        run = self._running.get(job_id)
+        if run is not None and not run.done():
+            self._aborted.add(job_id)
+            run.cancel()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        self._abort(job_id_of(msg.subject))
 
     async def _finish(self, msg: Msg, final: Job, revision: int) -> None:
         try:
             await asyncio.shield(self.store.update(final, revision))
         except RevisionConflict:
-            log.info("job %s: lost the race to finish it; discarding this result", final.id)
+            found = await self.store.get(final.id)
+            if found is not None and found[0].status.terminal:
+                log.info(
+                    "job %s was finished elsewhere (%s); discarding this result",
+                    final.id,
+                    found[0].status.value,
+                )
+                await msg.ack_sync()
+            else:
+                log.info("job %s: lost the race to finish it; discarding this result", final.id)
             return
-        await msg.ack_sync()
+        metrics.finished(final)
+        await msg.ack()  # no need to wait: a lost ack redelivers a terminal job, which is acked
+        with contextlib.suppress(StoreError):  # best effort: a leftover slot is reclaimed
+            await self.quotas.release(final.slot, final.id)
         log.info("job %s %s (%s)", final.id, final.status.value, final.status_code)
+
+
+def _current_cancelling() -> bool:
+    """Whether the running task itself is being cancelled (shutdown), not just its job."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def serve(settings: Settings) -> None:

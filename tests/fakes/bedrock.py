@@ -33,6 +33,7 @@ ACCESS_KEY = "AKIDEXAMPLEFAKE00001"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLEsessiontoken"
 REGION = "eu-west-1"
+ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 AUTH_RX = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
     r"(?P<service>[^/]+)/aws4_request, "
@@ -46,6 +47,18 @@ def png(index: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def bedrock_error(
+    status: int, name: str, message: str, headers: dict[str, str] | None = None
+) -> FakeResponse:
+    """An error as Bedrock Runtime answers it: `{"message": …}` with the exception name in
+    `x-amzn-ErrorType`, suffixed with the service's namespace URL as AWS sends it."""
+    return FakeResponse(
+        status,
+        {"message": message},
+        headers={"x-amzn-ErrorType": f"{name}:{ERROR_NAMESPACE}", **(headers or {})},
+    )
 
 
 class FakeBedrock(VendorFake):
@@ -137,10 +150,10 @@ class FakeBedrock(VendorFake):
         problem = self._signature_problem(req)
         if problem is not None:
             self.signature_failures.append(problem)
-            return FakeResponse(
+            return bedrock_error(
                 403,
-                {"message": f"The request signature we calculated does not match ({problem})"},
-                headers={"x-amzn-ErrorType": "InvalidSignatureException"},
+                "InvalidSignatureException",
+                f"The request signature we calculated does not match ({problem})",
             )
         body = req.json()
         task = body.get("taskType")

@@ -39,11 +39,31 @@ def png_bytes(index: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
 
 
 def google_error(
-    status: int, message: str, grpc_status: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    grpc_status: str,
+    headers: dict[str, str] | None = None,
+    *,
+    retry_delay: str | None = None,
 ) -> FakeResponse:
-    """An error in Google's shape: `{"error": {"code", "message", "status"}}`."""
-    body = {"error": {"code": status, "message": message, "status": grpc_status}}
-    return FakeResponse(status, body, headers=dict(headers or {}))
+    """An error in Google's shape: `{"error": {"code", "message", "status"}}`. With
+    `retry_delay` (a JSON Duration such as "2s") the error carries `details` as Google's
+    quota errors do: a `QuotaFailure` and a `RetryInfo` with that `retryDelay`."""
+    error: dict[str, Any] = {"code": status, "message": message, "status": grpc_status}
+    if retry_delay is not None:
+        error["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+        ]
+    return FakeResponse(status, {"error": error}, headers=dict(headers or {}))
 
 
 class GoogleImageAPI(VendorFake):

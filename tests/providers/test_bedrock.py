@@ -25,7 +25,7 @@ from imagejobs.providers.base import (
 from imagejobs.retry import RetryPolicy, call_with_retries
 from PIL import Image
 
-from tests.fakes.bedrock import FakeBedrock
+from tests.fakes.bedrock import FakeBedrock, bedrock_error
 from tests.fakes.upstream import FakeRequest, FakeResponse
 
 TITAN = "amazon.titan-image-generator-v2:0"
@@ -287,6 +287,10 @@ async def test_wrong_secret_fails_the_signature_check(http: httpx.AsyncClient) -
         with pytest.raises(ProviderError) as info:
             await provider.run(NOVA_GEN)
         assert (info.value.status_code, info.value.retryable) == (403, False)
+        assert (info.value.type, info.value.code) == (
+            "authentication_error",
+            "InvalidSignatureException",
+        )
         assert "signature" in info.value.message
         assert "not-the-secret" not in str(info.value)
         assert strict.signature_failures == ["signature mismatch"]
@@ -296,11 +300,7 @@ async def test_validation_error_is_not_retryable(
     fake: FakeBedrock, http: httpx.AsyncClient
 ) -> None:
     fake.upstream.fail_next(
-        FakeResponse(
-            400,
-            {"message": "Malformed input request: width must be a multiple of 64"},
-            headers={"x-amzn-ErrorType": "ValidationException"},
-        )
+        bedrock_error(400, "ValidationException", "Malformed input request: width must be 64n")
     )
     with pytest.raises(ProviderError) as info:
         await call_with_retries(
@@ -310,8 +310,9 @@ async def test_validation_error_is_not_retryable(
             deadline=time.monotonic() + 5,
         )
     err = info.value
-    assert (err.status_code, err.type, err.retryable) == (400, "upstream_error", False)
-    assert err.message == "Malformed input request: width must be a multiple of 64"
+    assert (err.status_code, err.retryable) == (400, False)
+    assert (err.type, err.code) == ("invalid_request_error", "ValidationException")
+    assert err.message == "Malformed input request: width must be 64n"
     assert len(fake.requests) == 1
 
 
@@ -329,10 +330,11 @@ async def test_throttling_honours_retry_after_then_succeeds(
     fake: FakeBedrock, http: httpx.AsyncClient
 ) -> None:
     fake.upstream.fail_next(
-        FakeResponse(
+        bedrock_error(
             429,
-            {"message": "Too many requests, please wait before trying again."},
-            headers={"Retry-After": "1", "x-amzn-ErrorType": "ThrottlingException"},
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+            headers={"Retry-After": "1"},
         )
     )
     started = time.monotonic()
@@ -345,6 +347,22 @@ async def test_throttling_honours_retry_after_then_succeeds(
     assert time.monotonic() - started >= 0.95
     assert [img.data for img in result.images] == fake.served
     assert_signed(fake, fake.requests[-1])
+
+
+async def test_throttling_past_the_retries_is_a_rate_limit_error(
+    fake: FakeBedrock, http: httpx.AsyncClient
+) -> None:
+    throttled = bedrock_error(429, "ThrottlingException", "Too many requests")
+    fake.upstream.fail_next(throttled, throttled, throttled)
+    policy = RetryPolicy(max_retries=2, initial_delay_s=0.01, max_delay_s=0.05, jitter_s=0.0)
+    with pytest.raises(ProviderError) as info:
+        await call_with_retries(
+            make(fake, http), NOVA_GEN, policy=policy, deadline=time.monotonic() + 5
+        )
+    err = info.value
+    assert (err.status_code, err.type, err.code) == (429, "rate_limit_error", "ThrottlingException")
+    assert err.message == "Too many requests"
+    assert len(fake.requests) == 3
 
 
 async def test_5xx_then_success(fake: FakeBedrock, http: httpx.AsyncClient) -> None:

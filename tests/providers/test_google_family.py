@@ -297,6 +297,32 @@ async def test_rate_limit_then_success_honours_retry_after(google: tuple[Any, An
     assert len(result.images) == 1
 
 
+async def test_rate_limit_retry_info_delay_is_honoured(google: tuple[Any, Any]) -> None:
+    """Google's quota errors say when to retry in the body (`RetryInfo.retryDelay`), not in
+    a Retry-After header: the retry waits that long."""
+    fake, provider = google
+    fake.fail_next(google_error(429, "Quota exceeded", "RESOURCE_EXHAUSTED", retry_delay="1s"))
+    started = time.monotonic()
+    result = await call_with_retries(
+        provider,
+        gen("gemini-2.5-flash-image"),
+        policy=FAST_RETRIES,
+        deadline=time.monotonic() + 10,
+    )
+    assert time.monotonic() - started >= 0.95
+    assert result.images[0].data == fake.served[-1]
+
+
+async def test_rate_limit_error_keeps_retry_info_and_status(google: tuple[Any, Any]) -> None:
+    fake, provider = google
+    fake.fail_next(google_error(429, "Quota exceeded", "RESOURCE_EXHAUSTED", retry_delay="2.5s"))
+    with pytest.raises(ProviderError) as info:
+        await provider.run(gen("gemini-2.5-flash-image"))
+    err = info.value
+    assert (err.status_code, err.type, err.code) == (429, "rate_limit_error", "RESOURCE_EXHAUSTED")
+    assert (err.retryable, err.retry_after) == (True, 2.5)
+
+
 async def test_server_error_then_success(google: tuple[Any, Any]) -> None:
     fake, provider = google
     fake.fail_next(google_error(503, "The model is overloaded.", "UNAVAILABLE"))

@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import httpx
 
 from imagejobs.kinds import Kind
+from imagejobs.safefetch import FetchPolicy
 
 JSONValue = Any  # a value json.loads could return; kept loose at this single seam
 
@@ -58,6 +60,7 @@ class ProviderConfig:
     aws_session_token: str = field(default="", repr=False)
     max_download_bytes: int = 64 * 1024 * 1024
     poll_interval_s: float = 1.0  # replicate/bfl: between prediction polls
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)  # caller-given input image URLs
 
     def pick_key(self) -> str:
         """A key chosen by weight; '' when none is configured."""
@@ -281,17 +284,85 @@ def _error_fields(body: JSONValue) -> tuple[str | None, str | None, str | None, 
     )
 
 
+# AWS error names (the `x-amzn-ErrorType` header, or a JSON body's `__type`) -> the
+# contract's error types; the name itself becomes `code`. Names not listed keep the
+# status-based default type.
+AWS_ERROR_TYPES = {
+    "ValidationException": "invalid_request_error",
+    "SerializationException": "invalid_request_error",
+    "AccessDeniedException": "permission_error",
+    "UnrecognizedClientException": "authentication_error",
+    "InvalidSignatureException": "authentication_error",
+    "IncompleteSignatureException": "authentication_error",
+    "MissingAuthenticationTokenException": "authentication_error",
+    "ExpiredTokenException": "authentication_error",
+    "ResourceNotFoundException": "not_found_error",
+    "ThrottlingException": "rate_limit_error",
+    "ServiceQuotaExceededException": "rate_limit_error",
+    "TooManyRequestsException": "rate_limit_error",
+    "ModelTimeoutException": "timeout_error",
+    "ModelNotReadyException": "api_error",
+    "ModelErrorException": "api_error",
+    "InternalServerException": "api_error",
+    "ServiceUnavailableException": "api_error",
+}
+RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
+
+
+def aws_error_name(response: httpx.Response, body: JSONValue) -> str | None:
+    """The AWS error code of an error response, as botocore reads it: the
+    `x-amzn-ErrorType` header (`ThrottlingException:http://…`), else the body's `code` or
+    `__type` (`com.amazon.coral.service#ThrottlingException`); None when neither is set."""
+    raw = response.headers.get("x-amzn-errortype")
+    if not raw and isinstance(body, dict):
+        value = body.get("__type")
+        raw = value if isinstance(value, str) else None
+    if not raw:
+        return None
+    name = raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
+    return name or None
+
+
+def google_retry_delay(body: JSONValue) -> float | None:
+    """The `retryDelay` of a Google error's `google.rpc.RetryInfo` detail, in seconds
+    (`{"error": {"details": [{"@type": "…RetryInfo", "retryDelay": "2s"}]}}`)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict) or detail.get("@type") != RETRY_INFO_TYPE:
+            continue
+        delay = detail.get("retryDelay")
+        match = _DURATION_RE.fullmatch(delay) if isinstance(delay, str) else None
+        if match:
+            return float(match.group(1))
+    return None
+
+
 def error_from_response(response: httpx.Response, provider: str) -> ProviderError:
-    """A ProviderError carrying the upstream status and its type/code/message/param."""
+    """A ProviderError carrying the upstream status and its type/code/message/param.
+
+    Besides the common `{"error": {…}}` shapes, an AWS error name (Bedrock's
+    `x-amzn-ErrorType`) becomes `code` and picks the type, and a Google `RetryInfo`
+    `retryDelay` is the retry delay when there is no `Retry-After` header."""
     try:
         body: JSONValue = response.json()
     except (ValueError, UnicodeDecodeError):
         body = None
     message, etype, code, param = _error_fields(body)
+    aws_name = aws_error_name(response, body)
+    if aws_name:
+        code = aws_name
+        etype = etype or AWS_ERROR_TYPES.get(aws_name)
+        if not message and isinstance(body, dict) and body.get("Message"):
+            message = str(body["Message"])
     if not message:
         text = response.text.strip()[:500] if response.content else ""
         message = text or f"{provider} returned HTTP {response.status_code}"
     status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if retry_after is None:
+        retry_after = google_retry_delay(body)
     return ProviderError(
         message,
         status_code=status,
@@ -299,7 +370,7 @@ def error_from_response(response: httpx.Response, provider: str) -> ProviderErro
         code=code,
         param=param,
         retryable=status in RETRYABLE_STATUSES,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=retry_after,
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from imagejobs import safefetch
 from imagejobs.providers import normalize
 from imagejobs.providers.base import (
     ImageInput,
@@ -30,7 +31,6 @@ from imagejobs.providers.base import (
     ProviderError,
     ProviderRequest,
     ProviderResult,
-    download,
     sniff_type,
 )
 
@@ -155,15 +155,19 @@ async def input_images(
                 code="invalid_input_image",
                 param="input_images",
             )
-        if entry.startswith(("http://", "https://")):
-            out = await download(
-                http,
-                entry,
-                provider=config.name,
-                timeout_s=config.timeout_s,
-                max_bytes=config.max_download_bytes,
-            )
-            images.append(ImageInput(data=out.data, content_type=out.content_type))
+        if entry[:8].lower().startswith(("http://", "https://")):
+            try:  # the SSRF guard: checked addresses only, bounded size and time
+                got = await safefetch.fetch(http, entry, config.fetch)
+            except safefetch.FetchError as exc:
+                raise ProviderError(
+                    exc.message,
+                    status_code=400,
+                    type="invalid_request_error",
+                    code=exc.code,
+                    param="input_images",
+                ) from exc
+            ctype = got.content_type if got.content_type.startswith("image/") else ""
+            images.append(ImageInput(data=got.data, content_type=ctype or sniff_type(got.data)))
         else:
             images.append(decode_image_string(entry))
     return images

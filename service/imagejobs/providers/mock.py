@@ -48,7 +48,7 @@ from imagejobs.providers.normalize import (
 
 DEFAULT_SIZE = (1024, 1024)
 MAX_SIDE = 4096  # pixels, per side of an output image
-MAX_INPUT_PIXELS = 64 * 1024 * 1024  # an input image larger than this is refused undecoded
+MAX_INPUT_PIXELS = 16 * 1024 * 1024  # an input image larger than this is refused undecoded
 MAX_N = 10
 FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 BACKGROUNDS = frozenset({"auto", "opaque", "transparent"})

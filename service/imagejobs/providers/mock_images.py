@@ -10,6 +10,7 @@ a 1024x1024 image takes a few milliseconds before encoding.
 from __future__ import annotations
 
 import colorsys
+import functools
 import hashlib
 import io
 import json
@@ -63,29 +64,40 @@ def generate(prompt: str, key: bytes, size: tuple[int, int], transparent: bool) 
     if transparent:
         img = Image.new("RGBA", size, (0, 0, 0, 0))
     else:
-        ramp = ImageOps.colorize(_gradient(rng), _vivid(rng), _vivid(rng))
-        # colour the 256x256 ramp, then scale: adjacent ramp steps differ by one level, so
-        # NEAREST looks as smooth as BILINEAR at a fifth of the cost
-        img = ramp.resize(size, Image.Resampling.NEAREST)
+        grey = _gradient(rng)
+        dark, light = _vivid(rng), _vivid(rng)
+        # colour and scale the 256x256 ramp (NEAREST: adjacent steps differ by one level,
+        # so it looks as smooth as BILINEAR at a fifth of the cost). Colouring is a
+        # per-pixel lookup, so it commutes with NEAREST: do it on the smaller of the two.
+        if size[0] * size[1] < 256 * 256:
+            img = ImageOps.colorize(grey.resize(size, Image.Resampling.NEAREST), dark, light)
+        else:
+            img = ImageOps.colorize(grey, dark, light).resize(size, Image.Resampling.NEAREST)
     draw_shapes(img, rng, count=3 + rng.randrange(3), opaque=transparent)
     draw_caption(img, prompt)
     return img
 
 
+_TURNS = [
+    None,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+]
+
+
 def _gradient(rng: random.Random) -> Image.Image:
     """A 256x256 greyscale linear or radial gradient in one of four orientations."""
-    base = Image.radial_gradient("L") if rng.random() < 0.25 else Image.linear_gradient("L")
-    turn = rng.choice(
-        [
-            None,
-            Image.Transpose.FLIP_TOP_BOTTOM,
-            Image.Transpose.ROTATE_90,
-            Image.Transpose.ROTATE_270,
-        ]
-    )
-    if turn is not None:
-        base = base.transpose(turn)
-    return base
+    radial = rng.random() < 0.25
+    return _base_gradient(radial, _TURNS.index(rng.choice(_TURNS)))
+
+
+@functools.cache
+def _base_gradient(radial: bool, turn: int) -> Image.Image:
+    """The eight possible gradients, made once (callers only read them)."""
+    base = Image.radial_gradient("L") if radial else Image.linear_gradient("L")
+    transpose = _TURNS[turn]
+    return base if transpose is None else base.transpose(transpose)
 
 
 def draw_shapes(img: Image.Image, rng: random.Random, count: int, opaque: bool = False) -> None:

@@ -359,12 +359,18 @@ class SubmitImageJobRequest(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     RESULT_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """`generations`, `edits` or `variations` (bound from the REST path)."""
     result_ttl_seconds: _builtins.int
     """Seconds to keep the result after completion; 0 = the server default."""
     request_id: _builtins.str
     """Correlation id; a UUID is generated when empty."""
+    idempotency_key: _builtins.str
+    """Makes the submit idempotent for 24 h per caller: the same key with the same request
+    returns the same job; with a different request it is ALREADY_EXISTS (HTTP 409).
+    REST clients send the `Idempotency-Key` header instead.
+    """
     @_builtins.property
     def http_body(self) -> _httpbody_pb2.HttpBody:
         """REST: the raw request body with its content type."""
@@ -381,10 +387,11 @@ class SubmitImageJobRequest(_message.Message):
         request: Global___ImageRequest | None = ...,
         result_ttl_seconds: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "kind", b"kind", "request", b"request", "request_id", b"request_id", "result_ttl_seconds", b"result_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "idempotency_key", b"idempotency_key", "kind", b"kind", "request", b"request", "request_id", b"request_id", "result_ttl_seconds", b"result_ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,6 +400,38 @@ Global___SubmitImageJobRequest: _TypeAlias = SubmitImageJobRequest  # noqa: Y015
 @_typing.final
 class GetJobRequest(_message.Message):
     """Request for GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    wait: _builtins.float
+    """Long-poll: wait up to this many seconds (capped at 60) for the job to become
+    terminal before answering; 0 answers at once. REST: `?wait=<seconds>`.
+    """
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        wait: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    """Request for CancelJob."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -414,7 +453,125 @@ class GetJobRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobRequest(_message.Message):
+    """Request for WatchJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
+
+@_typing.final
+class StreamJobEventsRequest(_message.Message):
+    """Request for StreamJobEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamJobEventsRequest: _TypeAlias = StreamJobEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobsRequest(_message.Message):
+    """Request for ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """Only jobs in this status (`pending`, `processing`, `completed`, `failed`,
+    `cancelled`); empty = all.
+    """
+    kind: _builtins.str
+    """Only jobs of this kind (`generations`, `edits`, `variations`); empty = all."""
+    limit: _builtins.int
+    """Page size: 1-100, default 20."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobsResponse(_message.Message):
+    """Response for ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty on the last page."""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """The jobs, newest first. Results are summarised: `result.data` entries carry `url`,
+        never base64 bytes.
+        """
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
 
 @_typing.final
 class GetJobImageRequest(_message.Message):

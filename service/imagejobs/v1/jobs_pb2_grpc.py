@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from imagejobs.v1 import jobs_pb2 as imagejobs_dot_v1_dot_jobs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -62,6 +63,26 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobImageRequest.SerializeToString,
                 response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobImageResponse.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/CancelJob',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/imagejobs.v1.ImageJobService/WatchJob',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.StreamJobEvents = channel.unary_stream(
+                '/imagejobs.v1.ImageJobService/StreamJobEvents',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.StreamJobEventsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/ListJobs',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class ImageJobServiceServicer:
@@ -105,6 +126,38 @@ class ImageJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
+        its provider call aborted. Answers the cancelled job (HTTP 200); a job already
+        terminal is FAILED_PRECONDITION (HTTP 409).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Sends the job as it is now, then every state change, and ends after the terminal
+        state. Driven by the job store's change notifications, not by polling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamJobEvents(self, request, context):
+        """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
+        one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +175,26 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
                     servicer.GetJobImage,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobImageRequest.FromString,
                     response_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobImageResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.CancelJobRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'StreamJobEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamJobEvents,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.StreamJobEventsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +291,114 @@ class ImageJobService:
             '/imagejobs.v1.ImageJobService/GetJobImage',
             imagejobs_dot_v1_dot_jobs__pb2.GetJobImageRequest.SerializeToString,
             imagejobs_dot_v1_dot_jobs__pb2.GetJobImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/CancelJob',
+            imagejobs_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/WatchJob',
+            imagejobs_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/StreamJobEvents',
+            imagejobs_dot_v1_dot_jobs__pb2.StreamJobEventsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/ListJobs',
+            imagejobs_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

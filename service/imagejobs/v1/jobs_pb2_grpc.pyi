@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 from imagejobs.v1 import jobs_pb2 as _jobs_pb2
 import abc as _abc_1
@@ -59,6 +60,21 @@ class ImageJobServiceStub:
     """Returns one result image's bytes with its content type (the `url` response format
     points here). NOT_FOUND once the job has expired.
     """
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]
+    """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
+    its provider call aborted. Answers the cancelled job (HTTP 200); a job already
+    terminal is FAILED_PRECONDITION (HTTP 409).
+    """
+    WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.Job]
+    """Sends the job as it is now, then every state change, and ends after the terminal
+    state. Driven by the job store's change notifications, not by polling.
+    """
+    StreamJobEvents: _grpc.UnaryStreamMultiCallable[_jobs_pb2.StreamJobEventsRequest, _httpbody_pb2.HttpBody]
+    """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
+    one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+    """
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
+    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -91,6 +107,21 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     """Returns one result image's bytes with its content type (the `url` response format
     points here). NOT_FOUND once the job has expired.
     """
+    CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
+    """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
+    its provider call aborted. Answers the cancelled job (HTTP 200); a job already
+    terminal is FAILED_PRECONDITION (HTTP 409).
+    """
+    WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
+    """Sends the job as it is now, then every state change, and ends after the terminal
+    state. Driven by the job store's change notifications, not by polling.
+    """
+    StreamJobEvents: _aio.UnaryStreamMultiCallable[_jobs_pb2.StreamJobEventsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
+    one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+    """
+    ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImageJobService runs image generation, edit and variation requests as asynchronous
@@ -138,5 +169,44 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns one result image's bytes with its content type (the `url` response format
         points here). NOT_FOUND once the job has expired.
         """
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _jobs_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
+        """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
+        its provider call aborted. Answers the cancelled job (HTTP 200); a job already
+        terminal is FAILED_PRECONDITION (HTTP 409).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _jobs_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.Job], _abc.AsyncIterator[_jobs_pb2.Job]]:
+        """Sends the job as it is now, then every state change, and ends after the terminal
+        state. Driven by the job store's change notifications, not by polling.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamJobEvents(
+        self,
+        request: _jobs_pb2.StreamJobEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
+        one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _jobs_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
+        """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
