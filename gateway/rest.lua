@@ -12,8 +12,9 @@
 --  * drops REST headers ending in -bin (grpcio rejects non-base64 values) or whose names
 --    are not valid gRPC metadata keys, and passes the Host on as x-imagejobs-host
 --    (result URLs point back at it);
---  * moves the servicer's x-http-status metadata into :status (202 for accepted and
---    running jobs; the error's own status for errors);
+--  * answers a successful submit (any POST: only submits are POSTs) with 202, and
+--    moves the servicer's x-http-status metadata into :status (202 for running jobs;
+--    the error's own status for errors);
 --  * replaces the transcoder's {"code","message","details":[ErrorResponse]} error body
 --    with the ErrorResponse itself, the contract's error body.
 
@@ -182,6 +183,9 @@ function envoy_on_request(handle)
   if cleaned ~= path then
     headers:replace(":path", cleaned)
   end
+  if headers:get(":method") == "POST" then -- a submit: a success is 202 (set below)
+    meta:set("imagejobs", "submit", true)
+  end
   local drop = {}
   for name, _ in pairs(headers) do
     if string.sub(name, -4) == "-bin" or name == "x-http-status" or not grpc_key(name) then
@@ -221,6 +225,8 @@ function envoy_on_response(handle)
   if current == "200" then
     if wanted ~= nil then
       headers:replace(":status", wanted)
+    elseif meta["submit"] then
+      headers:replace(":status", "202")
     end
     return
   end

@@ -132,11 +132,11 @@ class Engine:
                 job_id = claim.job_id  # its first submit is in flight, or died: finish it
         slot = await self.quotas.acquire(policy, job_id) if policy is not None else ""
         try:
-            job, created = await self._record(job_id, request, ttl_s, request_id, caller, slot)
+            job, revision = await self._record(job_id, request, ttl_s, request_id, caller, slot)
         except BaseException:
             await self._release(slot, job_id)
             raise
-        if not created:  # an idempotent duplicate recorded it first
+        if not revision:  # an idempotent duplicate recorded it first
             await self._release(slot, job_id)
             return job
         if self.limits.failpoint == FAILPOINT_BEFORE_PUBLISH:
@@ -145,7 +145,7 @@ class Engine:
             )
             os._exit(137)
         try:
-            await self.queue.publish(job.id)
+            await self.queue.publish(job.id, job.dumps(), revision)
         except BaseException:
             # not accepted: take the record (and the key) back, so nothing half-made stays
             with contextlib.suppress(StoreError):
@@ -165,9 +165,9 @@ class Engine:
         request_id: str,
         caller: Caller,
         slot: str,
-    ) -> tuple[Job, bool]:
-        """Upload, then create and index the record. (job, True) if this call created it;
-        (the existing job, False) if an idempotent duplicate did first."""
+    ) -> tuple[Job, int]:
+        """Upload, then create and index the record. (job, its revision) if this call
+        created it; (the existing job, 0) if an idempotent duplicate did first."""
         nonce = secrets.token_hex(4)  # duplicates of one idempotent submit never share objects
         uploads = [(f"{nonce}.in{i}", u) for i, u in enumerate(request.images)]
         if request.mask is not None:
@@ -200,11 +200,12 @@ class Engine:
             found = await self.store.get(job_id)
             if found is None:
                 raise StoreUnavailable("job record vanished during an idempotent submit")
-            return found[0], False
+            return found[0], 0
         for outcome in (created, indexed):
             if isinstance(outcome, BaseException):
                 raise outcome
-        return job, True
+        assert isinstance(created, int)
+        return job, created
 
     async def _release(self, slot: str, job_id: str) -> None:
         """Free a concurrency slot (best effort: a slot left behind is reclaimed)."""
@@ -265,11 +266,12 @@ class Engine:
             metrics.finished(failed)
             return failed, revision
         if job.status is Status.PENDING and now - job.created_at > constants.REPAIR_AFTER_S:
-            await self._repair(job.id, now)
+            await self._repair(job, revision, now)
         return job, revision
 
-    async def _repair(self, job_id: str, now: float) -> None:
+    async def _repair(self, job: Job, revision: int, now: float) -> None:
         """Publish a pending job that has no queue message (its API died in between)."""
+        job_id = job.id
         if now - self._repair_checked.get(job_id, 0.0) < REPAIR_CHECK_EVERY_S:
             return
         if len(self._repair_checked) > 10_000:
@@ -277,7 +279,7 @@ class Engine:
         self._repair_checked[job_id] = now
         if not await self.queue.contains(job_id):
             log.warning("job %s was recorded but never queued; publishing it now", job_id)
-            await self.queue.publish(job_id)
+            await self.queue.publish(job_id, job.dumps(), revision)
 
     async def image(self, kind: Kind, job_id: str, index: int, caller: Caller) -> StoredObject:
         """One result image's bytes; JobNotFound when there is none (or it expired)."""

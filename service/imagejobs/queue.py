@@ -17,6 +17,7 @@ from imagejobs.errors import QueueFull, StoreUnavailable
 _MAX_MSGS_EXCEEDED = 10077  # JetStream err_code: maximum messages exceeded
 _MAX_BYTES_EXCEEDED = 10047
 QUEUE_FULL_RETRY_AFTER_S = 5
+RECORD_REVISION_HEADER = "Imagejobs-Revision"  # the revision of the record a message carries
 
 
 def run_subject(job_id: str) -> str:
@@ -54,10 +55,14 @@ class JobQueue:
         except (TimeoutError, NatsError) as exc:
             raise StoreUnavailable(f"cancel notice failed: {type(exc).__name__}") from exc
 
-    async def publish(self, job_id: str) -> None:
-        """Enqueue the job (idempotent per job id within the duplicate window)."""
+    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+        """Enqueue the job (idempotent per job id within the duplicate window). With the
+        record as just written and its revision, a worker can claim it without a read."""
+        headers = {"Nats-Msg-Id": job_id}
+        if record and revision:
+            headers[RECORD_REVISION_HEADER] = str(revision)
         try:
-            await self._js.publish(run_subject(job_id), b"", headers={"Nats-Msg-Id": job_id})
+            await self._js.publish(run_subject(job_id), record, headers=headers)
         except APIError as exc:
             if exc.err_code in (_MAX_MSGS_EXCEEDED, _MAX_BYTES_EXCEEDED):
                 raise QueueFull(

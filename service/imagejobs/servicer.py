@@ -2,7 +2,8 @@
 
 REST requests arrive through Envoy's transcoder with their headers as metadata and their
 raw body in `http_body`; the servicer tells Envoy which HTTP status to use through the
-`x-http-status` initial metadata (202 for an accepted or still-running job).
+`x-http-status` initial metadata (202 for a still-running job; the gateway itself
+answers a successful submit with 202).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             caller=caller,
             idempotency_key=md.get(IDEMPOTENCY_HEADER) or request.idempotency_key,
         )
-        await context.send_initial_metadata((("x-http-status", "202"),))
+        # REST: the gateway answers every successful submit with 202 (rest.lua), which
+        # spares an initial-metadata message per submit here
         return await self._render(job, md)
 
     async def _parse(self, kind: Kind, request: jobs_pb2.SubmitImageJobRequest) -> ImageRequest:

@@ -34,9 +34,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from imagejobs import connector, constants, metrics
 from imagejobs.config import Settings
 from imagejobs.errors import RevisionConflict, StoreError
-from imagejobs.jobs import Job, StoredError
+from imagejobs.jobs import Job, Status, StoredError
 from imagejobs.objects import ObjectStore
-from imagejobs.queue import job_id_of
+from imagejobs.queue import RECORD_REVISION_HEADER, job_id_of
 from imagejobs.quotas import Quotas
 from imagejobs.runner import JobRunner
 from imagejobs.store import JobStore
@@ -149,6 +149,21 @@ class Worker:
                 await msg.nak(delay=STORE_RETRY_DELAY_S)
 
     async def _process(self, job_id: str, msg: Msg) -> None:
+        # first delivery: the message carries the record as submitted and its revision,
+        # so the claim needs no read; if the record changed since, decide on the record
+        submitted = record_of(msg)
+        if submitted is not None:
+            job, revision = submitted
+            now = time.time()
+            if self._give_up(job, now) is None:
+                try:
+                    claimed = job.claim(self.id, now)
+                    revision = await self.store.update(claimed, revision)
+                except RevisionConflict:
+                    pass
+                else:
+                    await self._run_claimed(job_id, msg, claimed, revision)
+                    return
         found = await self.store.get(job_id)
         if found is None:  # expired (or a submit that was taken back): nothing to do
             await msg.term()
@@ -167,6 +182,9 @@ class Worker:
             revision = await self.store.update(claimed, revision)
         except RevisionConflict:
             return  # someone else moved it (a cancel); the redelivery will see the state
+        await self._run_claimed(job_id, msg, claimed, revision)
+
+    async def _run_claimed(self, job_id: str, msg: Msg, claimed: Job, revision: int) -> None:
         final = await self._run_with_heartbeat(msg, claimed)
         if final is None:  # cancelled meanwhile: the record already says so
             log.info("job %s cancelled; its provider call was aborted", job_id)
@@ -270,6 +288,21 @@ class Worker:
         with contextlib.suppress(StoreError):  # best effort: a leftover slot is reclaimed
             await self.quotas.release(final.slot, final.id)
         log.info("job %s %s (%s)", final.id, final.status.value, final.status_code)
+
+
+def record_of(msg: Msg) -> tuple[Job, int] | None:
+    """The record a first delivery carries (queue.py), with its revision; None for a
+    redelivery (the record has moved on since) or a message without one."""
+    revision = (msg.headers or {}).get(RECORD_REVISION_HEADER)
+    if not revision or not msg.data or msg.metadata.num_delivered != 1:
+        return None
+    try:
+        job = Job.loads(msg.data)
+    except ValueError:
+        return None
+    if job.status is not Status.PENDING:
+        return None
+    return job, int(revision)
 
 
 def _current_cancelling() -> bool:
