@@ -4,6 +4,7 @@ drain deadline."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -32,7 +33,12 @@ QUEUE_MAX = 5
 def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for binary in ("nats-server", "envoy"):
         require_binary(binary)
-    config = {"ack_wait_s": 1.5, "queue_max_jobs": QUEUE_MAX, "worker_drain_s": 1.0}
+    config = {
+        "ack_wait_s": 1.5,
+        "queue_max_jobs": QUEUE_MAX,
+        "worker_drain_s": 1.0,
+        "providers": {"mock": {"concurrency": 1}},  # one mock call at a time per worker
+    }
     s = Stack(tmp_path_factory.mktemp("durability"), config, workers=0)
     try:
         s.start()
@@ -80,6 +86,18 @@ def test_full_queue_is_429_and_nothing_is_kept(small_stack: Stack) -> None:
         again = submit(api, slow(0, "one too many"), **{"Idempotency-Key": "full"})
         assert again.status_code == 202, again.text
         assert wait_terminal(api, again.json()["id"]).json()["status"] == "completed"
+    stop_workers(small_stack)
+
+
+def test_provider_concurrency_limit_queues_the_excess(small_stack: Stack) -> None:
+    small_stack.start_worker()
+    with httpx.Client(base_url=small_stack.url, timeout=30) as api:
+        ids = [submit(api, slow(400, f"c{i}")).json()["id"] for i in range(3)]
+        jobs = [wait_terminal(api, job_id, timeout_s=30).json() for job_id in ids]
+    assert [j["status"] for j in jobs] == ["completed"] * 3  # waited, not failed
+    done = sorted(float(str(job_record(small_stack, j)["completed_at"])) for j in ids)
+    gaps = [b - a for a, b in itertools.pairwise(done)]
+    assert all(gap >= 0.35 for gap in gaps), gaps  # one 400 ms call after the other
     stop_workers(small_stack)
 
 
