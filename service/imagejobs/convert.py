@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from imagejobs.errors import error_response
-from imagejobs.jobs import Job, Status
+from imagejobs.jobs import Job, Status, rfc3339
 from imagejobs.v1 import jobs_pb2
 
 
@@ -85,3 +86,48 @@ def job_message(
             )
         )
     return msg
+
+
+def job_json(
+    job: Job, images: list[bytes] | None = None, base_url: str = "", *, links: bool = False
+) -> bytes:
+    """The job as the REST contract prints it: what Envoy's transcoder would print for
+    `job_message` (proto field order, unset fields omitted), rendered here, so that a
+    large result's base64 never passes through a protobuf Struct. Times always carry
+    milliseconds."""
+    doc: dict[str, Any] = {
+        "id": job.id,
+        "request_id": job.request_id,
+        "status": job.status.value,
+        "created_at": rfc3339(job.created_at),
+    }
+    if job.completed_at is not None:
+        doc["completed_at"] = rfc3339(job.completed_at)
+    if job.expires_at is not None:
+        doc["expires_at"] = rfc3339(job.expires_at)
+    if job.status_code is not None:
+        doc["status_code"] = job.status_code
+    placeholders: list[str] = []
+    if job.status is Status.COMPLETED and job.result is not None:
+        result = result_dict(job, None, base_url, links=links)
+        if images is not None and not links:
+            # base64 needs no JSON escaping: splice the encoded bytes in after dumping
+            # the small rest, instead of scanning MBs of it in json.dumps
+            for i, item in enumerate(result["data"]):
+                placeholders.append(f"\u0000b64:{i}\u0000")
+                item["b64_json"] = placeholders[-1]
+        doc["result"] = result
+    message = job_message(job) if job.error is not None else None
+    if message is not None:
+        doc["error"] = json_format.MessageToDict(message.error, preserving_proto_field_name=True)
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    if not placeholders:
+        return text
+    assert images is not None
+    pieces: list[bytes] = []
+    for i, placeholder in enumerate(placeholders):
+        marker = json.dumps(placeholder).encode()  # how json.dumps printed it
+        head, text = text.split(marker, 1)
+        pieces += [head, b'"', base64.b64encode(images[i]), b'"']
+    pieces.append(text)
+    return b"".join(pieces)

@@ -9,18 +9,16 @@ answers a successful submit with 202).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
-from google.protobuf import json_format
 
 from imagejobs.auth import Authenticator
 from imagejobs.config import Settings
-from imagejobs.convert import job_message
+from imagejobs.convert import job_json, job_message
 from imagejobs.engine import Engine
 from imagejobs.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.jobs import Job, Status, resolve_ttl
@@ -35,6 +33,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 TTL_HEADER = "x-bf-async-job-result-ttl"
 IDEMPOTENCY_HEADER = "idempotency-key"
 MAX_REQUEST_ID_CHARS = 256
+LARGE_RESULT_BYTES = 1024 * 1024  # results above this are rendered in a thread
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
@@ -115,17 +114,34 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
+        job = await self._read(request.kind, request.job_id, request.wait, md, context)
+        return await self._render(job, md)
+
+    async def GetJobJson(
+        self, request: jobs_pb2.GetJobJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        md = metadata_of(context)
+        job = await self._read(request.kind, request.job_id, request.wait, md, context)
+        return httpbody_pb2.HttpBody(
+            content_type="application/json", data=await self._render_json(job, md)
+        )
+
+    async def _read(
+        self, kind_text: str, job_id: str, wait: float, md: dict[str, str], context: Context
+    ) -> Job:
+        """The caller's job, after waiting up to `wait` s for it to end; 202 (REST) while
+        it has not."""
         caller = self._auth.caller(md)
-        kind = parse_kind_or_404(request.kind)
-        if math.isnan(request.wait) or request.wait < 0:
+        kind = parse_kind_or_404(kind_text)
+        if math.isnan(wait) or wait < 0:
             raise InvalidRequest("wait must be a number of seconds >= 0", param="wait")
-        if request.wait > 0:
-            job = await self._engine.wait(kind, request.job_id, caller, request.wait)
+        if wait > 0:
+            job = await self._engine.wait(kind, job_id, caller, wait)
         else:
-            job = await self._engine.get(kind, request.job_id, caller)
+            job = await self._engine.get(kind, job_id, caller)
         if not job.status.terminal:
             await context.send_initial_metadata((("x-http-status", "202"),))
-        return await self._render(job, md)
+        return job
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
@@ -155,10 +171,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
                 text = ": keep-alive\n\n"
             else:
                 number += 1
-                doc = json_format.MessageToDict(
-                    await self._render(job, md), preserving_proto_field_name=True
-                )
-                data = json.dumps(doc, separators=(",", ":"))
+                data = (await self._render_json(job, md)).decode()
                 text = f"id: {number}\nevent: job\ndata: {data}\n\n"
             yield httpbody_pb2.HttpBody(content_type=SSE_CONTENT_TYPE, data=text.encode())
 
@@ -206,16 +219,26 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         response.image.data = obj.data
         return response
 
+    async def _images(self, job: Job) -> list[bytes] | None:
+        """The result images' bytes when the response inlines them (`b64_json`)."""
+        if job.result is None or job.request.response_format != "b64_json":
+            return None
+        objects = await asyncio.gather(
+            *(self._engine.objects.get(i.ref.object_id) for i in job.result.images)
+        )
+        if any(o is None for o in objects):  # expired between the two reads
+            raise JobNotFound()
+        return [o.data for o in objects if o is not None]
+
     async def _render(self, job: Job, md: dict[str, str]) -> jobs_pb2.Job:
-        images: list[bytes] | None = None
-        if job.result is not None and job.request.response_format == "b64_json":
-            objects = await asyncio.gather(
-                *(self._engine.objects.get(i.ref.object_id) for i in job.result.images)
-            )
-            if any(o is None for o in objects):  # expired between the two reads
-                raise JobNotFound()
-            images = [o.data for o in objects if o is not None]
-        return job_message(job, images, self._base_url(md))
+        return job_message(job, await self._images(job), self._base_url(md))
+
+    async def _render_json(self, job: Job, md: dict[str, str]) -> bytes:
+        images = await self._images(job)
+        if images is not None and sum(len(i) for i in images) > LARGE_RESULT_BYTES:
+            # base64 and JSON of MBs of images is CPU work: off the event loop
+            return await asyncio.to_thread(job_json, job, images, self._base_url(md))
+        return job_json(job, images, self._base_url(md))
 
 
 def parse_kind_or_404(value: str) -> Kind:

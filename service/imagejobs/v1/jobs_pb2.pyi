@@ -430,6 +430,36 @@ class GetJobRequest(_message.Message):
 Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 
 @_typing.final
+class GetJobJsonRequest(_message.Message):
+    """Request for GetJobJson."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    wait: _builtins.float
+    """Long-poll, as in GetJobRequest: `?wait=<seconds>`."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        wait: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobJsonRequest: _TypeAlias = GetJobJsonRequest  # noqa: Y015
+
+@_typing.final
 class CancelJobRequest(_message.Message):
     """Request for CancelJob."""
 

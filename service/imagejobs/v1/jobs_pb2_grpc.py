@@ -58,6 +58,11 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetJobJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetJobJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetJobImage = channel.unary_unary(
                 '/imagejobs.v1.ImageJobService/GetJobImage',
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobImageRequest.SerializeToString,
@@ -111,8 +116,17 @@ class ImageJobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Reads a job (HTTP 202 while pending/processing, 200 when terminal). A job polled
-        under another kind, another caller's job, or an expired job is NOT_FOUND (404).
+        """Reads a job. A job polled under another kind, another caller's job, or an expired
+        job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobJson(self, request, context):
+        """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
+        JSON, rendered by the server. A completed job's base64 images can be tens of MB,
+        which the transcoder would otherwise convert from a protobuf Struct at great cost.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +184,11 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=imagejobs_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'GetJobJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetJobJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetJobImage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobImage,
@@ -264,6 +283,33 @@ class ImageJobService:
             '/imagejobs.v1.ImageJobService/GetJob',
             imagejobs_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             imagejobs_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetJobJson',
+            imagejobs_dot_v1_dot_jobs__pb2.GetJobJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

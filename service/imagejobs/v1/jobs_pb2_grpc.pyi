@@ -53,8 +53,13 @@ class ImageJobServiceStub:
     gRPC clients fill `request` instead.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]
-    """Reads a job (HTTP 202 while pending/processing, 200 when terminal). A job polled
-    under another kind, another caller's job, or an expired job is NOT_FOUND (404).
+    """Reads a job. A job polled under another kind, another caller's job, or an expired
+    job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+    """
+    GetJobJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobJsonRequest, _httpbody_pb2.HttpBody]
+    """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
+    JSON, rendered by the server. A completed job's base64 images can be tens of MB,
+    which the transcoder would otherwise convert from a protobuf Struct at great cost.
     """
     GetJobImage: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobImageRequest, _jobs_pb2.GetJobImageResponse]
     """Returns one result image's bytes with its content type (the `url` response format
@@ -100,8 +105,13 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     gRPC clients fill `request` instead.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
-    """Reads a job (HTTP 202 while pending/processing, 200 when terminal). A job polled
-    under another kind, another caller's job, or an expired job is NOT_FOUND (404).
+    """Reads a job. A job polled under another kind, another caller's job, or an expired
+    job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+    """
+    GetJobJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
+    JSON, rendered by the server. A completed job's base64 images can be tens of MB,
+    which the transcoder would otherwise convert from a protobuf Struct at great cost.
     """
     GetJobImage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobImageRequest, _jobs_pb2.GetJobImageResponse]  # type: ignore[assignment]
     """Returns one result image's bytes with its content type (the `url` response format
@@ -156,8 +166,19 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
-        """Reads a job (HTTP 202 while pending/processing, 200 when terminal). A job polled
-        under another kind, another caller's job, or an expired job is NOT_FOUND (404).
+        """Reads a job. A job polled under another kind, another caller's job, or an expired
+        job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobJson(
+        self,
+        request: _jobs_pb2.GetJobJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
+        JSON, rendered by the server. A completed job's base64 images can be tens of MB,
+        which the transcoder would otherwise convert from a protobuf Struct at great cost.
         """
 
     @_abc_1.abstractmethod
