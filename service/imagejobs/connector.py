@@ -23,6 +23,22 @@ from imagejobs.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+WRONG_LAST_SEQUENCE = 10071  # JetStream err_code: Nats-Expected-Last-Subject-Sequence failed
+
+
+async def last_on_subject(
+    js: JetStreamContext, stream: str, subject: str, what: str
+) -> tuple[bytes, int]:
+    """The data and stream sequence of the last message on `subject` (a direct get),
+    or (b"", 0) when there is none. NATS trouble is StoreUnavailable naming `what`."""
+    try:
+        msg = await js.get_msg(stream, subject=subject, direct=True)
+    except NotFoundError:
+        return b"", 0
+    except (TimeoutError, NatsError) as exc:
+        raise StoreUnavailable(f"{what} failed: {type(exc).__name__}") from exc
+    return msg.data or b"", int(msg.seq or 0)
+
 
 async def connect(
     settings: Settings, name: str, on_reconnect: Callable[[], None] | None = None

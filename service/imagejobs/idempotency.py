@@ -17,14 +17,14 @@ from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict
 
 from imagejobs import constants
+from imagejobs.connector import WRONG_LAST_SEQUENCE, last_on_subject
 from imagejobs.errors import InvalidRequest, StoreUnavailable
 from imagejobs.requests import ImageRequest
 
-_WRONG_LAST_SEQUENCE = 10071
 MAX_KEY_CHARS = 255
 
 
@@ -90,7 +90,7 @@ class IdempotencyStore:
                 await self._js.publish(subject, claim.model_dump_json().encode(), headers=headers)
                 return None
             except APIError as exc:
-                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise StoreUnavailable(f"idempotency write failed: {exc.description}") from exc
             except (TimeoutError, NatsError) as exc:
                 raise StoreUnavailable(f"idempotency write failed: {type(exc).__name__}") from exc
@@ -110,13 +110,7 @@ class IdempotencyStore:
 
     async def _get(self, subject: str) -> tuple[Claim | None, int]:
         """The binding (None if absent or released) and the subject's last sequence."""
-        try:
-            msg = await self._js.get_msg(constants.IDEMPOTENCY_STREAM, subject=subject, direct=True)
-        except NotFoundError:
-            return None, 0
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"idempotency read failed: {type(exc).__name__}") from exc
-        seq = int(msg.seq or 0)
-        if not msg.data:
-            return None, seq
-        return Claim.model_validate_json(msg.data), seq
+        data, seq = await last_on_subject(
+            self._js, constants.IDEMPOTENCY_STREAM, subject, "idempotency read"
+        )
+        return (Claim.model_validate_json(data) if data else None), seq

@@ -9,9 +9,10 @@ from __future__ import annotations
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from imagejobs import constants
+from imagejobs.connector import last_on_subject
 from imagejobs.errors import QueueFull, StoreUnavailable
 
 _MAX_MSGS_EXCEEDED = 10077  # JetStream err_code: maximum messages exceeded
@@ -39,13 +40,10 @@ class JobQueue:
 
     async def contains(self, job_id: str) -> bool:
         """Whether the job's message is in the queue (waiting or being worked on)."""
-        try:
-            await self._js.get_msg(constants.QUEUE_STREAM, subject=run_subject(job_id), direct=True)
-        except NotFoundError:
-            return False
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"queue read failed: {type(exc).__name__}") from exc
-        return True
+        _, seq = await last_on_subject(
+            self._js, constants.QUEUE_STREAM, run_subject(job_id), "queue read"
+        )
+        return seq > 0
 
     async def announce_cancel(self, job_id: str) -> None:
         """Tell whichever worker runs the job to abort it (best effort: a worker that

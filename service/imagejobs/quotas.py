@@ -24,14 +24,14 @@ import time
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from imagejobs import constants
 from imagejobs.auth import KeyPolicy
+from imagejobs.connector import WRONG_LAST_SEQUENCE, last_on_subject
 from imagejobs.errors import RateLimited, StoreUnavailable
 from imagejobs.store import JobStore
 
-_WRONG_LAST_SEQUENCE = 10071
 CONCURRENCY_RETRY_AFTER_S = 2
 _MARKER_TTL_S = 60
 
@@ -60,20 +60,14 @@ class Quotas:
 
     async def _get(self, subject: str) -> tuple[bytes, int]:
         """The subject's last message data (b'' if none) and sequence (0 if none)."""
-        try:
-            msg = await self._js.get_msg(constants.LIMIT_STREAM, subject=subject, direct=True)
-        except NotFoundError:
-            return b"", 0
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"quota read failed: {type(exc).__name__}") from exc
-        return msg.data or b"", int(msg.seq or 0)
+        return await last_on_subject(self._js, constants.LIMIT_STREAM, subject, "quota read")
 
     async def _put(self, subject: str, data: bytes, expected: int, ttl_s: int) -> None:
         headers = {"Nats-TTL": f"{ttl_s}s", "Nats-Expected-Last-Subject-Sequence": str(expected)}
         try:
             await self._js.publish(subject, data, headers=headers)
         except APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict(subject) from exc
             raise StoreUnavailable(f"quota write failed: {exc.description}") from exc
         except (TimeoutError, NatsError) as exc:
@@ -99,14 +93,12 @@ class Quotas:
         cached = self._past.get((key_id, window))
         if cached is not None:
             return cached
+        data, _ = await last_on_subject(
+            self._js, constants.RATE_STREAM, rate_subject(key_id, window), "rate counter read"
+        )
         try:
-            msg = await self._js.get_msg(
-                constants.RATE_STREAM, subject=rate_subject(key_id, window), direct=True
-            )
-            value = int(json.loads(msg.data)["val"]) if msg.data else 0
-        except NotFoundError:
-            value = 0
-        except (TimeoutError, NatsError, ValueError) as exc:
+            value = int(json.loads(data)["val"]) if data else 0
+        except ValueError as exc:
             raise StoreUnavailable(f"rate counter read failed: {type(exc).__name__}") from exc
         if len(self._past) > 10_000:
             self._past.clear()

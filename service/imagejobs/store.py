@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from imagejobs import constants
+from imagejobs.connector import WRONG_LAST_SEQUENCE, last_on_subject
 from imagejobs.errors import RevisionConflict, StoreUnavailable
 from imagejobs.jobs import Job
 
 _STREAM = f"KV_{constants.JOBS_BUCKET}"
 _PREFIX = f"$KV.{constants.JOBS_BUCKET}."
-_WRONG_LAST_SEQUENCE = 10071  # JetStream err_code: expected last subject sequence mismatch
 
 
 def job_subject(job_id: str) -> str:
@@ -50,15 +50,12 @@ class JobStore:
 
     async def get(self, job_id: str) -> tuple[Job, int] | None:
         """The record and its revision, or None when absent or expired."""
-        try:
-            msg = await self._js.get_msg(_STREAM, subject=job_subject(job_id), direct=True)
-        except NotFoundError:
+        data, revision = await last_on_subject(
+            self._js, _STREAM, job_subject(job_id), "job store read"
+        )
+        if not data:  # absent, a TTL expiry marker or a delete
             return None
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"job store read failed: {type(exc).__name__}") from exc
-        if not msg.data:  # a TTL expiry marker or a delete
-            return None
-        return Job.loads(msg.data), int(msg.seq or 0)
+        return Job.loads(data), revision
 
     async def _write(self, job: Job, expected_revision: int) -> int:
         ttl = job.ttl_s if job.status.terminal else constants.PENDING_TTL_S
@@ -69,7 +66,7 @@ class JobStore:
         try:
             ack = await self._js.publish(job_subject(job.id), job.dumps(), headers=headers)
         except APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise RevisionConflict(
                     f"job {job.id} changed (expected {expected_revision})"
                 ) from exc
