@@ -37,7 +37,7 @@ from imagejobs.errors import (
 )
 from imagejobs.idempotency import IdempotencyStore, check_key, fingerprint
 from imagejobs.index import JobIndex, after, encode_token
-from imagejobs.jobs import Job, ObjectRef, Status, StoredError, StoredRequest
+from imagejobs.jobs import Job, ObjectRef, Status, StoredRequest, age_limit_error
 from imagejobs.kinds import Kind
 from imagejobs.notifier import Notifier
 from imagejobs.objects import ObjectStore, StoredObject
@@ -244,16 +244,7 @@ class Engine:
             return job, revision
         now = time.time()
         if now - job.created_at > self.limits.max_job_age_s:
-            failed = job.fail(
-                StoredError(
-                    status_code=500,
-                    type="timeout_error",
-                    code="job_expired",
-                    message=f"job did not finish within {self.limits.max_job_age_s:g} s "
-                    "of its submit",
-                ),
-                now,
-            )
+            failed = job.fail(age_limit_error(self.limits.max_job_age_s), now)
             try:
                 revision = await self.store.update(failed, revision)
             except RevisionConflict:  # it moved meanwhile: report what it is now

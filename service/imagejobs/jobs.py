@@ -206,6 +206,17 @@ class Job(BaseModel):
         )
 
 
+def age_limit_error(max_age_s: float) -> StoredError:
+    """Why a job still not terminal `max_age_s` after its submit is failed (by whichever
+    of a read or a delivery finds it first)."""
+    return StoredError(
+        status_code=500,
+        type="timeout_error",
+        code="job_expired",
+        message=f"job did not finish within {max_age_s:g} s of its submit",
+    )
+
+
 def rfc3339(epoch_s: float) -> str:
     """`2026-02-19T08:10:17.831Z` for a time in epoch seconds."""
     text = datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")

@@ -34,7 +34,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from imagejobs import connector, constants, metrics
 from imagejobs.config import Settings
 from imagejobs.errors import RevisionConflict, StoreError
-from imagejobs.jobs import Job, Status, StoredError
+from imagejobs.jobs import Job, Status, StoredError, age_limit_error
 from imagejobs.objects import ObjectStore
 from imagejobs.queue import RECORD_REVISION_HEADER, job_id_of
 from imagejobs.quotas import Quotas
@@ -202,13 +202,7 @@ class Worker:
                 message=f"job abandoned after {job.deliveries} deliveries",
             )
         if now - job.created_at > self.settings.max_job_age_s:
-            return StoredError(
-                status_code=500,
-                type="timeout_error",
-                code="job_expired",
-                message=f"job did not finish within {self.settings.max_job_age_s:g} s "
-                "of its submit",
-            )
+            return age_limit_error(self.settings.max_job_age_s)
         return None
 
     async def _run_with_heartbeat(self, msg: Msg, job: Job) -> Job | None:
