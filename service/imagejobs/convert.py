@@ -72,20 +72,24 @@ def job_message(
         struct.update(result_dict(job, images, base_url, links=links))
         msg.result.CopyFrom(struct)
     if job.error is not None:
-        err = job.error
-        msg.error.CopyFrom(
-            error_response(
-                status_code=err.status_code,
-                type=err.type,
-                code=err.code,
-                message=err.message,
-                param=err.param,
-                provider=err.provider or job.provider,
-                model=err.model or job.request.model.split("/", 1)[1],
-                request_type=job.kind.request_type,
-            )
-        )
+        msg.error.CopyFrom(error_message(job))
     return msg
+
+
+def error_message(job: Job) -> jobs_pb2.ErrorResponse:
+    """A failed or cancelled job's `error`, in the contract's error shape."""
+    assert job.error is not None
+    err = job.error
+    return error_response(
+        status_code=err.status_code,
+        type=err.type,
+        code=err.code,
+        message=err.message,
+        param=err.param,
+        provider=err.provider or job.provider,
+        model=err.model or job.request.model.split("/", 1)[1],
+        request_type=job.kind.request_type,
+    )
 
 
 def job_json(
@@ -117,9 +121,10 @@ def job_json(
                 placeholders.append(f"\u0000b64:{i}\u0000")
                 item["b64_json"] = placeholders[-1]
         doc["result"] = result
-    message = job_message(job) if job.error is not None else None
-    if message is not None:
-        doc["error"] = json_format.MessageToDict(message.error, preserving_proto_field_name=True)
+    if job.error is not None:
+        doc["error"] = json_format.MessageToDict(
+            error_message(job), preserving_proto_field_name=True
+        )
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
     if not placeholders:
         return text
