@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from PIL import Image
 
 from tests.fakes.openai import FakeOpenAI
-from tests.harness import Stack, require_binary
+from tests.harness import Stack, free_port, require_binary
 
 OPENAI_TEST_KEY = "sk-test-openai-0123456789"
 
@@ -52,6 +56,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> 
 def client(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=30) as c:
         yield c
+
+
+def mock_request(prompt: str = "p", *, ms: int = 0, model: str = "mock/m") -> dict[str, Any]:
+    """A small generation for the mock provider, taking `ms` milliseconds upstream."""
+    return {"model": model, "prompt": prompt, "size": "16x16", "mock_latency_ms": ms}
+
+
+def png(width: int, height: int, color: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+    """A plain PNG of that size and colour."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def submit(
@@ -97,3 +113,25 @@ def assert_error_body(r: httpx.Response, status: int, message: str | None = None
     if message is not None:
         assert body["error"]["message"].startswith(message), body
     return body
+
+
+def orphan_via_failpoint(stack: Stack) -> tuple[str, str]:
+    """Start an extra API process with the `submit.before_publish` failpoint and submit
+    to it over gRPC with an Idempotency-Key: it dies right after recording the job,
+    before publishing it. Returns (the key, the orphaned job's id, from its log)."""
+    port = free_port()
+    proc = stack.start_api(port, {"IMAGEJOBS_FAILPOINT": "submit.before_publish"})
+    key = f"orphan-{uuid.uuid4().hex}"
+    request = jobs_pb2.SubmitImageJobRequest(
+        kind="generations",
+        request=jobs_pb2.ImageRequest(model="mock/m", prompt="orphan", size="16x16"),
+        idempotency_key=key,
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            jobs_pb2_grpc.ImageJobServiceStub(channel).SubmitImageJob(request, timeout=20)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the process died
+    assert proc.wait(timeout=10) == 137
+    match = re.search(r"exiting before publishing job (\S+)", stack.log(f"api-{port}"))
+    assert match, stack.log(f"api-{port}")
+    return key, match.group(1)

@@ -133,9 +133,12 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env())
+        env = self.env() | (extra_env or {})
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[name] = proc
         return proc
 
@@ -147,14 +150,17 @@ class Stack:
         self.spawn("nats", natsd.command("127.0.0.1", self.nats_port, self.root / "data" / "nats"))
         wait_until(lambda: tcp_open(self.nats_port), START_TIMEOUT_S, "nats-server")
 
-    def start_api(self, port: int) -> subprocess.Popen[bytes]:
-        proc = self.spawn(
-            f"api-{port}", [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)]
-        )
+    def start_api(
+        self, port: int, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """An API process on `port` (not in the gateway's cluster unless in api_ports)."""
+        name = f"api-{port}"
+        argv = [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)]
+        proc = self.spawn(name, argv, extra_env)
         wait_until(
             lambda: tcp_open(port) or proc.poll() is not None, START_TIMEOUT_S, f"api {port}"
         )
-        assert proc.poll() is None, self.log(f"api-{port}")
+        assert proc.poll() is None, self.log(name)
         return proc
 
     def start_worker(self) -> tuple[str, subprocess.Popen[bytes]]:

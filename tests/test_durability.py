@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,8 +18,14 @@ import httpx
 import pytest
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.conftest import assert_error_body, submit, wait_terminal
-from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until
+from tests.conftest import (
+    assert_error_body,
+    mock_request,
+    orphan_via_failpoint,
+    submit,
+    wait_terminal,
+)
+from tests.harness import Stack, require_binary, wait_until
 from tests.test_faults import completions, job_record
 
 pytestmark = pytest.mark.e2e
@@ -47,10 +51,6 @@ def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
-def slow(ms: int, prompt: str = "p") -> dict[str, Any]:
-    return {"model": "mock/m", "prompt": prompt, "size": "16x16", "mock_latency_ms": ms}
-
-
 def stop_workers(stack: Stack) -> None:
     for name, proc in stack.procs.items():
         if name.startswith("worker") and proc.poll() is None:
@@ -61,11 +61,11 @@ def stop_workers(stack: Stack) -> None:
 def test_full_queue_is_429_and_nothing_is_kept(small_stack: Stack) -> None:
     vk = f"sk-bf-{uuid.uuid4().hex}"
     with httpx.Client(base_url=small_stack.url, timeout=30, headers={"x-bf-vk": vk}) as api:
-        accepted = [submit(api, slow(0, f"q{i}")) for i in range(QUEUE_MAX)]
+        accepted = [submit(api, mock_request(f"q{i}", ms=0)) for i in range(QUEUE_MAX)]
         assert [r.status_code for r in accepted] == [202] * QUEUE_MAX
         ids = [r.json()["id"] for r in accepted]
 
-        refused = submit(api, slow(0, "one too many"), **{"Idempotency-Key": "full"})
+        refused = submit(api, mock_request("one too many", ms=0), **{"Idempotency-Key": "full"})
         body = assert_error_body(refused, 429)
         assert body["error"]["code"] == "queue_full"
         assert int(refused.headers["retry-after"]) >= 1
@@ -83,7 +83,7 @@ def test_full_queue_is_429_and_nothing_is_kept(small_stack: Stack) -> None:
         assert completions(small_stack, ids[0]) == 0
 
         # the queue drained (the cancelled job's message too): the refused key works now
-        again = submit(api, slow(0, "one too many"), **{"Idempotency-Key": "full"})
+        again = submit(api, mock_request("one too many", ms=0), **{"Idempotency-Key": "full"})
         assert again.status_code == 202, again.text
         assert wait_terminal(api, again.json()["id"]).json()["status"] == "completed"
     stop_workers(small_stack)
@@ -92,7 +92,7 @@ def test_full_queue_is_429_and_nothing_is_kept(small_stack: Stack) -> None:
 def test_provider_concurrency_limit_queues_the_excess(small_stack: Stack) -> None:
     small_stack.start_worker()
     with httpx.Client(base_url=small_stack.url, timeout=30) as api:
-        ids = [submit(api, slow(400, f"c{i}")).json()["id"] for i in range(3)]
+        ids = [submit(api, mock_request(f"c{i}", ms=400)).json()["id"] for i in range(3)]
         jobs = [wait_terminal(api, job_id, timeout_s=30).json() for job_id in ids]
     assert [j["status"] for j in jobs] == ["completed"] * 3  # waited, not failed
     done = sorted(float(str(job_record(small_stack, j)["completed_at"])) for j in ids)
@@ -104,7 +104,7 @@ def test_provider_concurrency_limit_queues_the_excess(small_stack: Stack) -> Non
 def test_worker_stops_within_its_drain_deadline_and_the_job_moves_on(small_stack: Stack) -> None:
     name, worker = small_stack.start_worker()
     with httpx.Client(base_url=small_stack.url, timeout=30) as api:
-        job_id = submit(api, slow(6_000, "outlives the drain")).json()["id"]
+        job_id = submit(api, mock_request("outlives the drain", ms=6_000)).json()["id"]
         wait_until(lambda: job_record(small_stack, job_id)["status"] == "processing", 10, "claim")
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
@@ -123,30 +123,8 @@ def test_api_killed_between_record_and_publish_loses_nothing(small_stack: Stack)
     """A failpoint makes a second API process die right after recording a job, before
     publishing it. The client retries with its Idempotency-Key through the gateway and
     learns the job id; the first read of the orphan after REPAIR_AFTER_S queues it."""
-    port = free_port()
-    env = small_stack.env() | {"IMAGEJOBS_FAILPOINT": "submit.before_publish"}
-    log = (small_stack.root / "api-failpoint.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    wait_until(lambda: tcp_open(port), 30, "failpoint api")
     small_stack.start_worker()
-    key = uuid.uuid4().hex
-    request = jobs_pb2.SubmitImageJobRequest(
-        kind="generations",
-        request=jobs_pb2.ImageRequest(model="mock/m", prompt="orphan", size="16x16"),
-        idempotency_key=key,
-    )
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            jobs_pb2_grpc.ImageJobServiceStub(channel).SubmitImageJob(request, timeout=20)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the process died
-    assert proc.wait(timeout=10) == 137
-    text = (small_stack.root / "api-failpoint.log").read_text()
-    orphan = text.split("exiting before publishing job ")[1].split()[0]
+    key, orphan = orphan_via_failpoint(small_stack)
 
     with httpx.Client(base_url=small_stack.url, timeout=30) as api:
         retry = submit(
@@ -208,8 +186,8 @@ def test_a_job_left_non_terminal_too_long_is_failed(tmp_path: Path) -> None:
     stack = Stack(tmp_path / "age", {"max_job_age_s": 2.0}, workers=0).start()
     try:
         with httpx.Client(base_url=stack.url, timeout=30) as api:
-            polled = submit(api, slow(0, "polled")).json()["id"]
-            unpolled = submit(api, slow(0, "unpolled")).json()["id"]
+            polled = submit(api, mock_request("polled", ms=0)).json()["id"]
+            unpolled = submit(api, mock_request("unpolled", ms=0)).json()["id"]
             time.sleep(2.5)
             r = api.get(f"/v1/async/images/generations/{polled}")
             assert r.status_code == 200

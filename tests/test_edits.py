@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import OPENAI_TEST_KEY, assert_error_body, decode_image, wait_terminal
+from tests.conftest import OPENAI_TEST_KEY, assert_error_body, decode_image, png, wait_terminal
 from tests.fakes.openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
@@ -119,12 +119,6 @@ def test_variation_uses_only_the_first_image(client: httpx.Client, fake_openai: 
     _, files = sent[0].multipart()
     assert [sha(f[2]) for f in files["image"]] == [sha(first)]
     assert len(job["result"]["data"]) == 2
-
-
-def png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -13,22 +13,18 @@ from __future__ import annotations
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 import httpx
 import pytest
-from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until
+from tests.conftest import orphan_via_failpoint
+from tests.harness import Stack, require_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -78,34 +74,6 @@ def submit_with_retries(client: httpx.Client, n: int, start: float, stop_at: flo
         RETRIES[str(r.status_code)] += 1
         time.sleep(0.2)
     raise AssertionError(f"job {n} was never accepted")
-
-
-def orphan_via_failpoint(stack: Stack) -> tuple[str, str]:
-    """Start an API with the submit.before_publish failpoint, submit to it (it dies after
-    recording), and return (the idempotency key, the orphaned job id)."""
-    port = free_port()
-    env = stack.env() | {"IMAGEJOBS_FAILPOINT": "submit.before_publish"}
-    log_path = stack.root / "api-failpoint.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    wait_until(lambda: tcp_open(port), 30, "failpoint api")
-    key = f"orphan-{uuid.uuid4().hex}"
-    request = jobs_pb2.SubmitImageJobRequest(
-        kind="generations",
-        request=jobs_pb2.ImageRequest(model="mock/m", prompt="orphan", size="16x16"),
-        idempotency_key=key,
-    )
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
-        jobs_pb2_grpc.ImageJobServiceStub(channel).SubmitImageJob(request, timeout=20)
-    assert proc.wait(timeout=10) == 137
-    match = re.search(r"exiting before publishing job (\S+)", log_path.read_text())
-    assert match, log_path.read_text()
-    return key, match.group(1)
 
 
 def test_fault_run_loses_nothing_and_completes_each_job_once(fault_run_stack: Stack) -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from imagejobs import gateway
 
-from tests.conftest import assert_error_body, decode_image, submit, wait_terminal
+from tests.conftest import assert_error_body, decode_image, png, submit, wait_terminal
 from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -57,16 +57,6 @@ def completions(stack: Stack, job_id: str) -> int:
     )
 
 
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 30), (1, 2, 3)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("kind", ["generations", "edits"])
 def test_worker_killed_mid_job_still_completes_once(fault_stack: Stack, kind: str) -> None:
     fault_stack.start_worker()
@@ -75,7 +65,7 @@ def test_worker_killed_mid_job_still_completes_once(fault_stack: Stack, kind: st
             r = client.post(
                 "/v1/async/images/edits",
                 data={"model": "mock/m", "prompt": "slow", "mock_latency_ms": "3000"},
-                files=[("image", ("a.png", _png(), "image/png"))],
+                files=[("image", ("a.png", png(40, 30, (1, 2, 3)), "image/png"))],
             )
         else:
             body = {"model": "mock/m", "prompt": "slow", "size": "16x16", "mock_latency_ms": 3000}

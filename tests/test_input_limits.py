@@ -23,18 +23,12 @@ from imagejobs.requests import Limits, from_proto
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 
-from tests.conftest import assert_error_body, submit, wait_terminal
+from tests.conftest import assert_error_body, png, submit, wait_terminal
 from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
 
 GEN = {"model": "mock/m", "prompt": "a lighthouse", "size": "16x16"}
-
-
-def png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 40, 40)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def bomb_png(width: int, height: int) -> bytes:

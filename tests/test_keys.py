@@ -16,7 +16,7 @@ import httpx
 import pytest
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.conftest import assert_error_body, submit, wait_terminal
+from tests.conftest import assert_error_body, mock_request, submit, wait_terminal
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstream import FakeResponse
 from tests.harness import Stack, require_binary, wait_until
@@ -70,10 +70,6 @@ def client(stack: Stack, key: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=stack.url, timeout=30, headers=headers)
 
 
-def body(prompt: str = "p", ms: int = 0, model: str = "mock/m") -> dict[str, Any]:
-    return {"model": model, "prompt": prompt, "size": "16x16", "mock_latency_ms": ms}
-
-
 # --- identity ------------------------------------------------------------------------------
 
 
@@ -89,7 +85,9 @@ def body(prompt: str = "p", ms: int = 0, model: str = "mock/m") -> dict[str, Any
 )
 def test_each_identity_header_form_is_accepted(keyed: Stack, header: Any) -> None:
     with client(keyed) as c:
-        r = c.post("/v1/async/images/generations", json=body(), headers=header(KEYS["beta"]))
+        r = c.post(
+            "/v1/async/images/generations", json=mock_request(), headers=header(KEYS["beta"])
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         got = c.get(f"/v1/async/images/generations/{job_id}", headers=header(KEYS["beta"]))
@@ -112,7 +110,7 @@ def test_each_identity_header_form_is_accepted(keyed: Stack, header: Any) -> Non
 )
 def test_missing_or_invalid_key_is_401(keyed: Stack, headers: dict[str, str], code: str) -> None:
     with client(keyed) as c:
-        r = c.post("/v1/async/images/generations", json=body(), headers=headers)
+        r = c.post("/v1/async/images/generations", json=mock_request(), headers=headers)
         assert assert_error_body(r, 401)["error"]["code"] == code
         r = c.get(f"/v1/async/images/generations/{uuid.uuid4()}", headers=headers)
         assert_error_body(r, 401)
@@ -137,9 +135,9 @@ def test_grpc_metadata_carries_the_key(keyed: Stack) -> None:
 
 def test_another_key_sees_nothing_of_a_job(keyed: Stack) -> None:
     with client(keyed, KEYS["alpha"]) as owner, client(keyed, KEYS["beta"]) as other:
-        done = submit(owner, body("done")).json()["id"]
+        done = submit(owner, mock_request("done")).json()["id"]
         wait_terminal(owner, done)
-        running = submit(owner, body("running", ms=20_000)).json()["id"]
+        running = submit(owner, mock_request("running", ms=20_000)).json()["id"]
         base = "/v1/async/images/generations"
         for path in (f"{base}/{done}", f"{base}/{done}/images/0", f"{base}/{running}"):
             assert_error_body(other.get(path), 404, "job not found or expired")
@@ -168,45 +166,45 @@ def test_another_key_sees_nothing_of_a_job(keyed: Stack) -> None:
 
 def test_rate_limit_is_429_with_retry_after(keyed: Stack) -> None:
     with client(keyed, KEYS["rate"]) as c:
-        statuses = [submit(c, body(f"r{i}")).status_code for i in range(3)]
+        statuses = [submit(c, mock_request(f"r{i}")).status_code for i in range(3)]
         assert statuses == [202, 202, 202]
-        r = submit(c, body("one too many"))
+        r = submit(c, mock_request("one too many"))
         assert assert_error_body(r, 429)["error"]["code"] == "rate_limited"
         assert 1 <= int(r.headers["retry-after"]) <= 60
     with client(keyed, KEYS["beta"]) as other:  # the limit is per key
-        assert submit(other, body()).status_code == 202
+        assert submit(other, mock_request()).status_code == 202
 
 
 def test_concurrency_limit_is_429_until_a_job_ends(keyed: Stack) -> None:
     with client(keyed, KEYS["conc"]) as c:
-        first = submit(c, body("c1", ms=20_000)).json()["id"]
-        second = submit(c, body("c2", ms=300)).json()["id"]
-        r = submit(c, body("c3"))
+        first = submit(c, mock_request("c1", ms=20_000)).json()["id"]
+        second = submit(c, mock_request("c2", ms=300)).json()["id"]
+        r = submit(c, mock_request("c3"))
         assert assert_error_body(r, 429)["error"]["code"] == "concurrency_limited"
         assert int(r.headers["retry-after"]) >= 1
         wait_terminal(c, second)  # completion frees its slot
-        third = submit(c, body("c3", ms=20_000))
+        third = submit(c, mock_request("c3", ms=20_000))
         assert third.status_code == 202, third.text
-        assert_error_body(submit(c, body("c4")), 429)
+        assert_error_body(submit(c, mock_request("c4")), 429)
         assert c.delete(f"/v1/async/images/generations/{first}").status_code == 200  # cancel
-        fourth = submit(c, body("c4"))
+        fourth = submit(c, mock_request("c4"))
         assert fourth.status_code == 202, fourth.text
         c.delete(f"/v1/async/images/generations/{third.json()['id']}")
 
 
 def test_a_model_the_key_may_not_use_is_403(keyed: Stack) -> None:
     with client(keyed, KEYS["alpha"]) as c:
-        r = submit(c, body(model="openai/dall-e-3"))
+        r = submit(c, mock_request(model="openai/dall-e-3"))
         err = assert_error_body(r, 403)
         assert err["error"]["code"] == "model_not_allowed" and err["error"]["param"] == "model"
-        r = submit(c, body() | {"fallbacks": ["openai/dall-e-2"]})
+        r = submit(c, mock_request() | {"fallbacks": ["openai/dall-e-2"]})
         assert assert_error_body(r, 403)["error"]["param"] == "fallbacks"
-        assert submit(c, body(model="mock/anything")).status_code == 202
+        assert submit(c, mock_request(model="mock/anything")).status_code == 202
 
 
 def test_ttl_above_the_keys_maximum_is_capped(keyed: Stack) -> None:
     with client(keyed, KEYS["alpha"]) as c:
-        r = submit(c, body(), **{"x-bf-async-job-result-ttl": "3600"})
+        r = submit(c, mock_request(), **{"x-bf-async-job-result-ttl": "3600"})
         assert r.status_code == 202
         job = wait_terminal(c, r.json()["id"]).json()
     from datetime import datetime
@@ -245,7 +243,7 @@ def test_no_secret_in_any_log_or_job(keyed: Stack, fake: FakeOpenAI) -> None:
         bodies.append(c.get("/v1/async/images/jobs").text)
     for key in KEYS.values():
         with client(keyed, key) as c:
-            r = submit(c, body("secret check"))
+            r = submit(c, mock_request("secret check"))
             if r.status_code == 202:
                 bodies.append(wait_terminal(c, r.json()["id"]).text)
     assert json.loads(bodies[0])["status"] == "failed", bodies[0]
@@ -269,6 +267,6 @@ def test_keyed_stack_says_keys_are_required(keyed: Stack) -> None:
 def test_open_mode_is_announced_and_accepts_anyone(stack: Stack) -> None:
     assert "running OPEN (development mode)" in stack.log(f"api-{stack.api_ports[0]}")
     with client(stack) as c:
-        assert submit(c, body()).status_code == 202
+        assert submit(c, mock_request()).status_code == 202
     with client(stack, "sk-bf-anything-goes") as c:
-        assert submit(c, body()).status_code == 202
+        assert submit(c, mock_request()).status_code == 202

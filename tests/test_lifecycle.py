@@ -4,7 +4,6 @@ Each test uses its own random virtual key, so list results are its own jobs only
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -16,9 +15,8 @@ import grpc
 import httpx
 import pytest
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
-from PIL import Image
 
-from tests.conftest import assert_error_body, submit, wait_terminal
+from tests.conftest import assert_error_body, mock_request, png, submit, wait_terminal
 from tests.harness import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,25 +36,15 @@ def api(stack: Stack, vk: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def slow(ms: int, prompt: str = "slow") -> dict[str, Any]:
-    return {"model": "mock/m", "prompt": prompt, "size": "16x16", "mock_latency_ms": ms}
-
-
 def status_of(client: httpx.Client, job_id: str, kind: str = "generations") -> str:
     return str(client.get(f"/v1/async/images/{kind}/{job_id}").json()["status"])
-
-
-def _png(color: tuple[int, int, int] = (9, 9, 9)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (20, 20), color).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # --- idempotency -------------------------------------------------------------------------
 
 
 def test_same_idempotency_key_and_body_returns_the_same_job(api: httpx.Client) -> None:
-    body = slow(0, "idem")
+    body = mock_request("idem", ms=0)
     first = submit(api, body, **{"Idempotency-Key": "k-1"})
     second = submit(api, body, **{"Idempotency-Key": "k-1"})
     assert first.status_code == second.status_code == 202
@@ -72,19 +60,19 @@ def test_same_idempotency_key_and_body_returns_the_same_job(api: httpx.Client) -
 
 
 def test_same_idempotency_key_with_another_body_is_409(api: httpx.Client) -> None:
-    first = submit(api, slow(0, "one"), **{"Idempotency-Key": "k"})
+    first = submit(api, mock_request("one", ms=0), **{"Idempotency-Key": "k"})
     assert first.status_code == 202
-    r = submit(api, slow(0, "two"), **{"Idempotency-Key": "k"})
+    r = submit(api, mock_request("two", ms=0), **{"Idempotency-Key": "k"})
     body = assert_error_body(r, 409)
     assert body["error"]["code"] == "idempotency_key_reused"
-    r = submit(api, slow(0, "one"), kind="edits", **{"Idempotency-Key": "k"})
+    r = submit(api, mock_request("one", ms=0), kind="edits", **{"Idempotency-Key": "k"})
     assert r.status_code in (400, 409)  # an edit without an image is invalid anyway
 
 
 def test_idempotency_keys_are_scoped_per_caller(stack: Stack, api: httpx.Client) -> None:
-    mine = submit(api, slow(0, "scoped"), **{"Idempotency-Key": "shared"}).json()["id"]
+    mine = submit(api, mock_request("scoped", ms=0), **{"Idempotency-Key": "shared"}).json()["id"]
     with httpx.Client(base_url=stack.url, timeout=30) as anonymous:
-        theirs = submit(anonymous, slow(0, "scoped"), **{"Idempotency-Key": "shared"})
+        theirs = submit(anonymous, mock_request("scoped", ms=0), **{"Idempotency-Key": "shared"})
     assert theirs.status_code == 202 and theirs.json()["id"] != mine
 
 
@@ -96,7 +84,7 @@ def test_concurrent_duplicates_make_one_job(stack: Stack, vk: str, api: httpx.Cl
     def post() -> None:
         with httpx.Client(base_url=stack.url, timeout=30, headers={"x-bf-vk": vk}) as c:
             barrier.wait()
-            r = submit(c, slow(200, "race"), **{"Idempotency-Key": "race"})
+            r = submit(c, mock_request("race", ms=200), **{"Idempotency-Key": "race"})
             statuses.append(r.status_code)
             ids.append(r.json()["id"])
 
@@ -113,13 +101,13 @@ def test_concurrent_duplicates_make_one_job(stack: Stack, vk: str, api: httpx.Cl
 
 
 def test_multipart_idempotency_ignores_the_boundary(api: httpx.Client) -> None:
-    png = _png()
+    image = png(20, 20, (9, 9, 9))
     ids = []
     for _ in range(2):  # httpx picks a fresh random boundary per request
         r = api.post(
             "/v1/async/images/edits",
             data={"model": "mock/m", "prompt": "p"},
-            files=[("image", ("a.png", png, "image/png"))],
+            files=[("image", ("a.png", image, "image/png"))],
             headers={"Idempotency-Key": "mp"},
         )
         assert r.status_code == 202, r.text
@@ -128,7 +116,7 @@ def test_multipart_idempotency_ignores_the_boundary(api: httpx.Client) -> None:
     r = api.post(
         "/v1/async/images/edits",
         data={"model": "mock/m", "prompt": "p"},
-        files=[("image", ("a.png", _png((1, 2, 3)), "image/png"))],
+        files=[("image", ("a.png", png(20, 20, (1, 2, 3)), "image/png"))],
         headers={"Idempotency-Key": "mp"},
     )
     assert_error_body(r, 409)
@@ -152,7 +140,7 @@ def test_grpc_idempotency_key_field(stack: Stack) -> None:
 
 
 def test_invalid_idempotency_key_is_400(api: httpx.Client) -> None:
-    r = submit(api, slow(0), **{"Idempotency-Key": "x" * 300})
+    r = submit(api, mock_request("slow", ms=0), **{"Idempotency-Key": "x" * 300})
     assert assert_error_body(r, 400)["error"]["param"] == "idempotency_key"
 
 
@@ -160,7 +148,7 @@ def test_invalid_idempotency_key_is_400(api: httpx.Client) -> None:
 
 
 def test_cancel_processing_job_aborts_the_provider_call(stack: Stack, api: httpx.Client) -> None:
-    job_id = submit(api, slow(20_000, "long")).json()["id"]
+    job_id = submit(api, mock_request("long", ms=20_000)).json()["id"]
     wait_until(lambda: status_of(api, job_id) == "processing", 15, "processing")
     r = api.delete(f"/v1/async/images/generations/{job_id}")
     assert r.status_code == 200, r.text
@@ -179,13 +167,13 @@ def test_cancel_processing_job_aborts_the_provider_call(stack: Stack, api: httpx
 
 
 def test_cancel_completed_job_is_409(api: httpx.Client) -> None:
-    job_id = submit(api, slow(0)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=0)).json()["id"]
     wait_terminal(api, job_id)
     assert_error_body(api.delete(f"/v1/async/images/generations/{job_id}"), 409)
 
 
 def test_cancel_someone_elses_or_unknown_job_is_404(stack: Stack, api: httpx.Client) -> None:
-    job_id = submit(api, slow(5_000)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=5_000)).json()["id"]
     with httpx.Client(base_url=stack.url, timeout=30) as anonymous:
         assert_error_body(anonymous.delete(f"/v1/async/images/generations/{job_id}"), 404)
     assert_error_body(api.delete(f"/v1/async/images/edits/{job_id}"), 404)  # wrong kind
@@ -218,7 +206,7 @@ def test_grpc_cancel(stack: Stack) -> None:
 
 
 def test_wait_returns_as_soon_as_the_job_is_terminal(api: httpx.Client) -> None:
-    job_id = submit(api, slow(1_000)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=1_000)).json()["id"]
     started = time.monotonic()
     r = api.get(f"/v1/async/images/generations/{job_id}", params={"wait": 20})
     elapsed = time.monotonic() - started
@@ -227,7 +215,7 @@ def test_wait_returns_as_soon_as_the_job_is_terminal(api: httpx.Client) -> None:
 
 
 def test_wait_answers_202_at_its_deadline(api: httpx.Client) -> None:
-    job_id = submit(api, slow(8_000)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=8_000)).json()["id"]
     started = time.monotonic()
     r = api.get(f"/v1/async/images/generations/{job_id}", params={"wait": 1.5})
     elapsed = time.monotonic() - started
@@ -237,7 +225,7 @@ def test_wait_answers_202_at_its_deadline(api: httpx.Client) -> None:
 
 
 def test_wait_on_a_terminal_job_answers_at_once(api: httpx.Client) -> None:
-    job_id = submit(api, slow(0)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=0)).json()["id"]
     wait_terminal(api, job_id)
     started = time.monotonic()
     r = api.get(f"/v1/async/images/generations/{job_id}", params={"wait": 30})
@@ -246,13 +234,13 @@ def test_wait_on_a_terminal_job_answers_at_once(api: httpx.Client) -> None:
 
 @pytest.mark.parametrize("value", ["-1", "soon"])
 def test_bad_wait_is_400(api: httpx.Client, value: str) -> None:
-    job_id = submit(api, slow(0)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=0)).json()["id"]
     r = api.get(f"/v1/async/images/generations/{job_id}", params={"wait": value})
     assert_error_body(r, 400)
 
 
 def test_wait_is_woken_by_cancel(api: httpx.Client) -> None:
-    job_id = submit(api, slow(20_000)).json()["id"]
+    job_id = submit(api, mock_request("slow", ms=20_000)).json()["id"]
     result: dict[str, Any] = {}
 
     def waiter() -> None:
@@ -314,7 +302,7 @@ def sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
 
 
 def test_sse_streams_every_state_until_terminal(api: httpx.Client) -> None:
-    job_id = submit(api, slow(700, "sse")).json()["id"]
+    job_id = submit(api, mock_request("sse", ms=700)).json()["id"]
     with api.stream("GET", f"/v1/async/images/generations/{job_id}/events") as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -340,7 +328,7 @@ def test_sse_of_unknown_job_is_404_error_body(api: httpx.Client) -> None:
 def test_list_paginates_newest_first(api: httpx.Client) -> None:
     ids = []
     for i in range(5):
-        ids.append(submit(api, slow(0, f"list {i}")).json()["id"])
+        ids.append(submit(api, mock_request(f"list {i}", ms=0)).json()["id"])
         time.sleep(0.005)  # distinct creation milliseconds
     for job_id in ids:
         wait_terminal(api, job_id)
@@ -366,13 +354,13 @@ def test_list_paginates_newest_first(api: httpx.Client) -> None:
 
 
 def test_list_filters_by_status_and_kind(api: httpx.Client) -> None:
-    done = submit(api, slow(0, "done")).json()["id"]
-    running = submit(api, slow(20_000, "running")).json()["id"]
+    done = submit(api, mock_request("done", ms=0)).json()["id"]
+    running = submit(api, mock_request("running", ms=20_000)).json()["id"]
     wait_terminal(api, done)
     edit = api.post(
         "/v1/async/images/edits",
         data={"model": "mock/m", "prompt": "p"},
-        files=[("image", ("a.png", _png(), "image/png"))],
+        files=[("image", ("a.png", png(20, 20, (9, 9, 9)), "image/png"))],
     ).json()["id"]
 
     def listed(**params: Any) -> list[str]:
@@ -392,7 +380,7 @@ def test_list_filters_by_status_and_kind(api: httpx.Client) -> None:
 
 
 def test_list_shows_only_the_callers_jobs(stack: Stack, api: httpx.Client) -> None:
-    mine = submit(api, slow(0, "mine")).json()["id"]
+    mine = submit(api, mock_request("mine", ms=0)).json()["id"]
     with httpx.Client(
         base_url=stack.url, timeout=30, headers={"x-bf-vk": f"sk-bf-{uuid.uuid4().hex}"}
     ) as other:
