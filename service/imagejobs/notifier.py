@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -65,10 +65,6 @@ class Notifier:
             for listener in listeners:
                 listener.queue.put_nowait(STALE)
 
-    @property
-    def waiting(self) -> int:
-        return sum(len(s) for s in self._listeners.values())
-
     async def _on_message(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
         listeners = self._listeners.get(job_id)
@@ -96,14 +92,3 @@ class Notifier:
                 listeners.discard(listener)
                 if not listeners:
                     del self._listeners[job_id]
-
-
-async def changes(listener: Listener, timeout_s: float) -> AsyncIterator[tuple[int, Job] | None]:
-    """The listener's items until `timeout_s` passes without one (then it yields nothing
-    more); `None` items mean "re-read"."""
-    while True:
-        try:
-            item = await asyncio.wait_for(listener.queue.get(), timeout_s)
-        except TimeoutError:
-            return
-        yield item
