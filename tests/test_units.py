@@ -88,3 +88,67 @@ def test_unknown_keys_pass_through_and_sixteen_images_max() -> None:
         from_json_object(
             Kind.EDIT, {"model": "mock/m", "prompt": "p", "image": ["iVBORw0KGgo="] * 17}, Limits()
         )
+
+
+def _done_job(completed_at: float) -> Job:
+    from imagejobs.jobs import ObjectRef, ResultImage, StoredResult
+
+    result = StoredResult(
+        created=1,
+        images=tuple(
+            ResultImage(ref=ObjectRef(object_id=f"o{i}", content_type="image/png", size=3))
+            for i in range(2)
+        ),
+        fields={"output_format": "png"},
+        usage={"total_tokens": 5},
+        provider="mock",
+        model="m",
+        latency_ms=3,
+    )
+    job = Job(
+        id="00000000-0000-4000-8000-000000000001",
+        kind=Kind.GENERATION,
+        request_id="r",
+        created_at=completed_at - 0.25,
+        ttl_s=60,
+        request=StoredRequest(model="mock/m", prompt="p"),
+    )
+    return job.claim("w", completed_at - 0.1).complete(result, completed_at)
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_job_json_prints_what_the_transcoder_prints_for_the_job_message(failed: bool) -> None:
+    """REST reads render their own JSON (GetJobJson); it must be the JSON Envoy prints
+    for the Job message, except that times always carry milliseconds."""
+    import json
+
+    from google.protobuf import json_format
+    from imagejobs.convert import job_json, job_message
+
+    job = _done_job(1764195601.0)  # completes on a whole second
+    if failed:
+        job = _done_job(1764195601.0).model_copy(
+            update={
+                "status": Status.FAILED,
+                "result": None,
+                "status_code": 429,
+                "error": StoredError(status_code=429, type="rate_limit_error", message="slow"),
+            }
+        )
+    images = [b"\x89PNG-a", b"\x89PNG-b"]
+    ours = json.loads(job_json(job, images, "http://h"))
+    theirs = json_format.MessageToDict(
+        job_message(job, images, "http://h"), preserving_proto_field_name=True
+    )
+    assert list(ours) == list(theirs)  # same fields, same order
+    assert ours["completed_at"] == "2025-11-26T22:20:01.000Z"  # theirs drops the .000
+    assert theirs["completed_at"] == "2025-11-26T22:20:01Z"
+    if failed:
+        ours["error"].pop("event_id"), theirs["error"].pop("event_id")
+        ours["error"]["error"].pop("event_id"), theirs["error"]["error"].pop("event_id")
+        assert ours["error"] == theirs["error"]
+    else:  # Struct numbers come back as floats from the protobuf side
+        assert json.dumps(ours["result"], sort_keys=True) == json.dumps(
+            theirs["result"], sort_keys=True
+        ).replace(".0,", ",").replace(".0}", "}")
+        assert ours["result"]["data"][0]["b64_json"] == "iVBORy1h"
