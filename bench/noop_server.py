@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from imagejobs.api import SERVICE_NAME, server_options
+from imagejobs.api.server import SERVICE_NAME, server_options
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from imagejobs import gateway, natsd
 from imagejobs.config import load_settings
+from imagejobs.gateway import envoy as gateway
+from imagejobs.runtime import natsd
 
 START_TIMEOUT_S = 30.0
 
@@ -25,8 +26,8 @@ START_TIMEOUT_S = 30.0
 def require_binary(name: str) -> None:
     """Fail in CI (binaries are part of the install); skip locally if missing."""
     import pytest
-    from imagejobs.binaries import find_binary
-    from imagejobs.errors import ConfigError
+    from imagejobs.domain.errors import ConfigError
+    from imagejobs.runtime.binaries import find_binary
 
     try:
         find_binary(name, name)
@@ -155,7 +156,7 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         """An API process on `port` (not in the gateway's cluster unless in api_ports)."""
         name = f"api-{port}"
-        argv = [sys.executable, "-m", "imagejobs.cli", "api", "--port", str(port)]
+        argv = [sys.executable, "-m", "imagejobs", "api", "--port", str(port)]
         proc = self.spawn(name, argv, extra_env)
         wait_until(
             lambda: tcp_open(port) or proc.poll() is not None, START_TIMEOUT_S, f"api {port}"
@@ -166,7 +167,7 @@ class Stack:
     def start_worker(self) -> tuple[str, subprocess.Popen[bytes]]:
         self._worker_seq += 1
         name = f"worker-{self._worker_seq}"
-        proc = self.spawn(name, [sys.executable, "-m", "imagejobs.cli", "worker"])
+        proc = self.spawn(name, [sys.executable, "-m", "imagejobs", "worker"])
         wait_until(
             lambda: "ready" in self.log(name) or proc.poll() is not None, START_TIMEOUT_S, name
         )

@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from imagejobs import constants
-from imagejobs.auth import KeyPolicy
-from imagejobs.errors import ConfigError
+from imagejobs.domain import constants
+from imagejobs.domain.errors import ConfigError
+from imagejobs.domain.keys import KeyPolicy
 from imagejobs.providers.base import ProviderConfig, WeightedKey
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.safefetch import FetchPolicy
@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     log_level: str = "INFO"
     virtual_keys: dict[str, VirtualKeySettings] = Field(default_factory=dict)
+    # with keys configured, refuse calls without one (401); else they are anonymous
+    require_virtual_key: bool = False
     failpoint: str = ""  # fault tests only: e.g. "submit.before_publish" makes the API die there
 
     @model_validator(mode="after")
@@ -164,6 +166,8 @@ class Settings(BaseSettings):
         for key_id in self.virtual_keys:
             if not _KEY_ID.fullmatch(key_id):
                 raise ValueError(f"virtual key id {key_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
+        if self.require_virtual_key and not self.virtual_keys:
+            raise ValueError("require_virtual_key needs at least one [virtual_keys.<id>]")
         hashes = [k.key_sha256 for k in self.virtual_keys.values()]
         if len(set(hashes)) != len(hashes):
             raise ValueError("two virtual keys have the same key_sha256")

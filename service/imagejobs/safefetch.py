@@ -14,7 +14,7 @@ forgery.
   (resolution, every hop, the body) has `timeout_s`.
 
 Every failure is a `FetchError` with a `code` (`input_url_forbidden` for refusals); the
-caller turns it into its own error. This module imports nothing from imagejobs.
+caller turns it into its own error. Of imagejobs it imports only the error tree.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from imagejobs.domain.errors import ErrorCode, FetchError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
@@ -37,13 +39,13 @@ SCHEMES = frozenset({"http", "https"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 # FetchError codes
-FORBIDDEN = "input_url_forbidden"  # the policy refuses the URL (scheme or address)
-INVALID = "input_url_invalid"  # not a usable URL
-UNREACHABLE = "input_url_unreachable"  # no DNS answer, no connection, broken transfer
-TIMEOUT = "input_url_timeout"
-TOO_LARGE = "input_url_too_large"
-TOO_MANY_REDIRECTS = "input_url_too_many_redirects"
-BAD_STATUS = "input_url_bad_status"  # an HTTP error status (or a redirect without Location)
+FORBIDDEN = ErrorCode.INPUT_URL_FORBIDDEN  # the policy refuses the URL (scheme or address)
+INVALID = ErrorCode.INPUT_URL_INVALID  # not a usable URL
+UNREACHABLE = ErrorCode.INPUT_URL_UNREACHABLE  # no DNS answer, no connection, broken transfer
+TIMEOUT = ErrorCode.INPUT_URL_TIMEOUT
+TOO_LARGE = ErrorCode.INPUT_URL_TOO_LARGE
+TOO_MANY_REDIRECTS = ErrorCode.INPUT_URL_TOO_MANY_REDIRECTS
+BAD_STATUS = ErrorCode.INPUT_URL_BAD_STATUS  # an HTTP error status (or a redirect without Location)
 
 
 def _table(*rows: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
@@ -168,16 +170,6 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
 
 
 # --- fetching -------------------------------------------------------------------------------
-
-
-class FetchError(Exception):
-    """The URL was not fetched. `code` is one of the module's codes; `message` is safe to
-    show the caller (it names the host, never the resolved address or the full URL)."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import Provider, ProviderConfig
 from imagejobs.providers.openai import OpenAIProvider
 

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.errors import ProviderError, ProviderNotConfigured, UnsupportedOperation
+from imagejobs.domain.kinds import Kind
 from imagejobs.safefetch import FetchPolicy
 
 JSONValue = Any  # a value json.loads could return; kept loose at this single seam
@@ -159,61 +160,9 @@ class ProviderResult:
     fields: Mapping[str, JSONValue] = field(default_factory=dict)
 
 
-# --- what an adapter raises --------------------------------------------------------------
+# --- what an adapter raises: ProviderError and its kin (domain/errors.py) ---------------
 
-
-class ProviderError(Exception):
-    """The provider failed this request.
-
-    `status_code` is the upstream HTTP status (None when no response came: timeouts,
-    connection errors). `retryable` says whether the same call may succeed later;
-    `retry_after` is the upstream's `Retry-After` in seconds, when it gave one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        type: str | None = None,
-        code: str | None = None,
-        param: str | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.type = type
-        self.code = code
-        self.param = param
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
-class UnsupportedOperation(ProviderError):
-    """The provider has no such operation (e.g. xai edits); the job fails with 400."""
-
-    def __init__(self, provider: str, kind: Kind) -> None:
-        super().__init__(
-            f"provider {provider} does not support {kind.request_type}",
-            status_code=400,
-            type="invalid_request_error",
-            code="unsupported_operation",
-        )
-
-
-class ProviderNotConfigured(ProviderError):
-    """No configuration (or no key) for the requested provider; the job fails with 400."""
-
-    def __init__(self, provider: str) -> None:
-        super().__init__(
-            f"provider {provider} is not configured",
-            status_code=400,
-            type="invalid_request_error",
-            code="provider_not_configured",
-        )
-
+__all__ = ["ProviderError", "ProviderNotConfigured", "UnsupportedOperation"]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 

@@ -48,7 +48,7 @@ from botocore.credentials import Credentials
 from botocore.utils import percent_encode
 from PIL import Image, ImageOps
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
     ImageOut,
     ProviderConfig,

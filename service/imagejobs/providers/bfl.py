@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
     ProviderConfig,
     ProviderError,

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers import google_common as gc
 from imagejobs.providers.base import (
     JSONValue,

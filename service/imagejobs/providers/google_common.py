@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import httpx
 
 from imagejobs import safefetch
+from imagejobs.domain.errors import FetchError
 from imagejobs.providers import normalize
 from imagejobs.providers.base import (
     ImageInput,
@@ -158,7 +159,7 @@ async def input_images(
         if entry[:8].lower().startswith(("http://", "https://")):
             try:  # the SSRF guard: checked addresses only, bounded size and time
                 got = await safefetch.fetch(http, entry, config.fetch)
-            except safefetch.FetchError as exc:
+            except FetchError as exc:
                 raise ProviderError(
                     exc.message,
                     status_code=400,

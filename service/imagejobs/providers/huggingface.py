@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.base import (
     ImageOut,

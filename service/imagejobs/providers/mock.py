@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers import mock_images
 from imagejobs.providers.base import (
     RETRYABLE_STATUSES,

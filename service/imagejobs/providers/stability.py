@@ -31,7 +31,7 @@ import json
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
     ImageOut,
     JSONValue,

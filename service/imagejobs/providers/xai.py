@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from imagejobs.kinds import Kind
+from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.base import Provider, ProviderConfig, ProviderRequest
 from imagejobs.providers.openai import OpenAIProvider

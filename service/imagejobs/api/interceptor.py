@@ -1,0 +1,127 @@
+"""The one place errors meet the wire: a server interceptor that turns `ApiError`s into a
+gRPC status carrying the contract's error body as a `google.rpc.Status` detail (Envoy
+prints that detail as the REST body and takes the HTTP status from it), and anything
+unexpected into a generic 500 whose text reveals nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+
+from imagejobs.api.render import error_proto
+from imagejobs.domain.errors import ApiError, StoreUnavailable, Unavailable
+from imagejobs.runtime import metrics
+from imagejobs.v1 import jobs_pb2
+
+_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"].full_name
+SUBMIT_METHOD = f"/{_SERVICE}/SubmitImageJob"
+OUR_SERVICE_PREFIX = f"/{_SERVICE}/"
+
+log = logging.getLogger(__name__)
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing
+
+
+def to_status(error: ApiError) -> grpc.Status:
+    body = error_proto(error.body())
+    detail = any_pb2.Any()
+    detail.Pack(body)
+    status = status_pb2.Status(
+        code=error.grpc_code.value[0], message=error.message, details=[detail]
+    )
+    trailing: list[tuple[str, str | bytes]] = [
+        ("grpc-status-details-bin", status.SerializeToString()),
+        ("x-http-status", str(error.http_status)),
+    ]
+    if error.retry_after_s is not None:
+        trailing.append(("retry-after", str(error.retry_after_s)))
+    return _Status(error.grpc_code, error.message, tuple(trailing))
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, StoreUnavailable):
+        return Unavailable("the job engine is unavailable; retry later", retry_after_s=2)
+    log.exception("unexpected error", exc_info=exc)
+    return ApiError("internal server error")
+
+
+def _count_submit(request: Any, result: str) -> None:
+    metrics.submitted(request.kind, result)
+
+
+def _no_count(request: Any, result: str) -> None:
+    pass
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary handler and our server-streaming ones (health's Watch and
+    reflection pass through unchanged), and counts submits by kind and result in the
+    metrics."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+            count = _count_submit if handler_call_details.method == SUBMIT_METHOD else _no_count
+
+            async def unary(request: Any, context: Any) -> Any:
+                try:
+                    response = await inner(request, context)
+                except grpc.aio.AbortError:
+                    count(request, "aborted")
+                    raise
+                except asyncio.CancelledError:  # the caller went away
+                    count(request, "cancelled")
+                    raise
+                except Exception as exc:
+                    error = as_api_error(exc)
+                    count(request, error.code)
+                    await context.abort_with_status(to_status(error))
+                count(request, "accepted")
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and handler_call_details.method.startswith(
+            OUR_SERVICE_PREFIX
+        ):
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await context.abort_with_status(to_status(as_api_error(exc)))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

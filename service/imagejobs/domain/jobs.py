@@ -1,0 +1,238 @@
+"""The job record and its state machine. Pure: no I/O, unit-testable in microseconds.
+
+                 claim                      complete
+    pending ───────────────► processing ───────────────► completed
+       │  ▲                   │  │  ▲ re-claim
+       │  └──── (none) ───────┘  │  │ (redelivery after a crash)
+       │                         │  └──┘
+       │ cancel / give up        │ fail / cancel / give up
+       ▼                         ▼
+    cancelled, failed        failed, cancelled
+
+Terminal states (`completed`, `failed`, `cancelled`) never change again. Every write of a
+record is a compare-and-set on its KV revision (store.py), so two workers racing on one
+job cannot both move it: the loser's write is rejected and its work discarded.
+
+The record is what lives in the JOBS KV bucket, JSON-encoded. It holds references to
+image bytes in the object store, never the bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imagejobs.domain.errors import InvalidTransition
+from imagejobs.domain.kinds import Kind
+from imagejobs.domain.models import ModelField
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.PROCESSING, Status.FAILED, Status.CANCELLED}),
+    Status.PROCESSING: frozenset(
+        {Status.PROCESSING, Status.COMPLETED, Status.FAILED, Status.CANCELLED}
+    ),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+
+
+class ObjectRef(BaseModel):
+    """An image in the object store."""
+
+    model_config = ConfigDict(frozen=True)
+    object_id: str
+    content_type: str
+    size: int
+    filename: str = ""
+
+
+class StoredRequest(BaseModel):
+    """The validated request, as a worker needs it."""
+
+    model_config = ConfigDict(frozen=True)
+    model: ModelField
+    prompt: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    images: tuple[ObjectRef, ...] = ()
+    mask: ObjectRef | None = None
+    fallbacks: tuple[ModelField, ...] = ()
+
+    @property
+    def response_format(self) -> str:
+        value = self.params.get("response_format")
+        return value if value in ("url", "b64_json") else "b64_json"
+
+
+class ResultImage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    ref: ObjectRef
+    revised_prompt: str | None = None
+
+
+class StoredResult(BaseModel):
+    """A completed job's images response, with images as object references."""
+
+    model_config = ConfigDict(frozen=True)
+    created: int
+    images: tuple[ResultImage, ...]
+    fields: dict[str, Any] = Field(default_factory=dict)  # background, output_format, …
+    usage: dict[str, Any] | None = None
+    provider: str
+    model: str  # the model that served it (a fallback's, when one did)
+    latency_ms: int
+
+
+class StoredError(BaseModel):
+    """A failed or cancelled job's error, in the contract's terms."""
+
+    model_config = ConfigDict(frozen=True)
+    status_code: int
+    type: str
+    code: str = ""
+    message: str
+    param: str = ""
+    provider: str = ""
+    model: str = ""
+
+
+class Job(BaseModel):
+    """One job record. Times are seconds since the epoch (float, UTC)."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    kind: Kind
+    status: Status = Status.PENDING
+    request_id: str
+    owner: str = ""  # virtual-key id; '' = anonymous
+    slot: str = ""  # the key's concurrency slot it holds until terminal ('' = none)
+    created_at: float
+    ttl_s: int
+    request: StoredRequest
+    attempts: int = 0  # provider calls made so far (retries and redeliveries included)
+    deliveries: int = 0  # times a worker claimed it
+    worker: str = ""
+    started_at: float | None = None
+    completed_at: float | None = None
+    expires_at: float | None = None
+    status_code: int | None = None
+    result: StoredResult | None = None
+    error: StoredError | None = None
+
+    # --- serialisation --------------------------------------------------------------
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Job:
+        return cls.model_validate_json(data)
+
+    # --- queries --------------------------------------------------------------------
+
+    @property
+    def provider(self) -> str:
+        return self.request.model.provider
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once a terminal job's result lifetime has passed."""
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+    # --- transitions (each returns a new record) ------------------------------------
+
+    def _move(self, to: Status, **changes: Any) -> Job:
+        if to not in TRANSITIONS[self.status]:
+            raise InvalidTransition(f"{self.status} -> {to} is not allowed")
+        return self.model_copy(update={"status": to, **changes})
+
+    def claim(self, worker: str, now: float) -> Job:
+        """A worker takes the job (again, after a redelivery)."""
+        return self._move(
+            Status.PROCESSING, worker=worker, started_at=now, deliveries=self.deliveries + 1
+        )
+
+    def with_attempts(self, attempts: int) -> Job:
+        return self.model_copy(update={"attempts": attempts})
+
+    def complete(self, result: StoredResult, now: float) -> Job:
+        return self._move(
+            Status.COMPLETED,
+            result=result,
+            status_code=200,
+            completed_at=now,
+            expires_at=now + self.ttl_s,
+        )
+
+    def fail(self, error: StoredError, now: float) -> Job:
+        return self._move(
+            Status.FAILED,
+            error=error,
+            status_code=error.status_code,
+            completed_at=now,
+            expires_at=now + self.ttl_s,
+        )
+
+    def cancel(self, now: float) -> Job:
+        error = StoredError(
+            status_code=499, type="cancelled", code="cancelled", message="job cancelled"
+        )
+        return self._move(
+            Status.CANCELLED,
+            error=error,
+            status_code=499,
+            completed_at=now,
+            expires_at=now + self.ttl_s,
+        )
+
+
+def age_limit_error(max_age_s: float) -> StoredError:
+    """Why a job still not terminal `max_age_s` after its submit is failed (by whichever
+    of a read or a delivery finds it first)."""
+    return StoredError(
+        status_code=500,
+        type="timeout_error",
+        code="job_expired",
+        message=f"job did not finish within {max_age_s:g} s of its submit",
+    )
+
+
+def rfc3339(epoch_s: float) -> str:
+    """`2026-02-19T08:10:17.831Z` for a time in epoch seconds."""
+    text = datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def resolve_ttl(header: str | None, default_s: int, max_s: int) -> int:
+    """The contract's lenient `x-bf-async-job-result-ttl` rules: absent, empty, not an
+    integer or negative -> the default; 0 -> 3600; positive -> as given (capped)."""
+    if header is None:
+        return default_s
+    text = header.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        return default_s
+    if value < 0:
+        return default_s
+    if value == 0:
+        return 3600
+    return min(value, max_s)

@@ -1,0 +1,48 @@
+"""Virtual keys: how a key is stored (its SHA-256) and what it may do (its policy)."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import dataclass
+
+from imagejobs.domain.errors import Forbidden
+from imagejobs.domain.models import ModelRef
+
+
+def key_hash(key: str) -> str:
+    """How a virtual key is stored in the config: the hex SHA-256 of the key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What one virtual key may do. Zero means "no limit of this kind"."""
+
+    id: str
+    allowed_models: tuple[str, ...] = ()  # fnmatch patterns over "provider/model"
+    allowed_providers: tuple[str, ...] = ()
+    max_concurrent_jobs: int = 0
+    requests_per_minute: int = 0
+    max_ttl_s: int = 0
+
+    def allows(self, model: ModelRef) -> bool:
+        if self.allowed_providers and model.provider not in self.allowed_providers:
+            return False
+        return not self.allowed_models or any(
+            fnmatch.fnmatchcase(str(model), pattern) for pattern in self.allowed_models
+        )
+
+    def check_models(self, model: ModelRef, fallbacks: tuple[ModelRef, ...]) -> None:
+        """Forbidden (403) unless the key may use the model and every fallback."""
+        for name, param in [(model, "model"), *((f, "fallbacks") for f in fallbacks)]:
+            if not self.allows(name):
+                raise Forbidden(
+                    f"model {name} is not allowed for this virtual key",
+                    param=param,
+                    provider=name.provider,
+                    model=name.name,
+                )
+
+    def cap_ttl(self, ttl_s: int) -> int:
+        return min(ttl_s, self.max_ttl_s) if self.max_ttl_s else ttl_s

