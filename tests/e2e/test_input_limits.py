@@ -47,6 +47,10 @@ def bomb_png(width: int, height: int) -> bytes:
     )
 
 
+def png_b64() -> str:
+    return base64.b64encode(png(8, 8)).decode()
+
+
 def edit(client: httpx.Client, files: list[Any], **data: str) -> httpx.Response:
     return client.post(
         "/v1/async/images/edits", data={"model": "mock/m", "prompt": "x", **data}, files=files
@@ -153,6 +157,43 @@ def test_decompression_bomb_png_is_400_without_decoding_it(
     assert_error_body(r, 400, "mask: image dimensions")
     # nothing was decoded: the API's peak memory grew by far less than one decoded bomb
     assert api_peak_rss_kb(stack) - before < 200 * 1024
+
+
+@pytest.mark.parametrize("form", ["data-url", "base64", "grpc"])
+def test_an_input_images_bomb_is_400_like_an_upload(client: httpx.Client, form: str) -> None:
+    """`input_images` entries given inline (Gemini/Vertex take them) get the same image
+    checks as uploads: a 74-byte PNG declaring 50000 x 50000 is refused at submit."""
+    bomb = bomb_png(50_000, 50_000)
+    assert len(bomb) < 100
+    b64 = base64.b64encode(bomb).decode()
+    entry = f"data:image/png;base64,{b64}" if form == "data-url" else b64
+    if form == "grpc":
+        request = jobs_pb2.ImageRequest(
+            model="gemini/gemini-2.5-flash-image", prompt="p", input_images=[entry]
+        )
+        with pytest.raises(InvalidRequest, match=r"input_images\[0\]: image dimensions"):
+            from_proto(Kind.GENERATION, request, Limits())
+        return
+    body = {**GEN, "model": "gemini/gemini-2.5-flash-image", "input_images": [png_b64(), entry]}
+    r = submit(client, body)
+    error = assert_error_body(r, 400, "input_images[1]: image dimensions")
+    assert error["error"]["param"] == "input_images[1]"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("bm90IGFuIGltYWdl", "input_images[0] is not a valid image"),
+        ("%%%", "input_images[0] is not valid base64"),
+    ],
+    ids=["not-an-image", "not-base64"],
+)
+def test_an_inline_input_image_that_is_no_image_is_400(
+    client: httpx.Client, entry: str, message: str
+) -> None:
+    assert_error_body(submit(client, {**GEN, "input_images": [entry]}), 400, message)
+    r = submit(client, {**GEN, "input_images": ["https://example.invalid/a.png", png_b64()]})
+    assert r.status_code == 202, r.text  # URLs are the worker's to fetch and check
 
 
 def test_dimensions_just_over_the_pixel_limit_are_400_with_the_size(client: httpx.Client) -> None:

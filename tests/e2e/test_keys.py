@@ -1,8 +1,9 @@
 """Virtual keys on a stack of its own that configures them (and requires one): every
 identity header form, 401s without a key, 400s for an unknown key, ownership across keys
 (always 404), rate and concurrency limits (429 with
-Retry-After), allowed models (403), TTL capping, and no secret in any log. The session
-stack (no keys configured) shows the open mode."""
+Retry-After), allowed models (403), TTL capping, and no secret in any log. A second stack
+configures keys without requiring one (the gateway's default), and the session stack (no
+keys configured) shows the open mode."""
 
 from __future__ import annotations
 
@@ -175,6 +176,57 @@ def test_another_key_sees_nothing_of_a_job(keyed: Stack) -> None:
                 )
             )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- keys configured but not required: the gateway's default --------------------------------
+
+
+@pytest.fixture(scope="module")
+def optional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Keys configured, `require_virtual_key` left at its default (false)."""
+    for binary in ("nats-server", "envoy"):
+        require_binary(binary)
+    config: dict[str, Any] = {"virtual_keys": {"beta": {"key_sha256": sha(KEYS["beta"])}}}
+    s = Stack(tmp_path_factory.mktemp("optional-keys"), config)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def test_without_require_virtual_key_anonymous_callers_are_served(optional: Stack) -> None:
+    with client(optional) as anonymous:
+        job_id = submit(anonymous, mock_request("anon")).json()["id"]
+        assert wait_terminal(anonymous, job_id).json()["status"] == "completed"
+        listed = [j["id"] for j in anonymous.get("/v1/async/images/jobs").json()["jobs"]]
+        assert job_id in listed
+    with client(optional, "sk-bf-not-a-real-key") as unknown:
+        r = submit(unknown, mock_request())
+        assert assert_error_body(r, 400)["error"]["code"] == "invalid_virtual_key"
+    assert "calls without one are served anonymously" in optional.log(
+        f"api-{optional.api_ports[0]}"
+    )
+
+
+@pytest.mark.parametrize("mode", ["keys-optional", "open"])
+def test_a_job_submitted_without_a_key_is_public(optional: Stack, stack: Stack, mode: str) -> None:
+    """As the gateway's own tests check: any caller may poll an anonymous job, with a key or
+    without; a keyed job stays its key's alone."""
+    target = optional if mode == "keys-optional" else stack
+    key = KEYS["beta"] if mode == "keys-optional" else f"sk-bf-{uuid.uuid4().hex}"
+    with client(target) as anonymous, client(target, key) as keyed_caller:
+        public = submit(anonymous, mock_request("public", ms=300)).json()["id"]
+        base = "/v1/async/images/generations"
+        assert keyed_caller.get(f"{base}/{public}").status_code in (200, 202)
+        assert wait_terminal(keyed_caller, public).json()["status"] == "completed"
+        assert keyed_caller.get(f"{base}/{public}/images/0").status_code == 200
+        private = submit(keyed_caller, mock_request("private")).json()["id"]
+        wait_terminal(keyed_caller, private)
+        assert_error_body(anonymous.get(f"{base}/{private}"), 404)
+        # lists stay per caller: a keyed caller's list does not show others' public jobs
+        mine = [j["id"] for j in keyed_caller.get("/v1/async/images/jobs").json()["jobs"]]
+        assert public not in mine and private in mine
 
 
 # --- quotas --------------------------------------------------------------------------------

@@ -384,8 +384,25 @@ def test_list_shows_only_the_callers_jobs(stack: Stack, api: httpx.Client) -> No
     with httpx.Client(
         base_url=stack.url, timeout=30, headers={"x-bf-vk": f"sk-bf-{uuid.uuid4().hex}"}
     ) as other:
-        assert other.get("/v1/async/images/jobs").json().get("jobs", []) == []
+        assert other.get("/v1/async/images/jobs").json()["jobs"] == []
     assert [j["id"] for j in api.get("/v1/async/images/jobs").json()["jobs"]] == [mine]
+
+
+def test_an_empty_list_has_both_keys(stack: Stack) -> None:
+    """Clients index `jobs`: an empty page is `{"jobs": [], "next_page_token": ""}`, not
+    `{}`; and a last page says its token is empty."""
+    key = f"sk-bf-{uuid.uuid4().hex}"
+    with httpx.Client(base_url=stack.url, timeout=30, headers={"x-bf-vk": key}) as c:
+        r = c.get("/v1/async/images/jobs")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+        assert r.json() == {"jobs": [], "next_page_token": ""}
+        assert c.get("/v1/async/images/jobs", params={"status": "failed"}).json() == {
+            "jobs": [],
+            "next_page_token": "",
+        }
+        job_id = submit(c, mock_request("one", ms=0)).json()["id"]
+        page = c.get("/v1/async/images/jobs").json()
+        assert [j["id"] for j in page["jobs"]] == [job_id] and page["next_page_token"] == ""
 
 
 def test_grpc_list(stack: Stack) -> None:

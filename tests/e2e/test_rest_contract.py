@@ -6,8 +6,10 @@ import time
 import uuid
 from datetime import datetime
 
+import grpc
 import httpx
 import pytest
+from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import assert_error_body, decode_image, submit, wait_terminal
 from tests.harness import Stack
@@ -203,6 +205,34 @@ def test_result_expires_after_its_ttl_counted_from_completion(client: httpx.Clie
     assert_error_body(client.get(url), 404)
 
 
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "%20" + "a" * 31,  # Python's UUID parser strips the whitespace: it used to be a 503
+        "%09" + "b" * 31,
+        "{" + str(uuid.UUID(int=1)) + "}",
+        "urn:uuid:" + str(uuid.UUID(int=2)),
+        uuid.UUID(int=3).hex,
+        str(uuid.UUID(int=4)).upper(),
+    ],
+    ids=["space", "tab", "braces", "urn", "no-hyphens", "upper-case"],
+)
+def test_an_id_that_is_not_a_canonical_job_id_is_404(client: httpx.Client, bad_id: str) -> None:
+    """Only the canonical form of a job id names a job: anything else a UUID parser might
+    accept is 404 on every route, never a 5xx or a retry hint."""
+    for method, path in [
+        ("GET", f"/v1/async/images/generations/{bad_id}"),
+        ("GET", f"/v1/async/images/generations/{bad_id}?wait=0.5"),
+        ("DELETE", f"/v1/async/images/generations/{bad_id}"),
+        ("GET", f"/v1/async/images/generations/{bad_id}/events"),
+        ("GET", f"/v1/async/images/generations/{bad_id}/images/0"),
+    ]:
+        r = client.request(method, path)
+        body = assert_error_body(r, 404, "job not found or expired")
+        assert "retry-after" not in r.headers, (method, path)
+        assert body["error"]["code"] == "job_not_found"
+
+
 # --- failures ------------------------------------------------------------------------------
 
 
@@ -216,6 +246,29 @@ def test_upstream_error_fails_the_job_with_its_status(client: httpx.Client) -> N
     assert body["error"]["status_code"] == 422
     assert "mock upstream error" in body["error"]["error"]["message"]
     assert body["error"]["extra_fields"]["provider"] == "mock"
+
+
+def test_a_failed_or_cancelled_jobs_event_id_is_the_same_on_every_read(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """An error happens once, so it has one event id: every poll (REST, long-poll, list,
+    gRPC) shows the one stored with the job."""
+    failed = submit(client, {"model": "mock/m", "prompt": "p", "mock_fail_status": 422}).json()
+    wait_terminal(client, failed["id"])
+    slow = submit(client, {"model": "mock/m", "prompt": "p", "mock_latency_ms": 20_000}).json()
+    assert client.delete(f"/v1/async/images/generations/{slow['id']}").status_code == 200
+    for job_id in (failed["id"], slow["id"]):
+        path = f"/v1/async/images/generations/{job_id}"
+        bodies = [client.get(path).json() for _ in range(3)]
+        bodies.append(client.get(path, params={"wait": 1}).json())
+        event_ids = {b["error"]["event_id"] for b in bodies}
+        event_ids |= {b["error"]["error"]["event_id"] for b in bodies}
+        with grpc.insecure_channel(stack.grpc_direct) as channel:
+            stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
+            got = stub.GetJob(jobs_pb2.GetJobRequest(kind="generations", job_id=job_id))
+        event_ids.add(got.error.event_id)
+        assert len(event_ids) == 1, event_ids
+        uuid.UUID(event_ids.pop())
 
 
 def test_retryable_failures_then_success(client: httpx.Client) -> None:

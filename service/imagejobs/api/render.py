@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from imagejobs.domain.errors import ErrorBody, new_event_id
+from imagejobs.domain.errors import ErrorBody
 from imagejobs.domain.jobs import Job, Status, rfc3339
 from imagejobs.v1 import jobs_pb2
 
@@ -109,7 +109,7 @@ def error_body(job: Job) -> ErrorBody:
         code=err.code,
         message=err.message,
         param=err.param,
-        event_id=new_event_id(),
+        event_id=err.event_id,
         provider=err.provider or job.provider,
         model=err.model or job.request.model.name,
         request_type=job.kind.request_type,
@@ -163,3 +163,10 @@ def job_json(
         pieces += [head, b'"', base64.b64encode(images[i]), b'"']
     pieces.append(text)
     return b"".join(pieces)
+
+
+def list_json(jobs: list[bytes], next_page_token: str) -> bytes:
+    """A list page as the REST contract prints it: `{"jobs": [...], "next_page_token": …}`
+    with both keys always present; `jobs` are `job_json` renderings (with `links`)."""
+    token = json.dumps(next_page_token).encode()
+    return b'{"jobs":[' + b",".join(jobs) + b'],"next_page_token":' + token + b"}"

@@ -203,12 +203,25 @@ def _show(value: Any) -> str:
 
 
 def _check_input_images(value: Any, limits: Limits, extra: ErrorContext) -> None:
-    """`input_images` (URLs or base64, fetched/decoded by the worker) count against the
-    same image limit as uploads."""
-    if isinstance(value, list) and len(value) > limits.max_images:
+    """`input_images` (a string or a list of strings: URLs, `data:` URLs or base64) count
+    against the same image limit as uploads, and each inline one is held to the same
+    image checks (domain/images.py); URLs are checked by the worker that fetches them."""
+    if value is None:
+        return
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise InvalidRequest(
+            "input_images must be a list of strings", param="input_images", **extra
+        )
+    if len(entries) > limits.max_images:
         raise InvalidRequest(
             f"at most {limits.max_images} input_images are allowed", param="input_images", **extra
         )
+    for i, entry in enumerate(entries):
+        if entry[:8].lower().startswith(("http://", "https://")):
+            continue
+        name = f"input_images[{i}]"
+        Upload.from_base64(entry, name).inspect(name, limits.max_file_bytes, extra)
 
 
 def _model_ref(value: Any) -> ModelRef | None:

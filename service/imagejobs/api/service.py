@@ -37,7 +37,14 @@ from imagejobs.domain.errors import (
     StoreError,
     StoreUnavailable,
 )
-from imagejobs.domain.jobs import Job, ObjectRef, Status, StoredRequest, age_limit_error
+from imagejobs.domain.jobs import (
+    Job,
+    ObjectRef,
+    Status,
+    StoredRequest,
+    age_limit_error,
+    is_job_id,
+)
 from imagejobs.domain.kinds import Kind
 from imagejobs.runtime import metrics
 from imagejobs.store.idempotency import IdempotencyStore
@@ -388,8 +395,4 @@ class Engine:
 
 
 def _plausible_id(job_id: str) -> bool:
-    try:
-        uuid.UUID(job_id)
-    except ValueError:
-        return False
-    return True
+    return is_job_id(job_id)

@@ -17,9 +17,9 @@ import grpc
 from google.api import httpbody_pb2
 
 from imagejobs.api.auth import Authenticator
-from imagejobs.api.render import job_json, job_message
+from imagejobs.api.render import job_json, job_message, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
-from imagejobs.api.service import Engine
+from imagejobs.api.service import Engine, Page
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
@@ -181,6 +181,30 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         self, request: jobs_pb2.ListJobsRequest, context: Context
     ) -> jobs_pb2.ListJobsResponse:
         md = metadata_of(context)
+        page = await self._list(request, md)
+        base_url = self._base_url(md)
+        return jobs_pb2.ListJobsResponse(
+            jobs=[job_message(j, None, base_url, links=True) for j in page.jobs],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ListJobsJson(
+        self, request: jobs_pb2.ListJobsJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        md = metadata_of(context)
+        page = await self._list(request, md)
+        base_url = self._base_url(md)
+        return httpbody_pb2.HttpBody(
+            content_type="application/json",
+            data=list_json(
+                [job_json(j, None, base_url, links=True) for j in page.jobs], page.next_page_token
+            ),
+        )
+
+    async def _list(
+        self, request: jobs_pb2.ListJobsRequest | jobs_pb2.ListJobsJsonRequest, md: dict[str, str]
+    ) -> Page:
+        """One page of the caller's jobs, after checking the filters."""
         caller = self._auth.caller(md)
         status = None
         if request.status:
@@ -195,17 +219,12 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         if request.limit < 0:
             raise InvalidRequest("limit must be between 1 and 100", param="limit")
         limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = await self._engine.list(
+        return await self._engine.list(
             caller,
             status=status,
             kind=kind,
             limit=limit,
             page_token=request.page_token,
-        )
-        base_url = self._base_url(md)
-        return jobs_pb2.ListJobsResponse(
-            jobs=[job_message(j, None, base_url, links=True) for j in page.jobs],
-            next_page_token=page.next_page_token,
         )
 
     async def GetJobImage(

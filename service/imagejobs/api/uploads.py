@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 
-from PIL import Image
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from imagejobs.domain import constants
 from imagejobs.domain.errors import ErrorContext, InvalidRequest, PayloadTooLarge
-from imagejobs.providers.base import sniff_type
-
-ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-MAX_PIXELS = constants.MAX_IMAGE_PIXELS  # beyond this a "valid" image is a decompression bomb
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    format: str  # png | jpeg | webp
-    size: tuple[int, int]
+from imagejobs.domain.images import ImageInfo, UnacceptableImage, check_image, sniff_type
 
 
 @dataclass(frozen=True)
@@ -52,34 +39,13 @@ class Upload:
         return cls(data=data, filename=name)
 
     def inspect(self, name: str, max_bytes: int, extra: ErrorContext) -> ImageInfo:
-        """Check size, format and dimensions from the header (pixels are never decoded
-        here); InvalidRequest/PayloadTooLarge if it is not an allowed image."""
-        if len(self.data) > max_bytes:
-            raise PayloadTooLarge(f"{name} is larger than {max_bytes} bytes", param=name, **extra)
-        sniffed = sniff_type(self.data)
-        if sniffed == "image/gif":
-            raise InvalidRequest(
-                f"{name}: image format must be png, jpeg or webp", param=name, **extra
-            )
+        """Check size, format and dimensions (domain/images.py); InvalidRequest (400) or
+        PayloadTooLarge (413) naming `name` if it is not an allowed image."""
         try:
-            # Only the three allowed decoders ever see the bytes. Pillow refuses a header
-            # declaring more than 2 x its own pixel limit with DecompressionBombError.
-            with Image.open(io.BytesIO(self.data), formats=list(ALLOWED_FORMATS)) as img:
-                fmt = ALLOWED_FORMATS.get(img.format or "")
-                size = img.size
-                if size[0] * size[1] <= MAX_PIXELS:
-                    img.verify()
-        except Image.DecompressionBombError as exc:
-            raise _too_many_pixels(name, extra) from exc
-        except Exception as exc:  # a damaged file makes Pillow raise nearly anything
-            raise InvalidRequest(f"{name} is not a valid image", param=name, **extra) from exc
-        if fmt is None:
-            raise InvalidRequest(
-                f"{name}: image format must be png, jpeg or webp", param=name, **extra
-            )
-        if size[0] * size[1] > MAX_PIXELS:
-            raise _too_many_pixels(name, extra, size)
-        return ImageInfo(format=fmt, size=size)
+            return check_image(self.data, name, max_bytes)
+        except UnacceptableImage as exc:
+            error = PayloadTooLarge if exc.too_large else InvalidRequest
+            raise error(exc.message, param=name, **extra) from exc
 
     @property
     def mime(self) -> str:
@@ -88,17 +54,6 @@ class Upload:
         if sniffed == "application/octet-stream" and self.content_type:
             return self.content_type
         return sniffed
-
-
-def _too_many_pixels(
-    name: str, extra: ErrorContext, size: tuple[int, int] | None = None
-) -> InvalidRequest:
-    shown = f" ({size[0]}x{size[1]})" if size else ""
-    return InvalidRequest(
-        f"{name}: image dimensions{shown} are too large; at most {MAX_PIXELS} pixels",
-        param=name,
-        **extra,
-    )
 
 
 class _Collector:

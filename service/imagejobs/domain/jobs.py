@@ -20,13 +20,15 @@ image bytes in the object store, never the bytes.
 from __future__ import annotations
 
 import enum
+import re
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from imagejobs.domain.errors import InvalidTransition
+from imagejobs.domain.errors import InvalidTransition, new_event_id
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelField
 
@@ -42,6 +44,8 @@ class Status(enum.StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL
 
+
+_LEGACY_EVENT_NAMESPACE = uuid.UUID("5b0f3c2e-8f6a-4f1e-9d57-6a3c1e0b9a11")
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
@@ -103,7 +107,8 @@ class StoredResult(BaseModel):
 
 
 class StoredError(BaseModel):
-    """A failed or cancelled job's error, in the contract's terms."""
+    """A failed or cancelled job's error, in the contract's terms. Its `event_id` is
+    chosen once, when the error happens, so every read of the job shows the same one."""
 
     model_config = ConfigDict(frozen=True)
     status_code: int
@@ -113,6 +118,7 @@ class StoredError(BaseModel):
     param: str = ""
     provider: str = ""
     model: str = ""
+    event_id: str = Field(default_factory=new_event_id)
 
 
 class Job(BaseModel):
@@ -137,6 +143,18 @@ class Job(BaseModel):
     status_code: int | None = None
     result: StoredResult | None = None
     error: StoredError | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stable_event_id(cls, data: Any) -> Any:
+        """A record written before errors kept their event id gets one derived from the
+        job id, so that it too reads the same every time."""
+        if isinstance(data, dict):
+            error = data.get("error")
+            if isinstance(error, dict) and not error.get("event_id") and data.get("id"):
+                derived = str(uuid.uuid5(_LEGACY_EVENT_NAMESPACE, str(data["id"])))
+                data = {**data, "error": {**error, "event_id": derived}}
+        return data
 
     # --- serialisation --------------------------------------------------------------
 
@@ -213,6 +231,22 @@ def age_limit_error(max_age_s: float) -> StoredError:
         code="job_expired",
         message=f"job did not finish within {max_age_s:g} s of its submit",
     )
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def new_job_id() -> str:
+    """A new job's id: a random UUIDv4 in its canonical lower-case form."""
+    return str(uuid.uuid4())
+
+
+def is_job_id(text: str) -> bool:
+    """Whether `text` could be a job id: a UUID in the canonical lower-case form that
+    `new_job_id` makes. Python's own UUID parser is laxer (it accepts braces, a `urn:`
+    prefix, no hyphens and surrounding whitespace), and such text must never reach a
+    JetStream subject."""
+    return _JOB_ID.fullmatch(text) is not None
 
 
 def rfc3339(epoch_s: float) -> str:

@@ -574,6 +574,40 @@ class ListJobsRequest(_message.Message):
 Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
 
 @_typing.final
+class ListJobsJsonRequest(_message.Message):
+    """Request for ListJobsJson: the same fields as ListJobsRequest (`?status=&kind=&limit=&page_token=`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """As in ListJobsRequest."""
+    kind: _builtins.str
+    """As in ListJobsRequest."""
+    limit: _builtins.int
+    """As in ListJobsRequest."""
+    page_token: _builtins.str
+    """As in ListJobsRequest."""
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsJsonRequest: _TypeAlias = ListJobsJsonRequest  # noqa: Y015
+
+@_typing.final
 class ListJobsResponse(_message.Message):
     """Response for ListJobs."""
 

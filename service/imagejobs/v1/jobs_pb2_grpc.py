@@ -88,6 +88,11 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.ListJobsJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/ListJobsJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class ImageJobServiceServicer:
@@ -167,6 +172,16 @@ class ImageJobServiceServicer:
 
     def ListJobs(self, request, context):
         """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
+        REST clients use ListJobsJson (the same list, the same JSON).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobsJson(self, request, context):
+        """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
+        server, so that both keys are always present (an empty list is `"jobs": []`, which
+        the transcoder would omit) and times always carry milliseconds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,6 +229,11 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
                     response_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ListJobsJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobsJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +465,33 @@ class ImageJobService:
             '/imagejobs.v1.ImageJobService/ListJobs',
             imagejobs_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             imagejobs_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobsJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/ListJobsJson',
+            imagejobs_dot_v1_dot_jobs__pb2.ListJobsJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

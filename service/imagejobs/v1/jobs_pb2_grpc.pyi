@@ -79,7 +79,14 @@ class ImageJobServiceStub:
     one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
-    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
+    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
+    REST clients use ListJobsJson (the same list, the same JSON).
+    """
+    ListJobsJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsJsonRequest, _httpbody_pb2.HttpBody]
+    """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
+    server, so that both keys are always present (an empty list is `"jobs": []`, which
+    the transcoder would omit) and times always carry milliseconds.
+    """
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -131,7 +138,14 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
+    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
+    REST clients use ListJobsJson (the same list, the same JSON).
+    """
+    ListJobsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
+    server, so that both keys are always present (an empty list is `"jobs": []`, which
+    the transcoder would omit) and times always carry milliseconds.
+    """
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImageJobService runs image generation, edit and variation requests as asynchronous
@@ -228,6 +242,19 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
-        """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
+        """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
+        REST clients use ListJobsJson (the same list, the same JSON).
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobsJson(
+        self,
+        request: _jobs_pb2.ListJobsJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
+        server, so that both keys are always present (an empty list is `"jobs": []`, which
+        the transcoder would omit) and times always carry milliseconds.
+        """
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
