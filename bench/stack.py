@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 import nats
+from imagejobs import gateway
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.gateway import envoy as gateway
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import Stack, free_port, tcp_open, wait_until
