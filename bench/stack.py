@@ -4,7 +4,7 @@
   API), plus a second Envoy over API 0 alone, for 1-vs-2-API runs;
 - baseline (c) REST: an Envoy that answers every request itself (bench/direct_envoy.yaml);
 - baseline (c) RPC: the no-op grpc.aio servicer (bench/noop_server.py) behind an Envoy
-  rendered from the very same template as ours (gateway/envoy.yaml).
+  rendered by the very same code as ours (imagejobs.gateway).
 
 Also: RSS from /proc, Prometheus scrapes, and a NATS watcher that timestamps every job's
 terminal write (the KV bucket republishes each write on `imagejobs.state.<id>`).

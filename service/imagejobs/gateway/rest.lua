@@ -21,8 +21,9 @@
 
 local DETAIL = '"@type":"type.googleapis.com/imagejobs.v1.ErrorResponse",'
 
--- A setting from the route's metadata. Every route has them (bootstrap.py), so a missing
--- one is a broken config: fail the request loudly (Envoy answers 500) rather than guess.
+-- A setting from the route's metadata. Every route has them (bootstrap.py; a unit test
+-- checks each name read here), so a missing one is a broken config: raise rather than
+-- guess a value. Envoy logs the error with the name and passes the request on unshaped.
 local function setting(handle, name)
   local value = handle:metadata():get(name)
   if value == nil then
