@@ -4,7 +4,7 @@
   API), plus a second Envoy over API 0 alone, for 1-vs-2-API runs;
 - baseline (c) REST: an Envoy that answers every request itself (bench/direct_envoy.yaml);
 - baseline (c) RPC: the no-op grpc.aio servicer (bench/noop_server.py) behind an Envoy
-  rendered from the very same template as ours (gateway/envoy.yaml).
+  rendered by the very same code as ours (imagejobs.gateway).
 
 Also: RSS from /proc, Prometheus scrapes, and a NATS watcher that timestamps every job's
 terminal write (the KV bucket republishes each write on `imagejobs.state.<id>`).
@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 import nats
+from imagejobs import gateway
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.gateway import envoy as gateway
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import Stack, free_port, tcp_open, wait_until

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from imagejobs import gateway
 from imagejobs.config import load_settings
-from imagejobs.gateway import envoy as gateway
 from imagejobs.runtime import natsd
 
 START_TIMEOUT_S = 30.0

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from google.protobuf import struct_pb2
+from imagejobs import gateway
 from imagejobs.api.requests import Limits, from_proto
 from imagejobs.domain import constants
 from imagejobs.domain.errors import InvalidRequest
 from imagejobs.domain.kinds import Kind
-from imagejobs.gateway import envoy as gateway
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 

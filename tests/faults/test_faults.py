@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from imagejobs.gateway import envoy as gateway
+from imagejobs import gateway
 
 from tests.conftest import assert_error_body, decode_image, png, submit, wait_terminal
 from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until

@@ -118,14 +118,21 @@ def worker(ctx: click.Context) -> None:
 @main.command(name="gateway")
 @click.option("--api", "apis", multiple=True, help="host:port of an API server (repeatable).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
+@click.option("--print-config", is_flag=True, help="Print the Envoy config; write and run nothing.")
 @click.pass_context
-def gateway_cmd(ctx: click.Context, apis: tuple[str, ...], workdir: str | None) -> None:
-    """Render the Envoy config and exec envoy."""
-    from imagejobs.gateway import envoy as gateway
+def gateway_cmd(
+    ctx: click.Context, apis: tuple[str, ...], workdir: str | None, print_config: bool
+) -> None:
+    """Render the Envoy config into the workdir and exec envoy."""
+    from imagejobs import gateway
 
     settings = _settings(ctx)
     hosts = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in apis] or None
-    config = gateway.render(settings, Path(workdir or Path(settings.data_dir) / "gateway"), hosts)
+    where = Path(workdir or Path(settings.data_dir) / "gateway")
+    if print_config:
+        click.echo(gateway.config_json(settings, where, hosts), nl=False)
+        return
+    config = gateway.render(settings, where, hosts)
     argv = gateway.command(config)
     os.execv(argv[0], argv)
 

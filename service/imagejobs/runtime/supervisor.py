@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from imagejobs import gateway
 from imagejobs.config import Settings
-from imagejobs.gateway import envoy as gateway
 from imagejobs.runtime import natsd
 
 READY_TIMEOUT_S = 30.0

@@ -1,6 +1,7 @@
 -- REST shaping around Envoy's gRPC-JSON transcoder (native gRPC passes untouched).
--- Rendered by `imagejobs gateway`: string.Template placeholders for the limits, so a
--- literal dollar sign (a pattern anchor) is written twice.
+-- Shipped as package data and run as it is. Its settings (header limits, fallback error
+-- bodies) come from the route's metadata under this filter's name, written by
+-- imagejobs/gateway/bootstrap.py: read them with setting(handle, name).
 --  * marks REST requests (dynamic metadata imagejobs.rest) so that local replies
 --    (bad route, body too large, backend down) get the contract's error body;
 --  * refuses REST requests whose headers exceed the limits (431), and whose path or
@@ -20,11 +21,16 @@
 
 local DETAIL = '"@type":"type.googleapis.com/imagejobs.v1.ErrorResponse",'
 
--- Request header limits. Bytes are counted as HTTP/2 and gRPC count them (name + value
--- + 32 per header), the path and the host twice (Envoy forwards copies of both), so
--- that what reaches the API stays under grpcio's 8 KiB metadata limit.
-local MAX_HEADERS = ${max_request_headers}
-local MAX_HEADER_BYTES = ${max_request_header_bytes}
+-- A setting from the route's metadata. Every route has them (bootstrap.py; a unit test
+-- checks each name read here), so a missing one is a broken config: raise rather than
+-- guess a value. Envoy logs the error with the name and passes the request on unshaped.
+local function setting(handle, name)
+  local value = handle:metadata():get(name)
+  if value == nil then
+    error("rest.lua: route metadata has no " .. name)
+  end
+  return value
+end
 
 local LIST_PATH = "/v1/async/images/jobs"
 local LIST_PARAMS = {status = true, kind = true, limit = true, page_token = true}
@@ -43,9 +49,9 @@ local function is_grpc(ctype)
 end
 
 -- A header name that may travel as gRPC metadata ([0-9a-z_.-]; pseudo-headers stay):
--- HTTP allows more (`!#%&'*+^|~` and the dollar sign), and grpcio fails the call on such a key.
+-- HTTP allows more (`!#$%&'*+^|~`), and grpcio fails the call on such a key.
 local function grpc_key(name)
-  return string.sub(name, 1, 1) == ":" or string.find(name, "^[0-9a-z_.%-]+$$") ~= nil
+  return string.sub(name, 1, 1) == ":" or string.find(name, "^[0-9a-z_.%-]+$") ~= nil
 end
 
 local function percent_decode(text)
@@ -105,7 +111,7 @@ end
 -- The request's path with only the documented query parameters, or nil when the path or
 -- a kept parameter is not valid UTF-8.
 local function clean_path(method, path)
-  local base, query = string.match(path, "^([^?]*)%?(.*)$$")
+  local base, query = string.match(path, "^([^?]*)%?(.*)$")
   if base == nil then
     base, query = path, nil
   end
@@ -125,7 +131,7 @@ local function clean_path(method, path)
   end
   local kept = {}
   for pair in string.gmatch(query, "[^&]+") do
-    local name, value = string.match(pair, "^([^=]*)=?(.*)$$")
+    local name, value = string.match(pair, "^([^=]*)=?(.*)$")
     if allowed[percent_decode(name)] then
       if not valid_utf8(percent_decode(value)) then
         return nil
@@ -152,7 +158,7 @@ local function header_size(headers)
   return count, bytes
 end
 
--- A local reply; local_reply_config (gateway.py) gives it the contract's error body.
+-- A local reply; local_reply_config (replies.py) gives it the contract's error body.
 local function refuse(handle, status, message)
   handle:respond({[":status"] = tostring(status), ["content-type"] = "text/plain"}, message)
 end
@@ -169,8 +175,12 @@ function envoy_on_request(handle)
   -- body made here, in the rare case that a gRPC error comes without our detail
   local request_id = string.gsub(headers:get("x-request-id") or "", "[^%w%-]", "")
   meta:set("imagejobs", "event_id", string.sub(request_id, 1, 64))
+  -- Request header limits. Bytes are counted as HTTP/2 and gRPC count them (name + value
+  -- + 32 per header), the path and the host twice (Envoy forwards copies of both), so
+  -- that what reaches the API stays under grpcio's 8 KiB metadata limit.
   local count, bytes = header_size(headers)
-  if count > MAX_HEADERS or bytes > MAX_HEADER_BYTES then
+  if count > setting(handle, "max_request_headers")
+      or bytes > setting(handle, "max_request_header_bytes") then
     refuse(handle, 431, "request headers too large")
     return
   end
@@ -198,19 +208,23 @@ function envoy_on_request(handle)
   headers:replace("x-imagejobs-host", headers:get(":authority") or "")
 end
 
-local function generic_body(status, message, event_id)
-  local kind = "api_error"
+-- The contract's error body for a gRPC error without our detail: a template from the
+-- route metadata (made from the same ErrorBody as every other error body) with its
+-- placeholders filled in one pass.
+local function fallback_body(handle, status, message, event_id)
+  local template = setting(handle, "error_body_5xx")
   if status < 500 then
-    kind = "invalid_request_error"
+    template = setting(handle, "error_body_4xx")
   end
-  message = string.gsub(message, '[%c"\\]', " ")
   if event_id == nil or event_id == "" then
     event_id = "gateway"
   end
-  return string.format(
-    '{"event_id":"%s","type":"%s","is_bifrost_error":true,"status_code":%d,' ..
-    '"error":{"type":"%s","code":"gateway_error","message":"%s","event_id":"%s"}}',
-    event_id, kind, status, kind, message, event_id)
+  local values = {
+    STATUS_CODE = string.format("%d", status),
+    MESSAGE = (string.gsub(message, '[%c"\\]', " ")),
+    EVENT_ID = event_id,
+  }
+  return (string.gsub(template, "@([%u_]+)@", values))
 end
 
 function envoy_on_response(handle)
@@ -247,14 +261,14 @@ function envoy_on_response(handle)
   local out
   local _, last = string.find(text, DETAIL, 1, true)
   if last ~= nil then
-    local inner = string.match(string.sub(text, last + 1), "^(.*)%]}%s*$$")
+    local inner = string.match(string.sub(text, last + 1), "^(.*)%]}%s*$")
     if inner ~= nil then
       out = "{" .. inner
     end
   end
   if out == nil then
     local message = string.match(text, '"message":"(.-)"') or "upstream error"
-    out = generic_body(status, message, meta["event_id"])
+    out = fallback_body(handle, status, message, meta["event_id"])
   end
   body:setBytes(out)
   headers = handle:headers()
