@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench`, `tests`
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
 
 from imagejobs.v1 import jobs_pb2
 from PIL import Image

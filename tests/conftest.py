@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from imagejobs.testing import Stack, free_port, require_binary
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from PIL import Image
 
 from tests.fakes.openai import FakeOpenAI
-from tests.harness import Stack, free_port, require_binary
 
 OPENAI_TEST_KEY = "sk-test-openai-0123456789"
 

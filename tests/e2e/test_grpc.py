@@ -11,9 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from imagejobs.testing import Stack
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
-
-from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
 

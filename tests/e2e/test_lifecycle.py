@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from imagejobs.testing import Stack, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import assert_error_body, mock_request, png, submit, wait_terminal
-from tests.harness import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 

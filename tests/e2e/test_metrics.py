@@ -15,11 +15,11 @@ from imagejobs.config import Settings
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import ProviderError, ProviderRequest, ProviderResult
 from imagejobs.runtime import metrics
+from imagejobs.testing import Stack, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import submit, wait_terminal
-from tests.harness import Stack, require_binary, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,7 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.store import jetstream as connector
 from imagejobs.store.quotas import Quotas
 from imagejobs.store.records import JobStore
-
-from tests.harness import Stack, require_binary
+from imagejobs.testing import Stack, require_binary
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from datetime import datetime
 
 import httpx
 import pytest
+from imagejobs.testing import Stack
 
 from tests.conftest import assert_error_body, decode_image, submit, wait_terminal
-from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
 

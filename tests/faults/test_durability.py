@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from imagejobs.testing import Stack, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import (
@@ -26,7 +27,6 @@ from tests.conftest import (
     wait_terminal,
 )
 from tests.faults.test_faults import completions, job_record
-from tests.harness import Stack, require_binary, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+from imagejobs.testing import Stack, require_binary
 
 from tests.conftest import orphan_via_failpoint
-from tests.harness import Stack, require_binary
 
 pytestmark = pytest.mark.e2e
 

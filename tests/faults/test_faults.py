@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from imagejobs.gateway import envoy as gateway
+from imagejobs.testing import Stack, free_port, require_binary, tcp_open, wait_until
 
 from tests.conftest import assert_error_body, decode_image, png, submit, wait_terminal
-from tests.harness import Stack, free_port, require_binary, tcp_open, wait_until
 
 pytestmark = pytest.mark.e2e
 
