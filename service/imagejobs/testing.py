@@ -17,7 +17,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -29,7 +28,7 @@ from imagejobs.config import Settings, load_settings
 from imagejobs.domain.errors import ConfigError
 from imagejobs.gateway import envoy as gateway
 from imagejobs.runtime import natsd
-from imagejobs.runtime.binaries import find_binary
+from imagejobs.runtime.binaries import find_binary, imagejobs_command
 
 START_TIMEOUT_S = 30.0  # one process, from spawn to ready
 STOP_TIMEOUT_S = 15.0  # one process, from SIGTERM to exit (then SIGKILL)
@@ -147,11 +146,6 @@ def terminate(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = STOP_
             proc.wait()
 
 
-def imagejobs_argv(*args: str) -> list[str]:
-    """The `imagejobs` command run by this Python (works in an unactivated venv)."""
-    return [sys.executable, "-m", "imagejobs", *args]
-
-
 class Stack:
     """nats-server + API + workers + Envoy. `config` is written as the TOML settings file
     `root/imagejobs.toml`, which every process reads (IMAGEJOBS_CONFIG); logs go to
@@ -229,7 +223,7 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         """An API process on `port` (not in the gateway's cluster unless in api_ports)."""
         name = f"api-{port}"
-        proc = self.spawn(name, imagejobs_argv("api", "--port", str(port)), extra_env)
+        proc = self.spawn(name, imagejobs_command("api", "--port", str(port)), extra_env)
         wait_until(
             lambda: tcp_open(port) or proc.poll() is not None, START_TIMEOUT_S, f"api {port}"
         )
@@ -242,7 +236,7 @@ class Stack:
         """One more worker, `worker-<n>`, returned once its log says it is ready."""
         self._worker_seq += 1
         name = f"worker-{self._worker_seq}"
-        proc = self.spawn(name, imagejobs_argv("worker"), extra_env)
+        proc = self.spawn(name, imagejobs_command("worker"), extra_env)
         wait_until(
             lambda: "ready" in self.log(name) or proc.poll() is not None, START_TIMEOUT_S, name
         )
