@@ -104,7 +104,7 @@ def assert_error_body(r: httpx.Response, status: int, message: str | None = None
     """The contract's error body, with the HTTP status equal to status_code."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
+    body: dict[str, Any] = r.json()
     assert body["is_bifrost_error"] is True
     assert body["status_code"] == status
     assert body["error"]["message"]

@@ -93,7 +93,9 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
     return False
 
 
-def wait_until(check: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+def wait_until(
+    check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05
+) -> T:
     """Poll `check` every `interval_s` seconds until it returns something truthy, and
     return that; AssertionError naming `what` after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s

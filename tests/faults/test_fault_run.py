@@ -160,6 +160,7 @@ def records(stack: Stack, ids: set[str]) -> list[dict[str, Any]]:
             out = []
             for job_id in ids:
                 msg = await js.get_msg("KV_JOBS", subject=f"$KV.JOBS.{job_id}", direct=True)
+                assert msg.data is not None
                 out.append(json.loads(msg.data))
             return out
         finally:

@@ -41,7 +41,9 @@ def job_record(stack: Stack, job_id: str) -> dict[str, object]:
         nc = await nats.connect(f"nats://127.0.0.1:{stack.nats_port}")
         try:
             msg = await nc.jetstream().get_msg("KV_JOBS", subject=f"$KV.JOBS.{job_id}", direct=True)
-            return json.loads(msg.data)  # type: ignore[no-any-return]
+            assert msg.data is not None
+            record: dict[str, object] = json.loads(msg.data)
+            return record
         finally:
             await nc.close()
 

@@ -140,11 +140,13 @@ def test_up_with_config_passes_the_file_to_every_child(
     )
     try:
         up.wait_ready()
-        with httpx.Client(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as client:
-            assert_error_body(submit(client, mock_request()), 401)
-            r = submit(client, mock_request("keyed"), **{"x-bf-vk": KEY})
+        url = f"http://127.0.0.1:{gateway_port}"
+        with httpx.Client(base_url=url, timeout=30) as anonymous:
+            assert_error_body(submit(anonymous, mock_request()), 401)
+        with httpx.Client(base_url=url, timeout=30, headers={"x-bf-vk": KEY}) as keyed:
+            r = submit(keyed, mock_request("keyed"))
             assert r.status_code == 202, r.text
-            job = wait_terminal(client, r.json()["id"], **{"x-bf-vk": KEY}).json()
+            job = wait_terminal(keyed, r.json()["id"]).json()
         assert job["status"] == "completed", job
         assert ts(job["expires_at"]) - ts(job["completed_at"]) == pytest.approx(1234, abs=0.01)
         assert "running OPEN" not in (tmp_path / "d" / "logs" / f"api-{api_port}.log").read_text()
