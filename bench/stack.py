@@ -25,26 +25,24 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.gateway import envoy as gateway
 from imagejobs.testing import (
     START_TIMEOUT_S,
+    Samples,
     Stack,
     free_port,
     free_port_run,
+    scrape,
     tcp_open,
     terminate,
     wait_until,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKER_STOP_TIMEOUT_S = 40.0  # a worker drains its in-flight jobs on SIGTERM
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -60,15 +58,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def scrape(port: int) -> Samples:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def metric(samples: Samples, name: str, **labels: str) -> float:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from imagejobs.config import Settings, load_settings
 from imagejobs.domain.errors import ConfigError
@@ -34,6 +35,9 @@ START_TIMEOUT_S = 30.0  # one process, from spawn to ready
 STOP_TIMEOUT_S = 15.0  # one process, from SIGTERM to exit (then SIGKILL)
 
 T = TypeVar("T")
+
+# One Prometheus scrape: (metric name, its labels) -> value.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # A settings table as to_toml writes it: scalars, lists, and nested tables as dicts.
 TomlTable = Mapping[str, object]
@@ -91,6 +95,16 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, timeout=timeout_s).status_code == 200
     return False
+
+
+def scrape(port: int, timeout_s: float = 5.0) -> Samples:
+    """Every sample that the /metrics endpoint on loopback `port` serves now."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def wait_until(
