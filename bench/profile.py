@@ -6,7 +6,8 @@
     .venv/bin/python bench/profile.py large    # API process serving 16 MB polls
 
 Prints the top functions by inclusive and by self time (share of samples), and writes
-the collapsed stacks (for flamegraph tools) next to the output with --out.
+the collapsed stacks (for flamegraph tools) to --out, by default
+`bench/out/profile-<what>.collapsed` (bench/out/ is git-ignored: generated, never tracked).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
 
 from bench import load
 from bench.run import FULL, GEN_BODY, SUBMIT_PATH, burst, fetch, multipart, noise_png
 from bench.stack import BenchStack, Completions, job_id
 
 NATIVE = False
+OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored
 
 
 def py_spy() -> str:
@@ -124,13 +126,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("submit", "e2e", "large"))
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--out", type=Path, default=Path("profile.collapsed"))
+    parser.add_argument("--out", type=Path, help=f"default {OUT_DIR}/profile-WHAT.collapsed")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="C/C++ frames too (slower)")
     args = parser.parse_args()
     global NATIVE
     NATIVE = args.native
-    asyncio.run(main_async(args.what, args.seconds, args.out, args.top))
+    out: Path = args.out or OUT_DIR / f"profile-{args.what}.collapsed"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main_async(args.what, args.seconds, out, args.top))
+    print(f"collapsed stacks in {out}")
 
 
 if __name__ == "__main__":

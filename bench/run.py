@@ -30,14 +30,15 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench`, `tests`
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
 
+from imagejobs.testing import Samples
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 
 from bench import load
 from bench.load import LoadResult, percentile
-from bench.stack import BenchStack, Completions, Samples, job_id, memory_kb, metric
+from bench.stack import BenchStack, Completions, job_id, memory_kb, metric
 
 GEN_BODY = {"model": "mock/m", "prompt": "bench", "size": "16x16"}
 SUBMIT_PATH = "/v1/async/images/generations"

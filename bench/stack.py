@@ -1,7 +1,7 @@
 """The processes a bench run needs, all on free loopback ports under one temp dir:
 
-- our stack (tests.harness.Stack: nats-server, API processes, workers, Envoy over every
-  API), plus a second Envoy over API 0 alone, for 1-vs-2-API runs;
+- our stack (imagejobs.testing.Stack: nats-server, API processes, workers, Envoy over
+  every API), plus a second Envoy over API 0 alone, for 1-vs-2-API runs;
 - baseline (c) REST: an Envoy that answers every request itself (bench/direct_envoy.yaml);
 - baseline (c) RPC: the no-op grpc.aio servicer (bench/noop_server.py) behind an Envoy
   rendered by the very same code as ours (imagejobs.gateway).
@@ -16,52 +16,33 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import re
-import signal
-import socket
 import string
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 from imagejobs import gateway
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.harness import Stack, free_port, tcp_open, wait_until
+from imagejobs.testing import (
+    START_TIMEOUT_S,
+    Samples,
+    Stack,
+    free_port,
+    free_port_run,
+    scrape,
+    tcp_open,
+    terminate,
+    wait_until,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
-START_TIMEOUT_S = 30.0
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port_run(length: int) -> int:
-    """A base port with `length` free ports from it, below the kernel's ephemeral range
-    (where every `free_port()` of the stack comes from), so none of them can take one."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10_000, max(low, 10_001 + length) - length)
-        if all(_bindable(base + i) for i in range(length)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+WORKER_STOP_TIMEOUT_S = 40.0  # a worker drains its in-flight jobs on SIGTERM
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -77,15 +58,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def scrape(port: int) -> Samples:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def metric(samples: Samples, name: str, **labels: str) -> float:
@@ -110,7 +82,6 @@ class BenchStack:
         self.stack = Stack(root / "stack", config, workers=0, apis=apis)
         self.settings: Settings = self.stack.settings
         self.workers: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.others: dict[str, subprocess.Popen[bytes]] = {}
         self.gateway_one_api = 0  # an Envoy over API 0 only
         self.direct_port = 0  # baseline: Envoy answering directly
         self.noop_grpc_port = 0  # baseline: the no-op servicer ...
@@ -119,37 +90,21 @@ class BenchStack:
     # --- starting ---------------------------------------------------------------------
 
     def start(self) -> BenchStack:
-        self.stack.start()  # nats, APIs, Envoy over all APIs; no workers yet
-        self.gateway_one_api = self._envoy_for("gw-api0", [self.stack.api_ports[0]])
+        """Our stack (nats, APIs, Envoy over all APIs; no workers yet), then the extra
+        Envoy over API 0 and both baselines. Every process lives in `self.stack.procs`."""
+        self.stack.start()
+        self.gateway_one_api = self.stack.start_envoy("gw-api0", [self.stack.api_ports[0]])
         self.noop_grpc_port = free_port()
-        self._spawn(
+        self.stack.spawn(
             "noop",
             [sys.executable, "-m", "bench.noop_server", "--port", str(self.noop_grpc_port)],
+            {"PYTHONPATH": str(BENCH_DIR.parent)},  # `bench` is not installed
             cwd=BENCH_DIR.parent,
         )
         wait_until(lambda: tcp_open(self.noop_grpc_port), START_TIMEOUT_S, "noop servicer")
-        self.noop_gateway_port = self._envoy_for("gw-noop", [self.noop_grpc_port])
+        self.noop_gateway_port = self.stack.start_envoy("gw-noop", [self.noop_grpc_port])
         self.direct_port = self._direct_envoy()
         return self
-
-    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
-        log = (self.root / f"{name}.log").open("ab")
-        env = self.stack.env()
-        env["PYTHONPATH"] = str(BENCH_DIR.parent)
-        self.others[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
-        )
-
-    def _envoy_for(self, name: str, api_ports: list[int]) -> int:
-        """Another Envoy from our template, in front of `api_ports` only."""
-        port = free_port()
-        settings = self.settings.model_copy(
-            update={"gateway_port": port, "gateway_admin_port": free_port()}
-        )
-        config = gateway.render(settings, self.root / name, [("127.0.0.1", p) for p in api_ports])
-        self._spawn(name, gateway.command(config))
-        wait_until(lambda: _healthy(port), START_TIMEOUT_S, f"{name} /health")
-        return port
 
     def _direct_envoy(self) -> int:
         port = free_port()
@@ -158,42 +113,22 @@ class BenchStack:
         )
         config = self.root / "direct_envoy.yaml"
         config.write_text(text)
-        self._spawn("gw-direct", gateway.command(config))
+        self.stack.spawn("gw-direct", gateway.command(config))
         wait_until(lambda: tcp_open(port), START_TIMEOUT_S, "direct envoy")
         return port
 
     def start_workers(self, count: int, env: dict[str, str] | None = None) -> None:
-        saved = dict(self.stack.extra_env)
-        self.stack.extra_env.update(env or {})
-        try:
-            for _ in range(count):
-                self.workers.append(self.stack.start_worker())
-        finally:
-            self.stack.extra_env = saved
+        """`count` more workers, each with `env` added to its environment."""
+        for _ in range(count):
+            self.workers.append(self.stack.start_worker(env))
 
     def stop_workers(self) -> None:
-        for _, proc in self.workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in self.workers:
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Stop the running workers (each drains its in-flight jobs first)."""
+        terminate((proc for _, proc in self.workers), WORKER_STOP_TIMEOUT_S)
         self.workers = []
 
     def stop(self) -> None:
         self.stop_workers()
-        for proc in self.others.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.others.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         self.stack.stop()
 
     # --- looking in ------------------------------------------------------------------
@@ -220,7 +155,7 @@ class BenchStack:
         """CPU time (user + system) so far of each process a submit and job touch."""
         procs = {
             "API": self.stack.procs[f"api-{self.stack.api_ports[0]}"],
-            "Envoy": self.others["gw-api0"],
+            "Envoy": self.stack.procs["gw-api0"],
             "nats": self.stack.procs["nats"],
         }
         for i, (_, proc) in enumerate(self.workers):
@@ -238,13 +173,7 @@ class BenchStack:
             await nc.close()
 
 
-def _healthy(port: int) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    return False
-
-
-def _merge(parts: Any) -> Samples:
+def _merge(parts: Iterable[Samples]) -> Samples:
     merged: Samples = {}
     for samples in parts:
         for key, value in samples.items():

@@ -11,5 +11,5 @@ BIN="$(dirname "$PY")"
 "$BIN/buf" lint
 "$BIN/ruff" check service tests scripts bench
 "$BIN/ruff" format --check service tests scripts bench
-"$BIN/mypy"
+"$BIN/mypy"  # strict, on service/imagejobs, tests and bench ([tool.mypy] files)
 "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from imagejobs.testing import Stack, free_port, require_binary
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from PIL import Image
 
 from tests.fakes.openai import FakeOpenAI
-from tests.harness import Stack, free_port, require_binary
 
 OPENAI_TEST_KEY = "sk-test-openai-0123456789"
 
@@ -104,7 +104,7 @@ def assert_error_body(r: httpx.Response, status: int, message: str | None = None
     """The contract's error body, with the HTTP status equal to status_code."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
+    body: dict[str, Any] = r.json()
     assert body["is_bifrost_error"] is True
     assert body["status_code"] == status
     assert body["error"]["message"]

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.harness import require_binary
+from imagejobs.testing import require_binary
 
 pytestmark = pytest.mark.e2e
 

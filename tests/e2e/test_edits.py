@@ -155,7 +155,12 @@ def test_variation_uses_only_the_first_image(client: httpx.Client, fake_openai: 
         ),
     ],
 )
-def test_edit_400s(client: httpx.Client, data: dict[str, str], files: list, message: str) -> None:  # type: ignore[type-arg]
+def test_edit_400s(
+    client: httpx.Client,
+    data: dict[str, str],
+    files: list[tuple[str, tuple[str, bytes, str]]],
+    message: str,
+) -> None:
     r = client.post("/v1/async/images/edits", data=data, files=files or {"dummy": ("", b"")})
     if not files:  # httpx needs a file to send multipart; send an empty unrelated part
         pass

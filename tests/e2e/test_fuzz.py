@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.harness import Stack, require_binary
+from imagejobs.testing import Stack, require_binary
 
 pytestmark = pytest.mark.e2e
 

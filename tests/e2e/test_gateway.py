@@ -20,9 +20,8 @@ from imagejobs import gateway
 from imagejobs.config import Settings
 from imagejobs.domain.errors import ErrorBody
 from imagejobs.gateway import bootstrap, envoy
+from imagejobs.testing import free_port, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
-
-from tests.harness import free_port, require_binary, wait_until
 
 pytestmark = pytest.mark.e2e
 

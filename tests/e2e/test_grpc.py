@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from imagejobs.testing import Stack
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
-
-from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +48,7 @@ def test_submit_and_get(channel: grpc.Channel) -> None:
     assert not job.HasField("status_code")
     done = wait_done(stub, "generations", job.id)
     assert done.status == "completed" and done.status_code == 200
-    data = done.result["data"]
+    data = json_format.MessageToDict(done.result)["data"]
     assert len(data) == 2 and data[0]["b64_json"]
 
 

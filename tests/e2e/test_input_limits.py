@@ -21,11 +21,11 @@ from imagejobs.api.requests import Limits, from_proto
 from imagejobs.domain import constants
 from imagejobs.domain.errors import InvalidRequest
 from imagejobs.domain.kinds import Kind
+from imagejobs.testing import Stack
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 
 from tests.conftest import assert_error_body, png, submit, wait_terminal
-from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -16,12 +16,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from imagejobs.testing import Stack, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import assert_error_body, mock_request, submit, wait_terminal
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstream import FakeResponse
-from tests.harness import Stack, require_binary, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from imagejobs.testing import Stack, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import assert_error_body, mock_request, png, submit, wait_terminal
-from tests.harness import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -191,7 +193,7 @@ def test_grpc_cancel(stack: Stack) -> None:
                     model="mock/m",
                     prompt="g",
                     size="16x16",
-                    extra={"mock_latency_ms": 20_000},
+                    extra=json_format.ParseDict({"mock_latency_ms": 20_000}, Struct()),
                 ),
             )
         )
@@ -265,7 +267,10 @@ def test_grpc_watch_sends_each_state_in_order(stack: Stack) -> None:
             jobs_pb2.SubmitImageJobRequest(
                 kind="generations",
                 request=jobs_pb2.ImageRequest(
-                    model="mock/m", prompt="w", size="16x16", extra={"mock_latency_ms": 700}
+                    model="mock/m",
+                    prompt="w",
+                    size="16x16",
+                    extra=json_format.ParseDict({"mock_latency_ms": 700}, Struct()),
                 ),
             )
         )

@@ -3,10 +3,7 @@ was submitted and how each job ended, on each process's own /metrics port."""
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import httpx
@@ -15,50 +12,17 @@ from imagejobs.config import Settings
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import ProviderError, ProviderRequest, ProviderResult
 from imagejobs.runtime import metrics
+from imagejobs.testing import Samples, Stack, free_port_run, require_binary, scrape, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import submit, wait_terminal
-from tests.harness import Stack, require_binary, wait_until
 
 pytestmark = pytest.mark.e2e
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 OK_JOBS = 12
 FAILING_JOBS = 3  # the mock answers 400: failed at once, no retry
 INVALID_SUBMITS = 2  # no prompt: 400 invalid_request
 BAD_KIND_SUBMITS = 1  # gRPC, kind "bogus"
-
-
-def free_port_run(length: int) -> int:
-    """A base port with `length` free ports from it, below the kernel's ephemeral range
-    (where every `free_port()` of the stack comes from), so none of them can take one."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10_000, max(low, 10_001 + length) - length)
-        if all(_bindable(base + i) for i in range(length)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def scrape(port: int) -> Samples:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

@@ -55,7 +55,7 @@ def test_the_spec_is_valid_openapi_3_1() -> None:
 def _binding_paths() -> set[tuple[str, str]]:
     """(METHOD, path) of every google.api.http binding, `{kind=edits}` written `edits`."""
     service = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"]
-    found = set()
+    found: set[tuple[str, str]] = set()
     for method in service.methods:
         options = method.GetOptions()
         if not options.HasExtension(annotations_pb2.http):
@@ -72,7 +72,7 @@ def _binding_paths() -> set[tuple[str, str]]:
 def _spec_paths() -> set[tuple[str, str]]:
     """(METHOD, path) of every operation in the spec, `{kind}` expanded to its enum."""
     kinds = SPEC["components"]["schemas"]["Kind"]["enum"]
-    found = set()
+    found: set[tuple[str, str]] = set()
     for template, item in SPEC["paths"].items():
         for verb in METHODS:
             if verb not in item:
@@ -321,7 +321,12 @@ def test_the_job_schema_rejects_fields_out_of_place() -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     pending = {"id": str(uuid.uuid4()), "request_id": "r", "status": "pending", "created_at": now}
     _validate(pending, "/components/schemas/Job")
-    for extra in ({"status_code": 200}, {"result": {"data": []}}, {"completed_at": now}):
+    extras: list[dict[str, object]] = [
+        {"status_code": 200},
+        {"result": {"data": []}},
+        {"completed_at": now},
+    ]
+    for extra in extras:
         with pytest.raises(AssertionError):
             _validate({**pending, **extra}, "/components/schemas/Job")
     with pytest.raises(AssertionError):  # completed without a result

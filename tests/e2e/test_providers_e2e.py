@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from imagejobs.testing import Stack, require_binary
 from PIL import Image
 
 from tests.conftest import decode_image, submit, wait_terminal
@@ -36,7 +37,6 @@ from tests.fakes.replicate import FakeReplicate
 from tests.fakes.stability import FakeStability
 from tests.fakes.upstream import FakeRequest, FakeResponse
 from tests.fakes.vertex import FakeVertex
-from tests.harness import Stack, require_binary
 
 pytestmark = pytest.mark.e2e
 

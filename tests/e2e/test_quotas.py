@@ -15,11 +15,11 @@ from imagejobs.domain.errors import RateLimited
 from imagejobs.domain.jobs import Job, StoredRequest
 from imagejobs.domain.keys import KeyPolicy
 from imagejobs.domain.kinds import Kind
+from imagejobs.domain.models import ModelRef
 from imagejobs.store import jetstream as connector
 from imagejobs.store.quotas import Quotas
 from imagejobs.store.records import JobStore
-
-from tests.harness import Stack, require_binary
+from imagejobs.testing import Stack, require_binary
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def job(job_id: str) -> Job:
         request_id="r",
         created_at=time.time(),
         ttl_s=60,
-        request=StoredRequest(model="mock/m", prompt="p"),
+        request=StoredRequest(model=ModelRef.parse("mock/m"), prompt="p"),
     )
 
 

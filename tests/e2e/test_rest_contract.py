@@ -9,10 +9,10 @@ from datetime import datetime
 import grpc
 import httpx
 import pytest
+from imagejobs.testing import Stack
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import assert_error_body, decode_image, submit, wait_terminal
-from tests.harness import Stack
 
 pytestmark = pytest.mark.e2e
 

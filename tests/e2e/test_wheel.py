@@ -20,8 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.harness import free_port, tcp_open, wait_until
+from imagejobs.testing import free_port, tcp_open, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.wheel, pytest.mark.timeout(600)]
 

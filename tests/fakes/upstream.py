@@ -45,7 +45,8 @@ class FakeRequest:
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             filename = part.get_filename()
-            payload = part.get_payload(decode=True) or b""
+            decoded = part.get_payload(decode=True)  # bytes for a leaf part (None if empty)
+            payload = decoded if isinstance(decoded, bytes) else b""
             if filename is not None:
                 files.setdefault(str(name), []).append((filename, part.get_content_type(), payload))
             else:

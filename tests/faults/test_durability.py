@@ -16,6 +16,9 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from imagejobs.testing import Stack, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import (
@@ -26,7 +29,6 @@ from tests.conftest import (
     wait_terminal,
 )
 from tests.faults.test_faults import completions, job_record
-from tests.harness import Stack, require_binary, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +156,10 @@ def test_api_shutdown_answers_long_polls_at_once(small_stack: Stack) -> None:
             jobs_pb2.SubmitImageJobRequest(
                 kind="generations",
                 request=jobs_pb2.ImageRequest(
-                    model="mock/m", prompt="w", size="16x16", extra={"mock_latency_ms": 8000}
+                    model="mock/m",
+                    prompt="w",
+                    size="16x16",
+                    extra=json_format.ParseDict({"mock_latency_ms": 8000}, Struct()),
                 ),
             )
         )

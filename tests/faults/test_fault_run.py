@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+from imagejobs.testing import Stack, require_binary
 
 from tests.conftest import orphan_via_failpoint
-from tests.harness import Stack, require_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -160,6 +160,7 @@ def records(stack: Stack, ids: set[str]) -> list[dict[str, Any]]:
             out = []
             for job_id in ids:
                 msg = await js.get_msg("KV_JOBS", subject=f"$KV.JOBS.{job_id}", direct=True)
+                assert msg.data is not None
                 out.append(json.loads(msg.data))
             return out
         finally:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from imagejobs.api.requests import Limits, from_json_object
 from imagejobs.config import load_settings
-from imagejobs.domain.errors import ConfigError, InvalidRequest
+from imagejobs.domain.errors import ConfigError, InvalidRequest, InvalidTransition
 from imagejobs.domain.jobs import (
-    InvalidTransition,
     Job,
     Status,
     StoredError,
@@ -17,6 +18,7 @@ from imagejobs.domain.jobs import (
     resolve_ttl,
 )
 from imagejobs.domain.kinds import Kind
+from imagejobs.domain.models import ModelRef
 
 
 def job() -> Job:
@@ -26,7 +28,7 @@ def job() -> Job:
         request_id="r",
         created_at=time.time(),
         ttl_s=60,
-        request=StoredRequest(model="mock/m", prompt="p"),
+        request=StoredRequest(model=ModelRef.parse("mock/m"), prompt="p"),
     )
 
 
@@ -37,7 +39,8 @@ def test_transitions_follow_the_table() -> None:
     assert again.deliveries == 2
     failed = again.fail(StoredError(status_code=503, type="x", message="m"), 10.0)
     assert failed.status_code == 503 and failed.expires_at == 70.0
-    for move in (lambda j: j.claim("w", 1.0), lambda j: j.cancel(1.0)):
+    moves: list[Callable[[Job], Job]] = [lambda j: j.claim("w", 1.0), lambda j: j.cancel(1.0)]
+    for move in moves:
         with pytest.raises(InvalidTransition):
             move(failed)
     assert Job.loads(failed.dumps()) == failed
@@ -65,7 +68,7 @@ def test_ttl_is_capped() -> None:
     assert resolve_ttl("999999", 3600, 86400) == 86400
 
 
-def test_bad_config_fails_with_the_setting_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_config_fails_with_the_setting_named(tmp_path: Path) -> None:
     bad = tmp_path / "c.toml"
     bad.write_text("gateway_port = 'eighty'\n")
     with pytest.raises(ConfigError, match="gateway_port"):
@@ -77,7 +80,9 @@ def test_bad_config_fails_with_the_setting_named(tmp_path) -> None:  # type: ign
         load_settings(tmp_path / "missing.toml")
 
 
-def test_provider_keys_come_from_the_environment(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_provider_keys_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[providers.openai]\nkeys = [{env = "MY_KEY"}]\n')
     monkeypatch.setenv("MY_KEY", "sk-secret-1234")
@@ -118,7 +123,7 @@ def _done_job(completed_at: float) -> Job:
         request_id="r",
         created_at=completed_at - 0.25,
         ttl_s=60,
-        request=StoredRequest(model="mock/m", prompt="p"),
+        request=StoredRequest(model=ModelRef.parse("mock/m"), prompt="p"),
     )
     return job.claim("w", completed_at - 0.1).complete(result, completed_at)
 

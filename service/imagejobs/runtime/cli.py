@@ -76,7 +76,8 @@ def up(
     nats_port: int | None,
     data_dir: str | None,
 ) -> None:
-    """Start nats-server, the API, workers and Envoy; Ctrl-C stops them all."""
+    """Start nats-server, the API, workers and Envoy; Ctrl-C stops them all. Each of
+    them reads the same --config file."""
     from imagejobs.runtime.supervisor import run_up
 
     settings = _settings(
@@ -92,7 +93,7 @@ def up(
         settings = settings.model_copy(
             update={"api_ports": tuple(range(first, first + api_processes))}
         )
-    _run(run_up(settings))
+    _run(run_up(settings, ctx.obj.get("config")))
 
 
 @main.command()
@@ -149,10 +150,6 @@ def nats(ctx: click.Context, host: str) -> None:
     os.execv(argv[0], argv)
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command(name="new-key")
 @click.argument("key_id")
 def new_key(key_id: str) -> None:
@@ -170,3 +167,8 @@ def hash_key() -> None:
     if not key:
         raise click.ClickException("no key on stdin")
     click.echo(key_hash(key))
+
+
+# Last, after every command is registered (`python -m imagejobs` runs __main__.py instead).
+if __name__ == "__main__":
+    main()
