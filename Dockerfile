@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY . /app
-RUN pip install --no-cache-dir -e . && useradd --create-home imagejobs && mkdir -p /data && chown imagejobs /data
+RUN pip install --no-cache-dir . && useradd --create-home imagejobs && mkdir -p /data && chown imagejobs /data
 USER imagejobs
 ENV IMAGEJOBS_DATA_DIR=/data
 EXPOSE 8080 50051 4222
