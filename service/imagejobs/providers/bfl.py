@@ -26,23 +26,23 @@ task may well succeed). Everything else (`Pending`, ...) is polled again.
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
 from typing import Any
 
 import httpx
 
+from imagejobs.domain.errors import ErrorCode, ErrorType
 from imagejobs.domain.kinds import Kind
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
+    BadUpstreamResponse,
     ProviderConfig,
     ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
-    download,
+    b64,
     fan_out,
+    invalid_input,
     seed_for,
-    send,
 )
 from imagejobs.providers.normalize import (
     OPENAI_STYLE_PARAMS,
@@ -52,10 +52,14 @@ from imagejobs.providers.normalize import (
     transparent_to_white_mask,
     without,
 )
-from imagejobs.providers.polling import TaskDoc, TaskStates, follow_task, json_object
+from imagejobs.providers.polling import DEFAULT_POLL_INTERVAL_S, TaskAdapter, TaskDoc, TaskStates
 
-NAME = "bfl"
-DEFAULT_BASE_URL = "https://api.bfl.ai"
+VENDOR = Vendor(
+    name="bfl",
+    key_env="BFL_API_KEY",
+    base_url="https://api.bfl.ai",
+    options={"poll_interval_s": DEFAULT_POLL_INTERVAL_S},
+)
 STATES = TaskStates(
     succeeded=frozenset({"Ready"}),
     failed=frozenset({"Request Moderated", "Content Moderated", "Error", "Task not found"}),
@@ -70,31 +74,23 @@ DROPPED = OPENAI_STYLE_PARAMS | {
 }
 
 
-class BflProvider:
+class BflProvider(TaskAdapter):
     """Runs FLUX generations and edits as BFL tasks, one image per task."""
 
-    name = NAME
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION, Kind.EDIT})
+    states = STATES
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
         key = self._config.require_key()
         if not request.model or "/" in request.model:
-            raise ProviderError(
+            raise invalid_input(
                 f"bfl model must be an endpoint name such as flux-pro-1.1, got {request.model!r}",
-                status_code=400,
-                type="invalid_request_error",
-                code="model_not_found",
-                param="model",
+                "model",
+                ErrorCode.MODEL_NOT_FOUND,
             )
         body = await task_body(request)
-        deadline = time.monotonic() + self._config.timeout_s
+        deadline = self.deadline()
 
         async def one_task(_count: int, index: int) -> ProviderResult:
             seed = body.get("seed")
@@ -103,45 +99,26 @@ class BflProvider:
 
         return await fan_out(request, 1, one_task)
 
+    def task_error(self, doc: TaskDoc, status: str) -> ProviderError:
+        return task_error(doc, status)
+
     async def _one(self, model: str, body: TaskDoc, key: str, deadline: float) -> ProviderResult:
         headers = {"x-key": key, "Accept": "application/json"}
-        response = await send(
-            self._http,
-            self._http.build_request(
-                "POST", f"{self._base}/v1/{model}", json=body, headers=headers
-            ),
-            provider=self.name,
-            timeout_s=self._config.timeout_s,
+        url = f"{self.base_url}/v1/{model}"
+        created = await self.create(
+            self._http.build_request("POST", url, json=body, headers=headers)
         )
-        created = json_object(response, self.name)
-        final = await follow_task(
-            self._http,
-            self._polling_url(created),
-            provider=self.name,
-            headers=headers,
-            states=STATES,
-            on_failure=task_error,
-            interval_s=self._config.poll_interval_s,
-            deadline=deadline,
-            timeout_s=self._config.timeout_s,
-        )
+        final = await self.follow(self._polling_url(created), headers=headers, deadline=deadline)
         result = final.get("result")
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
             raise ProviderError(
                 "bfl task is Ready without result.sample",
                 status_code=502,
-                type="upstream_error",
-                code="no_output",
+                type=ErrorType.UPSTREAM,
+                code=ErrorCode.NO_OUTPUT,
             )
-        image = await download(
-            self._http,
-            sample,
-            provider=self.name,
-            timeout_s=self._config.timeout_s,  # its own budget: the result is paid for
-            max_bytes=self._config.max_download_bytes,
-        )
-        return ProviderResult(images=(image,))
+        return ProviderResult(images=(await self.download(sample),))
 
     def _polling_url(self, created: TaskDoc) -> str:
         url = created.get("polling_url")
@@ -149,17 +126,8 @@ class BflProvider:
             return url
         task_id = created.get("id")
         if not isinstance(task_id, str) or not task_id:
-            raise ProviderError(
-                "bfl returned a task without id or polling_url",
-                status_code=502,
-                type="upstream_error",
-                code="invalid_response",
-            )
-        return f"{self._base}/v1/get_result?id={task_id}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+            raise BadUpstreamResponse(self.name, "a task without id or polling_url")
+        return f"{self.base_url}/v1/get_result?id={task_id}"
 
 
 def _uses_aspect_ratio(model: str) -> bool:
@@ -188,14 +156,14 @@ async def task_body(request: ProviderRequest) -> dict[str, Any]:
             body["height"] = _round(height)
     if request.kind is Kind.EDIT and request.images:
         if is_fill:
-            body["image"] = _b64(request.images[0].data)
+            body["image"] = b64(request.images[0].data)
             if request.mask is not None:
                 mask = await asyncio.to_thread(transparent_to_white_mask, request.mask.data)
-                body["mask"] = _b64(mask)
+                body["mask"] = b64(mask)
         else:
-            body["input_image"] = _b64(request.images[0].data)
+            body["input_image"] = b64(request.images[0].data)
             for index, extra in enumerate(request.images[1:4], start=2):
-                body[f"input_image_{index}"] = _b64(extra.data)
+                body[f"input_image_{index}"] = b64(extra.data)
     return body
 
 
@@ -211,22 +179,22 @@ def task_error(task: TaskDoc, status: str) -> ProviderError:
         return ProviderError(
             f"bfl task {status.lower()}{suffix}",
             status_code=400,
-            type="invalid_request_error",
-            code="content_filtered",
+            type=ErrorType.INVALID_REQUEST,
+            code=ErrorCode.CONTENT_FILTERED,
         )
     if status == "Task not found":
         return ProviderError(
             f"bfl task not found{suffix}",
             status_code=500,
-            type="upstream_error",
-            code="task_not_found",
+            type=ErrorType.UPSTREAM,
+            code=ErrorCode.TASK_NOT_FOUND,
             retryable=True,
         )
     return ProviderError(
         f"bfl task failed{suffix}",
         status_code=500,
-        type="upstream_error",
-        code="task_failed",
+        type=ErrorType.UPSTREAM,
+        code=ErrorCode.TASK_FAILED,
     )
 
 

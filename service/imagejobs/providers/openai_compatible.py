@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import httpx
 
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import Provider, ProviderConfig
 from imagejobs.providers.openai import OpenAIProvider
+
+VENDOR = Vendor(name="openai-compatible")  # no default key variable, no public endpoint
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
     """The openai adapter with a required base URL and an optional key."""
 
-    name = "openai-compatible"
-    default_base_url = ""
+    vendor = VENDOR
     requires_key = False
     requires_base_url = True
 

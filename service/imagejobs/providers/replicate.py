@@ -29,21 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any
 
 import httpx
 
+from imagejobs.domain.errors import ErrorCode, ErrorType
 from imagejobs.domain.kinds import Kind
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
+    BadUpstreamResponse,
     ImageOut,
     ProviderConfig,
     ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
-    download,
-    send,
+    invalid_input,
 )
 from imagejobs.providers.normalize import (
     OPENAI_STYLE_PARAMS,
@@ -53,16 +53,20 @@ from imagejobs.providers.normalize import (
     without,
 )
 from imagejobs.providers.polling import (
+    DEFAULT_POLL_INTERVAL_S,
+    TaskAdapter,
     TaskDoc,
     TaskStates,
     data_url,
     decode_data_url,
-    follow_task,
-    json_object,
 )
 
-NAME = "replicate"
-DEFAULT_BASE_URL = "https://api.replicate.com"
+VENDOR = Vendor(
+    name="replicate",
+    key_env="REPLICATE_API_TOKEN",
+    base_url="https://api.replicate.com",
+    options={"poll_interval_s": DEFAULT_POLL_INTERVAL_S},
+)
 STATES = TaskStates(
     succeeded=frozenset({"succeeded"}),
     failed=frozenset({"failed", "canceled", "aborted"}),
@@ -72,55 +76,34 @@ VERSION_ID = re.compile(r"[0-9a-f]{64}")
 DROPPED = OPENAI_STYLE_PARAMS
 
 
-class ReplicateProvider:
+class ReplicateProvider(TaskAdapter):
     """Runs generations and edits as Replicate predictions."""
 
-    name = NAME
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION, Kind.EDIT})
+    states = STATES
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
-        return await self._run(request, self._config.require_key())
-
-    async def _run(self, request: ProviderRequest, token: str) -> ProviderResult:
-        deadline = time.monotonic() + self._config.timeout_s
-        auth = {"Authorization": f"Bearer {token}"}
-        url, body = create_call(self._base, request.model, await prediction_input(request))
-        response = await send(
-            self._http,
-            self._http.build_request("POST", url, json=body, headers=auth),
-            provider=self.name,
-            timeout_s=self._config.timeout_s,
-        )
-        created = json_object(response, self.name)
-        final = await follow_task(
-            self._http,
-            self._status_url(created),
-            provider=self.name,
-            headers=auth,
-            states=STATES,
-            on_failure=prediction_error,
-            interval_s=self._config.poll_interval_s,
-            deadline=deadline,
-            timeout_s=self._config.timeout_s,
-            first=created,
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
+        deadline = self.deadline()
+        auth = {"Authorization": f"Bearer {self._config.require_key()}"}
+        url, body = create_call(self.base_url, request.model, await prediction_input(request))
+        created = await self.create(self._http.build_request("POST", url, json=body, headers=auth))
+        final = await self.follow(
+            self._status_url(created), headers=auth, deadline=deadline, first=created
         )
         urls = output_urls(final)
         if not urls:
             raise ProviderError(
                 "replicate prediction succeeded without output",
                 status_code=502,
-                type="upstream_error",
-                code="no_output",
+                type=ErrorType.UPSTREAM,
+                code=ErrorCode.NO_OUTPUT,
             )
         images = await asyncio.gather(*(self._fetch(u) for u in urls))
         return ProviderResult(images=tuple(images))
+
+    def task_error(self, doc: TaskDoc, status: str) -> ProviderError:
+        return prediction_error(doc, status)
 
     def _status_url(self, created: TaskDoc) -> str:
         urls = created.get("urls")
@@ -128,24 +111,13 @@ class ReplicateProvider:
             return str(urls["get"])
         prediction_id = created.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
-            raise ProviderError(
-                "replicate returned a prediction without id or urls.get",
-                status_code=502,
-                type="upstream_error",
-                code="invalid_response",
-            )
-        return f"{self._base}/v1/predictions/{prediction_id}"
+            raise BadUpstreamResponse(self.name, "a prediction without id or urls.get")
+        return f"{self.base_url}/v1/predictions/{prediction_id}"
 
     async def _fetch(self, url: str) -> ImageOut:
         if url.startswith("data:"):
             return decode_data_url(url, self.name)
-        return await download(
-            self._http,
-            url,
-            provider=self.name,
-            timeout_s=self._config.timeout_s,  # its own budget: the result is paid for
-            max_bytes=self._config.max_download_bytes,
-        )
+        return await self.download(url)
 
 
 def create_call(base: str, model: str, model_input: dict[str, Any]) -> tuple[str, TaskDoc]:
@@ -157,12 +129,10 @@ def create_call(base: str, model: str, model_input: dict[str, Any]) -> tuple[str
         return f"{base}/v1/predictions", {"version": model, "input": model_input}
     owner, sep, name = model.partition("/")
     if not sep or not owner or not name or "/" in name:
-        raise ProviderError(
+        raise invalid_input(
             f"replicate model must be <owner>/<name>[:<version>], got {model!r}",
-            status_code=400,
-            type="invalid_request_error",
-            code="model_not_found",
-            param="model",
+            "model",
+            ErrorCode.MODEL_NOT_FOUND,
         )
     return f"{base}/v1/models/{owner}/{name}/predictions", {"input": model_input}
 
@@ -211,15 +181,16 @@ def prediction_error(prediction: TaskDoc, status: str) -> ProviderError:
         return ProviderError(
             f"replicate prediction aborted: {text}",
             status_code=503,
-            type="upstream_error",
-            code="prediction_aborted",
+            type=ErrorType.UPSTREAM,
+            code=ErrorCode.PREDICTION_ABORTED,
             retryable=True,
         )
+    canceled = status == "canceled"
     return ProviderError(
         f"replicate prediction {status}: {text}",
         status_code=500,
-        type="upstream_error",
-        code=f"prediction_{status}",
+        type=ErrorType.UPSTREAM,
+        code=ErrorCode.PREDICTION_CANCELED if canceled else ErrorCode.PREDICTION_FAILED,
     )
 
 

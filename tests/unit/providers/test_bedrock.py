@@ -408,4 +408,4 @@ async def test_refusals_send_nothing(fake: FakeBedrock, http: httpx.AsyncClient)
 
 async def test_default_endpoint_is_regional(http: httpx.AsyncClient) -> None:
     provider = bedrock.build(ProviderConfig(name="bedrock", region="ap-southeast-2"), http)
-    assert provider._base == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"
+    assert provider.base_url == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"

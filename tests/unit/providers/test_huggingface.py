@@ -283,4 +283,4 @@ async def test_unexpected_success_body(fake: FakeHuggingFace, http: httpx.AsyncC
     )
     with pytest.raises(ProviderError) as info:
         await provider_for(fake, http).run(gen(f"hf-inference/{FLUX}"))
-    assert info.value.code == "bad_response"
+    assert (info.value.status_code, info.value.code) == (502, "invalid_upstream_response")
