@@ -19,22 +19,21 @@ import abc
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
+from imagejobs.domain.errors import ProviderError, ProviderNotConfigured, UnsupportedOperation
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
     SYSTEM_CLOCK,
     Clock,
     ImageOut,
     JSONValue,
+    Provider,
     ProviderConfig,
-    ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
 )
 from imagejobs.providers.upstream import UpstreamError, download, parse_error, send
 
@@ -180,3 +179,9 @@ class Adapter(abc.ABC):
             timeout_s=self._config.timeout_s,
             max_bytes=self._config.max_download_bytes,
         )
+
+
+if TYPE_CHECKING:
+
+    def _is_a_provider(adapter: Adapter) -> Provider:
+        return adapter  # mypy checks here that every adapter meets the Protocol

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import httpx
-
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.adapter import Vendor
-from imagejobs.providers.base import Provider, ProviderConfig
 from imagejobs.providers.openai import OpenAIProvider
 
 # The first api-version with gpt-image-1 generations and edits; override per deployment
@@ -60,6 +57,4 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": key}
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The Azure OpenAI adapter."""
-    return AzureProvider(config, http)
+build = AzureProvider  # the factory the registry calls: build(config, http)

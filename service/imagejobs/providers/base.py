@@ -17,12 +17,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from imagejobs.domain.errors import (
     BadUpstreamResponse,
+    ErrorCode,
     ErrorType,
     ProviderError,
     ProviderNotConfigured,
@@ -186,6 +187,31 @@ def invalid_input(message: str, param: str, code: str | None = None) -> Provider
     return ProviderError(
         message, status_code=400, type=ErrorType.INVALID_REQUEST, code=code, param=param
     )
+
+
+def no_output(message: str) -> ProviderError:
+    """A vendor's success answer that holds no image: 502 `no_output`, not retried."""
+    return ProviderError(
+        message, status_code=502, type=ErrorType.UPSTREAM, code=ErrorCode.NO_OUTPUT
+    )
+
+
+_Mode = TypeVar("_Mode")
+
+
+def edit_mode(
+    request: ProviderRequest, modes: Mapping[str, _Mode], provider: str
+) -> tuple[str, _Mode]:
+    """The edit `type` the request asks for (default `inpainting`) and what the vendor's
+    `modes` map it to; 400 `unsupported_edit_type` on `type` when they have no such type."""
+    edit_type = request.param_str("type") or "inpainting"
+    if edit_type not in modes:
+        raise invalid_input(
+            f"{provider} edits support type {', '.join(modes)}; got {edit_type!r}",
+            "type",
+            ErrorCode.UNSUPPORTED_EDIT_TYPE,
+        )
+    return edit_type, modes[edit_type]
 
 
 # --- the protocol --------------------------------------------------------------------------

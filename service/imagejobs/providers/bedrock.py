@@ -49,21 +49,20 @@ from botocore.credentials import Credentials
 from botocore.utils import percent_encode
 from PIL import Image, ImageOps
 
-from imagejobs.domain.errors import ErrorCode, ErrorType
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType, ProviderError
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import upstream
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
-    BadUpstreamResponse,
     ImageOut,
     JSONValue,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
     b64,
+    edit_mode,
     fan_out,
     invalid_input,
+    no_output,
     seed_for,
     sniff_type,
 )
@@ -229,12 +228,7 @@ def parse_response(response: httpx.Response) -> ProviderResult:
         )
     images = body.get("images")
     if not isinstance(images, list) or not images:
-        raise ProviderError(
-            "bedrock returned no images",
-            status_code=502,
-            type=ErrorType.UPSTREAM,
-            code=ErrorCode.NO_OUTPUT,
-        )
+        raise no_output("bedrock returned no images")
     out = []
     for item in images:
         try:
@@ -312,14 +306,7 @@ async def invoke_body(request: ProviderRequest) -> JSONObject:
 
 
 async def _edit_body(request: ProviderRequest) -> JSONObject:
-    edit_type = request.param_str("type") or "inpainting"
-    task = EDIT_TASKS.get(edit_type)
-    if task is None:
-        raise invalid_input(
-            f"bedrock edits support type {', '.join(EDIT_TASKS)}; got {edit_type!r}",
-            "type",
-            ErrorCode.UNSUPPORTED_EDIT_TYPE,
-        )
+    edit_type, task = edit_mode(request, EDIT_TASKS, VENDOR.name)
     image = b64(request.images[0].data)
     if task == "BACKGROUND_REMOVAL":
         return {"taskType": task, "backgroundRemovalParams": {"image": image}}
@@ -350,6 +337,4 @@ async def _edit_body(request: ProviderRequest) -> JSONObject:
     }
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> BedrockProvider:
-    """The Bedrock adapter (see the module doc)."""
-    return BedrockProvider(config, http)
+build = BedrockProvider  # the factory the registry calls: build(config, http)

@@ -28,20 +28,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
-from imagejobs.domain.errors import ErrorCode, ErrorType
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType
 from imagejobs.domain.kinds import Kind
-from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
-    BadUpstreamResponse,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
     b64,
     fan_out,
     invalid_input,
+    no_output,
     seed_for,
 )
 from imagejobs.providers.normalize import (
@@ -52,18 +47,21 @@ from imagejobs.providers.normalize import (
     transparent_to_white_mask,
     without,
 )
-from imagejobs.providers.polling import DEFAULT_POLL_INTERVAL_S, TaskAdapter, TaskDoc, TaskStates
+from imagejobs.providers.polling import TaskAdapter, TaskDoc, TaskFailure, TaskStates, task_vendor
 
-VENDOR = Vendor(
-    name="bfl",
-    key_env="BFL_API_KEY",
-    base_url="https://api.bfl.ai",
-    options={"poll_interval_s": DEFAULT_POLL_INTERVAL_S},
-)
+VENDOR = task_vendor("bfl", key_env="BFL_API_KEY", base_url="https://api.bfl.ai")
+_MODERATED = TaskFailure(400, ErrorCode.CONTENT_FILTERED, ErrorType.INVALID_REQUEST)
 STATES = TaskStates(
     succeeded=frozenset({"Ready"}),
-    failed=frozenset({"Request Moderated", "Content Moderated", "Error", "Task not found"}),
+    failed={
+        "Request Moderated": _MODERATED,
+        "Content Moderated": _MODERATED,
+        "Error": TaskFailure(500, ErrorCode.TASK_FAILED),
+        # the task is lost upstream: a new one may well succeed
+        "Task not found": TaskFailure(500, ErrorCode.TASK_NOT_FOUND, retryable=True),
+    },
 )
+_FAILED_AS = {"Error": "failed", "Task not found": "not found"}  # in the error message
 SIZE_MULTIPLE = 32  # FLUX 1.1 [pro] wants width/height in multiples of 32
 SIZE_KEYS = ("size", "width", "height", "aspect_ratio", "resolution")
 DROPPED = OPENAI_STYLE_PARAMS | {
@@ -99,8 +97,10 @@ class BflProvider(TaskAdapter):
 
         return await fan_out(request, 1, one_task)
 
-    def task_error(self, doc: TaskDoc, status: str) -> ProviderError:
-        return task_error(doc, status)
+    def failure_message(self, doc: TaskDoc, status: str) -> str:
+        details = doc.get("details")
+        suffix = f": {details}" if details else ""
+        return f"bfl task {_FAILED_AS.get(status, status.lower())}{suffix}"
 
     async def _one(self, model: str, body: TaskDoc, key: str, deadline: float) -> ProviderResult:
         headers = {"x-key": key, "Accept": "application/json"}
@@ -112,12 +112,7 @@ class BflProvider(TaskAdapter):
         result = final.get("result")
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
-            raise ProviderError(
-                "bfl task is Ready without result.sample",
-                status_code=502,
-                type=ErrorType.UPSTREAM,
-                code=ErrorCode.NO_OUTPUT,
-            )
+            raise no_output("bfl task is Ready without result.sample")
         return ProviderResult(images=(await self.download(sample),))
 
     def _polling_url(self, created: TaskDoc) -> str:
@@ -171,33 +166,4 @@ def _round(value: int) -> int:
     return max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
-def task_error(task: TaskDoc, status: str) -> ProviderError:
-    """The ProviderError for a task that ended in a failure state."""
-    details = task.get("details")
-    suffix = f": {details}" if details else ""
-    if status in ("Request Moderated", "Content Moderated"):
-        return ProviderError(
-            f"bfl task {status.lower()}{suffix}",
-            status_code=400,
-            type=ErrorType.INVALID_REQUEST,
-            code=ErrorCode.CONTENT_FILTERED,
-        )
-    if status == "Task not found":
-        return ProviderError(
-            f"bfl task not found{suffix}",
-            status_code=500,
-            type=ErrorType.UPSTREAM,
-            code=ErrorCode.TASK_NOT_FOUND,
-            retryable=True,
-        )
-    return ProviderError(
-        f"bfl task failed{suffix}",
-        status_code=500,
-        type=ErrorType.UPSTREAM,
-        code=ErrorCode.TASK_FAILED,
-    )
-
-
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> BflProvider:
-    """The BFL adapter (see the module doc)."""
-    return BflProvider(config, http)
+build = BflProvider  # the factory the registry calls: build(config, http)

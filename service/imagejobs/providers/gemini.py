@@ -21,16 +21,14 @@ from typing import ClassVar
 
 import httpx
 
+from imagejobs.domain.errors import BadUpstreamResponse, UnsupportedOperation
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import google_common as gc
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
-    BadUpstreamResponse,
     JSONValue,
-    ProviderConfig,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
     fan_out,
     seed_for,
 )
@@ -114,6 +112,4 @@ class GeminiProvider(Adapter):
             raise BadUpstreamResponse(self.name, "the body is not JSON") from exc
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> GeminiProvider:
-    """The Gemini API adapter."""
-    return GeminiProvider(config, http)
+build = GeminiProvider  # the factory the registry calls: build(config, http)

@@ -23,16 +23,20 @@ from collections.abc import Mapping, Sequence
 import httpx
 
 from imagejobs import safefetch
-from imagejobs.domain.errors import ErrorCode, ErrorType, FetchError
+from imagejobs.domain.errors import (
+    BadUpstreamResponse,
+    ErrorCode,
+    ErrorType,
+    FetchError,
+    ProviderError,
+)
 from imagejobs.providers import normalize, upstream
 from imagejobs.providers.base import (
     KNOWN_PARAMS,
-    BadUpstreamResponse,
     ImageInput,
     ImageOut,
     JSONValue,
     ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
     b64,

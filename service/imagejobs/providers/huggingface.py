@@ -31,21 +31,16 @@ import binascii
 import re
 from collections.abc import Callable, Mapping
 
-import httpx
-
-from imagejobs.domain.errors import ErrorCode
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, UnsupportedOperation
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
     KNOWN_PARAMS,
-    BadUpstreamResponse,
     ImageOut,
     JSONValue,
-    ProviderConfig,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
     b64,
     fan_out,
     invalid_input,
@@ -202,6 +197,4 @@ class HuggingFaceProvider(Adapter):
         raise BadUpstreamResponse(self.name, "data[0] has neither b64_json nor url")
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> HuggingFaceProvider:
-    """The Hugging Face router adapter."""
-    return HuggingFaceProvider(config, http)
+build = HuggingFaceProvider  # the factory the registry calls: build(config, http)

@@ -23,10 +23,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
 from PIL import Image
 
-from imagejobs.domain.errors import ErrorCode, ErrorType
+from imagejobs.domain.errors import ErrorCode, ErrorType, ProviderError
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import mock_images
 from imagejobs.providers.adapter import Adapter, Vendor
@@ -34,9 +33,6 @@ from imagejobs.providers.base import (
     ImageInput,
     ImageOut,
     JSONValue,
-    Provider,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
     invalid_input,
@@ -350,6 +346,4 @@ class MockProvider(Adapter):
         )
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The mock provider; it never uses `http`, as the mock never leaves the process."""
-    return MockProvider(config, http)
+build = MockProvider  # the factory the registry calls: build(config, http)

@@ -20,14 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
-    Provider,
-    ProviderConfig,
     ProviderRequest,
     ProviderResult,
     fan_out,
@@ -75,6 +71,4 @@ class NebiusProvider(OpenAIProvider):
         return body
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The Nebius adapter."""
-    return NebiusProvider(config, http)
+build = NebiusProvider  # the factory the registry calls: build(config, http)

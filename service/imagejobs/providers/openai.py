@@ -39,17 +39,14 @@ from typing import Any
 
 import httpx
 
-from imagejobs.domain.errors import ErrorCode
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
     KNOWN_PARAMS,
-    BadUpstreamResponse,
     ImageInput,
     ImageOut,
-    Provider,
-    ProviderConfig,
     ProviderRequest,
     ProviderResult,
     invalid_input,
@@ -286,6 +283,4 @@ def _content_type(data: bytes, declared: str | None) -> str:
     return sniffed
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The OpenAI adapter."""
-    return OpenAIProvider(config, http)
+build = OpenAIProvider  # the factory the registry calls: build(config, http)

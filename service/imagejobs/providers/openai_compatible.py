@@ -10,10 +10,7 @@ sent.
 
 from __future__ import annotations
 
-import httpx
-
 from imagejobs.providers.adapter import Vendor
-from imagejobs.providers.base import Provider, ProviderConfig
 from imagejobs.providers.openai import OpenAIProvider
 
 VENDOR = Vendor(name="openai-compatible")  # no default key variable, no public endpoint
@@ -27,6 +24,4 @@ class OpenAICompatibleProvider(OpenAIProvider):
     requires_base_url = True
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The openai-compatible adapter."""
-    return OpenAICompatibleProvider(config, http)
+build = OpenAICompatibleProvider  # the factory the registry calls: build(config, http)

@@ -22,22 +22,46 @@ from typing import Any, ClassVar
 
 import httpx
 
-from imagejobs.domain.errors import ErrorCode, ErrorType
-from imagejobs.providers.adapter import Adapter
-from imagejobs.providers.base import BadUpstreamResponse, ImageOut, ProviderError, sniff_type
-from imagejobs.providers.upstream import send
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType, ProviderError
+from imagejobs.providers.adapter import Adapter, Vendor
+from imagejobs.providers.base import (
+    ImageOut,
+    sniff_type,
+)
+from imagejobs.providers.upstream import no_answer, send
 
 TaskDoc = dict[str, Any]  # a vendor's task/prediction JSON object
 DEFAULT_POLL_INTERVAL_S = 1.0  # between polls, unless the settings say otherwise
 
 
 @dataclass(frozen=True)
+class TaskFailure:
+    """How a task's failure state ends the job: the HTTP status, code and type the job's
+    error carries, and whether a new task may succeed."""
+
+    status_code: int
+    code: ErrorCode
+    type: ErrorType = ErrorType.UPSTREAM
+    retryable: bool = False
+
+    def error(self, message: str) -> ProviderError:
+        return ProviderError(
+            message,
+            status_code=self.status_code,
+            type=self.type,
+            code=self.code,
+            retryable=self.retryable,
+        )
+
+
+@dataclass(frozen=True)
 class TaskStates:
-    """Which values of a task's status field end it. Any other value (including one the
-    vendor adds later) means "still running" and is polled again."""
+    """Which values of a task's status field end it, and how each failure state ends
+    the job. Any other value (including one the vendor adds later) means "still
+    running" and is polled again."""
 
     succeeded: frozenset[str]
-    failed: frozenset[str]
+    failed: Mapping[str, TaskFailure]
     key: str = "status"
 
     def status_of(self, doc: Mapping[str, Any]) -> str:
@@ -57,14 +81,15 @@ def json_object(response: httpx.Response, provider: str) -> TaskDoc:
     return body
 
 
+def task_vendor(name: str, *, key_env: str, base_url: str) -> Vendor:
+    """The `Vendor` of a task API: it takes `poll_interval_s` (default 1 s)."""
+    options = {"poll_interval_s": DEFAULT_POLL_INTERVAL_S}
+    return Vendor(name=name, key_env=key_env, base_url=base_url, options=options)
+
+
 def timed_out(provider: str, timeout_s: float) -> ProviderError:
     """The error for a task still unfinished at the deadline (retryable, like a timeout)."""
-    return ProviderError(
-        f"{provider} did not finish the task within {timeout_s:g} s",
-        type=ErrorType.TIMEOUT,
-        code=ErrorCode.UPSTREAM_TIMEOUT,
-        retryable=True,
-    )
+    return no_answer(f"{provider} did not finish the task within {timeout_s:g} s")
 
 
 class TaskAdapter(Adapter):
@@ -73,8 +98,8 @@ class TaskAdapter(Adapter):
     states: ClassVar[TaskStates]
 
     @abc.abstractmethod
-    def task_error(self, doc: TaskDoc, status: str) -> ProviderError:
-        """The error for a task that ended in `status`, one of `states.failed`."""
+    def failure_message(self, doc: TaskDoc, status: str) -> str:
+        """The error message for a task that ended in `status`, one of `states.failed`."""
 
     def deadline(self) -> float:
         """The instant (of the adapter's clock) by which a task started now must end."""
@@ -102,7 +127,8 @@ class TaskAdapter(Adapter):
                 if status in self.states.succeeded:
                     return doc
                 if status in self.states.failed:
-                    raise self.task_error(doc, status)
+                    message = self.failure_message(doc, status)
+                    raise self.states.failed[status].error(message)
             remaining = deadline - self._clock.now()
             if remaining <= 0:
                 raise timed_out(self.name, self._config.timeout_s)

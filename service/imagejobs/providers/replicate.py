@@ -31,19 +31,14 @@ import asyncio
 import re
 from typing import Any
 
-import httpx
-
-from imagejobs.domain.errors import ErrorCode, ErrorType
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode
 from imagejobs.domain.kinds import Kind
-from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
-    BadUpstreamResponse,
     ImageOut,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
     invalid_input,
+    no_output,
 )
 from imagejobs.providers.normalize import (
     OPENAI_STYLE_PARAMS,
@@ -53,23 +48,26 @@ from imagejobs.providers.normalize import (
     without,
 )
 from imagejobs.providers.polling import (
-    DEFAULT_POLL_INTERVAL_S,
     TaskAdapter,
     TaskDoc,
+    TaskFailure,
     TaskStates,
     data_url,
     decode_data_url,
+    task_vendor,
 )
 
-VENDOR = Vendor(
-    name="replicate",
-    key_env="REPLICATE_API_TOKEN",
-    base_url="https://api.replicate.com",
-    options={"poll_interval_s": DEFAULT_POLL_INTERVAL_S},
+VENDOR = task_vendor(
+    "replicate", key_env="REPLICATE_API_TOKEN", base_url="https://api.replicate.com"
 )
 STATES = TaskStates(
     succeeded=frozenset({"succeeded"}),
-    failed=frozenset({"failed", "canceled", "aborted"}),
+    failed={
+        "failed": TaskFailure(500, ErrorCode.PREDICTION_FAILED),
+        "canceled": TaskFailure(500, ErrorCode.PREDICTION_CANCELED),
+        # stopped by Replicate before it ran: a new prediction may well run
+        "aborted": TaskFailure(503, ErrorCode.PREDICTION_ABORTED, retryable=True),
+    },
 )
 VERSION_ID = re.compile(r"[0-9a-f]{64}")
 # Request fields that mean something only to OpenAI-style APIs, or that are mapped below.
@@ -93,17 +91,13 @@ class ReplicateProvider(TaskAdapter):
         )
         urls = output_urls(final)
         if not urls:
-            raise ProviderError(
-                "replicate prediction succeeded without output",
-                status_code=502,
-                type=ErrorType.UPSTREAM,
-                code=ErrorCode.NO_OUTPUT,
-            )
+            raise no_output("replicate prediction succeeded without output")
         images = await asyncio.gather(*(self._fetch(u) for u in urls))
         return ProviderResult(images=tuple(images))
 
-    def task_error(self, doc: TaskDoc, status: str) -> ProviderError:
-        return prediction_error(doc, status)
+    def failure_message(self, doc: TaskDoc, status: str) -> str:
+        detail = doc.get("error")
+        return f"replicate prediction {status}: {detail or 'no error message'}"
 
     def _status_url(self, created: TaskDoc) -> str:
         urls = created.get("urls")
@@ -173,27 +167,4 @@ def output_urls(prediction: TaskDoc) -> list[str]:
     return []
 
 
-def prediction_error(prediction: TaskDoc, status: str) -> ProviderError:
-    """The ProviderError for a prediction that ended `failed`, `canceled` or `aborted`."""
-    detail = prediction.get("error")
-    text = str(detail) if detail else "no error message"
-    if status == "aborted":
-        return ProviderError(
-            f"replicate prediction aborted: {text}",
-            status_code=503,
-            type=ErrorType.UPSTREAM,
-            code=ErrorCode.PREDICTION_ABORTED,
-            retryable=True,
-        )
-    canceled = status == "canceled"
-    return ProviderError(
-        f"replicate prediction {status}: {text}",
-        status_code=500,
-        type=ErrorType.UPSTREAM,
-        code=ErrorCode.PREDICTION_CANCELED if canceled else ErrorCode.PREDICTION_FAILED,
-    )
-
-
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> ReplicateProvider:
-    """The Replicate adapter (see the module doc)."""
-    return ReplicateProvider(config, http)
+build = ReplicateProvider  # the factory the registry calls: build(config, http)

@@ -29,19 +29,15 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
-
-from imagejobs.domain.errors import ErrorCode, ErrorType
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType, ProviderError
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
-    BadUpstreamResponse,
     ImageOut,
     JSONValue,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
+    edit_mode,
     fan_out,
     invalid_input,
     seed_for,
@@ -163,14 +159,7 @@ def generation_call(request: ProviderRequest) -> tuple[str, list[Part]]:
 
 async def edit_call(request: ProviderRequest) -> tuple[str, list[Part]]:
     """The edit endpoint path and form parts, by `type` (default `inpainting`)."""
-    kind = request.param_str("type") or "inpainting"
-    endpoint = EDIT_ENDPOINTS.get(kind)
-    if endpoint is None:
-        raise invalid_input(
-            f"stability edits support type {', '.join(EDIT_ENDPOINTS)}; got {kind!r}",
-            "type",
-            ErrorCode.UNSUPPORTED_EDIT_TYPE,
-        )
+    _, endpoint = edit_mode(request, EDIT_ENDPOINTS, VENDOR.name)
     if not request.images:
         raise invalid_input("at least one image is required", "image")
     image = request.images[0]
@@ -192,6 +181,4 @@ async def edit_call(request: ProviderRequest) -> tuple[str, list[Part]]:
     return f"edit/{endpoint}", parts
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> StabilityProvider:
-    """The Stability adapter (see the module doc)."""
-    return StabilityProvider(config, http)
+build = StabilityProvider  # the factory the registry calls: build(config, http)

@@ -41,6 +41,21 @@ class UpstreamError:
 ErrorParser = Callable[[httpx.Response, JSONValue], UpstreamError]
 
 
+def no_answer(message: str, *, unreachable: bool = False) -> ProviderError:
+    """The retryable error for a call that got no answer: timed out (`upstream_timeout`),
+    or, with `unreachable`, never connected (`upstream_unreachable`)."""
+    if unreachable:
+        return ProviderError(
+            message,
+            type=ErrorType.CONNECTION,
+            code=ErrorCode.UPSTREAM_UNREACHABLE,
+            retryable=True,
+        )
+    return ProviderError(
+        message, type=ErrorType.TIMEOUT, code=ErrorCode.UPSTREAM_TIMEOUT, retryable=True
+    )
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
     if not value:
@@ -132,19 +147,10 @@ async def send(
     try:
         response = await asyncio.wait_for(http.send(request), timeout=timeout_s)
     except (TimeoutError, httpx.TimeoutException) as exc:
-        raise ProviderError(
-            f"{provider} did not answer within {timeout_s:g} s",
-            type=ErrorType.TIMEOUT,
-            code=ErrorCode.UPSTREAM_TIMEOUT,
-            retryable=True,
-        ) from exc
+        raise no_answer(f"{provider} did not answer within {timeout_s:g} s") from exc
     except httpx.TransportError as exc:
-        raise ProviderError(
-            f"could not reach {provider}: {type(exc).__name__}",
-            type=ErrorType.CONNECTION,
-            code=ErrorCode.UPSTREAM_UNREACHABLE,
-            retryable=True,
-        ) from exc
+        message = f"could not reach {provider}: {type(exc).__name__}"
+        raise no_answer(message, unreachable=True) from exc
     if response.status_code >= 400:
         raise error_from_response(response, provider, parse=parse)
     return response

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.adapter import Vendor
-from imagejobs.providers.base import Provider, ProviderConfig, ProviderRequest
+from imagejobs.providers.base import ProviderRequest
 from imagejobs.providers.openai import OpenAIProvider
 
 VENDOR = Vendor(name="xai", key_env="XAI_API_KEY", base_url="https://api.x.ai")
@@ -55,6 +53,4 @@ class XAIProvider(OpenAIProvider):
         return body
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The xAI adapter."""
-    return XAIProvider(config, http)
+build = XAIProvider  # the factory the registry calls: build(config, http)
