@@ -25,6 +25,7 @@ def error_from_response(response: httpx.Response, provider: str) -> ProviderErro
     """The error as `provider`'s adapter reads it."""
     return generic_error(response, provider, parse=PARSERS[provider])
 
+
 NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 
 
