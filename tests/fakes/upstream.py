@@ -45,7 +45,8 @@ class FakeRequest:
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             filename = part.get_filename()
-            payload = part.get_payload(decode=True) or b""
+            raw = part.get_payload(decode=True)
+            payload = raw if isinstance(raw, bytes) else b""
             if filename is not None:
                 files.setdefault(str(name), []).append((filename, part.get_content_type(), payload))
             else:

@@ -93,7 +93,7 @@ class FakeVertex(GoogleImageAPI):
         if grant != JWT_BEARER or not assertion:
             return FakeResponse(400, {"error": "unsupported_grant_type"})
         try:
-            claims = jwt.decode(
+            claims = jwt.decode(  # type: ignore[no-untyped-call]
                 assertion,
                 certs=self.public_key_pem,
                 audience=[GOOGLE_TOKEN_AUDIENCE, self.token_uri],

@@ -88,9 +88,9 @@ class Vendor:
     options_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.options) - VENDOR_OPTIONS
-        if unknown or not set(self.options_env) <= set(self.options):
-            raise ValueError(f"vendor {self.name}: unknown options {sorted(unknown)}")
+        # A misspelt option would make a documented setting of this vendor a ConfigError.
+        if not set(self.options_env) <= set(self.options) <= VENDOR_OPTIONS:
+            raise ValueError(f"vendor {self.name}: options must be among {sorted(VENDOR_OPTIONS)}")
 
     def with_defaults(self, config: ProviderConfig) -> ProviderConfig:
         """`config` with this vendor's base URL and option defaults where it has none."""

@@ -70,7 +70,7 @@ class ProviderConfig:
     credentials_file: str = ""  # vertex: a service-account JSON file
     aws_secret_access_key: str = field(default="", repr=False)  # bedrock; key id in `keys`
     aws_session_token: str = field(default="", repr=False)
-    poll_interval_s: float = 0.0  # replicate/bfl: seconds between task polls
+    poll_interval_s: float = 0.0  # replicate/bfl: seconds between task polls; 0 = default
     max_download_bytes: int = 64 * 1024 * 1024
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # caller-given input image URLs
 

@@ -26,7 +26,7 @@ from imagejobs.providers.base import (
 from imagejobs.store.objects import ObjectStore
 from imagejobs.worker.runner import JobRunner
 
-from tests.fakes.upstream import FakeResponse, FakeUpstream
+from tests.fakes.upstream import FakeRequest, FakeResponse, FakeUpstream
 
 KEY = "sk-adapter-test-7f3a9c"
 SECRET = "aws-secret-adapter-test-5b2e"  # bedrock's secret access key
@@ -55,8 +55,11 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 def answer_everything(up: FakeUpstream, response: FakeResponse) -> None:
+    def handler(_request: FakeRequest) -> FakeResponse:
+        return response
+
     for method in ("GET", "POST"):
-        up.route(method, r".*", lambda _req, r=response: r)
+        up.route(method, r".*", handler)
 
 
 def vendor_config(name: str, url: str) -> ProviderConfig:

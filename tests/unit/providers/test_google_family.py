@@ -365,7 +365,7 @@ async def test_vertex_imagen_request_and_token(
     assert (token_call.method, token_call.path) == ("POST", "/token")
     form = parse_qs(token_call.body.decode())
     assert form["grant_type"] == [JWT_BEARER]
-    claims = jwt.decode(
+    claims = jwt.decode(  # type: ignore[no-untyped-call]
         form["assertion"][0], certs=vertex_fake.public_key_pem, audience=GOOGLE_TOKEN_AUDIENCE
     )
     assert claims["iss"] == vertex_fake.client_email
