@@ -22,24 +22,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import ConfigError
 from imagejobs.domain.keys import KeyPolicy
+from imagejobs.providers import registry
+from imagejobs.providers.adapter import VENDOR_OPTIONS
 from imagejobs.providers.base import ProviderConfig, WeightedKey
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.safefetch import FetchPolicy
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-DEFAULT_PROVIDER_ENV = {
-    "openai": "OPENAI_API_KEY",
-    "azure": "AZURE_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "xai": "XAI_API_KEY",
-    "huggingface": "HF_TOKEN",
-    "nebius": "NEBIUS_API_KEY",
-    "replicate": "REPLICATE_API_TOKEN",
-    "stability": "STABILITY_API_KEY",
-    "bfl": "BFL_API_KEY",
-    "bedrock": "AWS_ACCESS_KEY_ID",
-}
 
 
 class KeySetting(BaseModel):
@@ -52,7 +41,9 @@ class KeySetting(BaseModel):
 
 
 class ProviderSettings(BaseModel):
-    """One provider's section, `[providers.<name>]`."""
+    """One provider's section, `[providers.<name>]`. The settings after `concurrency` are
+    vendor-only: which vendor takes which, and their defaults, are stated in the vendor's
+    module (its `Vendor`, read through the registry); empty here means "not given"."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     keys: tuple[KeySetting, ...] = ()
@@ -67,7 +58,12 @@ class ProviderSettings(BaseModel):
     credentials_file: str = ""
     aws_secret_access_key: str = Field(default="", repr=False)
     aws_session_token: str = Field(default="", repr=False)
-    poll_interval_s: float = Field(default=1.0, gt=0)
+    poll_interval_s: float | None = Field(default=None, gt=0)
+
+    def vendor_options(self) -> dict[str, Any]:
+        """The vendor-only settings this section gives (a value that is not empty)."""
+        given = {name: getattr(self, name) for name in VENDOR_OPTIONS}
+        return {name: value for name, value in given.items() if value not in (None, "", {})}
 
 
 class VirtualKeySettings(BaseModel):
@@ -192,6 +188,14 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.providers) - KNOWN_PROVIDERS)
         if unknown:
             raise ValueError(f"unknown provider(s) {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
+        for name, section in self.providers.items():
+            taken = registry.vendor(name).options
+            stray = sorted(set(section.vendor_options()) - set(taken))
+            if stray:
+                raise ValueError(
+                    f"providers.{name}.{stray[0]}: provider {name} takes no {stray[0]}"
+                    f" (its own settings: {', '.join(sorted(taken)) or 'none'})"
+                )
         return self
 
     @classmethod
@@ -223,23 +227,19 @@ class Settings(BaseSettings):
         section = self.providers.get(name)
         if section is None:
             return None
+        vendor = registry.vendor(name)
+        options = section.vendor_options()  # the vendor's defaults apply to the rest
+        for option, variable in vendor.options_env.items():
+            options.setdefault(option, os.environ.get(variable, ""))
         return ProviderConfig(
             name=name,
-            keys=_resolve_keys(name, section),
+            keys=_resolve_keys(section, vendor.key_env),
             base_url=section.base_url.rstrip("/"),
             timeout_s=section.timeout_s,
             max_retries=section.max_retries,
             concurrency=section.concurrency,
-            region=section.region,
-            project=section.project,
-            api_version=section.api_version,
-            deployments=dict(section.deployments),
-            credentials_file=section.credentials_file,
-            aws_secret_access_key=section.aws_secret_access_key
-            or _aws_env(name, "AWS_SECRET_ACCESS_KEY"),
-            aws_session_token=section.aws_session_token or _aws_env(name, "AWS_SESSION_TOKEN"),
-            poll_interval_s=section.poll_interval_s,
             fetch=self.fetch.policy(),
+            **options,
         )
 
     def all_secrets(self) -> tuple[str, ...]:
@@ -252,15 +252,11 @@ class Settings(BaseSettings):
         return tuple(s for s in found if len(s) >= 4)
 
 
-def _aws_env(name: str, variable: str) -> str:
-    """Bedrock's standard AWS credential variables, for bedrock only."""
-    return os.environ.get(variable, "") if name == "bedrock" else ""
-
-
-def _resolve_keys(name: str, section: ProviderSettings) -> tuple[WeightedKey, ...]:
+def _resolve_keys(section: ProviderSettings, default_env: str) -> tuple[WeightedKey, ...]:
+    """The section's keys, or the vendor's default variable's when it lists none."""
     keys = section.keys
-    if not keys and name in DEFAULT_PROVIDER_ENV:
-        keys = (KeySetting(env=DEFAULT_PROVIDER_ENV[name]),)
+    if not keys and default_env:
+        keys = (KeySetting(env=default_env),)
     resolved = []
     for key in keys:
         value = key.value or (os.environ.get(key.env, "") if key.env else "")

@@ -61,6 +61,7 @@ class ErrorType(enum.StrEnum):
     TIMEOUT = "timeout_error"
     CONNECTION = "connection_error"
     CANCELLED = "cancelled"
+    SERVER = "server_error"  # the mock's scripted 5xx, as vendors name theirs
 
 
 class ErrorCode(enum.StrEnum):
@@ -116,6 +117,15 @@ class ErrorCode(enum.StrEnum):
     TASK_NOT_FOUND = "task_not_found"
     PREDICTION_ABORTED = "prediction_aborted"
     MOCK_FAILURE = "mock_failure"
+    CONTENT_FILTER = "content_filter"  # gemini/vertex's name for CONTENT_FILTERED, kept
+    PREDICTION_FAILED = "prediction_failed"
+    PREDICTION_CANCELED = "prediction_canceled"
+    IMAGE_REQUIRED = "image_required"
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    INVALID_OUTPUT_FORMAT = "invalid_output_format"
+    INVALID_SIZE = "invalid_size"
+    MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
     # caller-given URLs (safefetch.py)
     INPUT_URL_FORBIDDEN = "input_url_forbidden"
     INPUT_URL_INVALID = "input_url_invalid"

@@ -18,32 +18,35 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import httpx
-
 from imagejobs.domain.kinds import Kind
-from imagejobs.providers.base import Provider, ProviderConfig
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.openai import OpenAIProvider
 
 # The first api-version with gpt-image-1 generations and edits; override per deployment
 # with `api_version` in the provider's settings.
 DEFAULT_API_VERSION = "2025-04-01-preview"
+VENDOR = Vendor(
+    name="azure",
+    key_env="AZURE_API_KEY",
+    options={"api_version": DEFAULT_API_VERSION, "deployments": {}},
+)
 
 
 class AzureProvider(OpenAIProvider):
     """The openai adapter on Azure's deployment paths and `api-key` auth."""
 
-    name = "azure"
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION, Kind.EDIT})
-    default_base_url = ""
     requires_base_url = True
 
     def endpoint(self, kind: Kind, model: str) -> str:
         deployment = self._config.deployments.get(model, model)
-        base = self._config.base_url.rstrip("/")
-        return f"{base}/openai/deployments/{quote(deployment, safe='')}/images/{kind.value}"
+        return (
+            f"{self.base_url}/openai/deployments/{quote(deployment, safe='')}/images/{kind.value}"
+        )
 
     def query(self) -> dict[str, str]:
-        return {"api-version": self._config.api_version or DEFAULT_API_VERSION}
+        return {"api-version": self._config.api_version}
 
     def auth_headers(self) -> dict[str, str]:
         key = self._config.pick_key()
@@ -54,6 +57,4 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": key}
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The Azure OpenAI adapter."""
-    return AzureProvider(config, http)
+build = AzureProvider  # the factory the registry calls: build(config, http)

@@ -4,24 +4,31 @@ A provider adapter turns one normalised `ProviderRequest` into one vendor HTTP e
 (or a few: fan-out for `n`, polling a prediction, downloading result URLs) and returns
 image *bytes*. It never retries (the worker's retry policy does, from the error's
 `retryable` flag and `retry_after`), never logs secrets, and never lets an httpx error
-escape: `send()` and `download()` below translate them, here and nowhere else.
+escape (`upstream.send()` translates them). Every vendor builds on `adapter.Adapter`,
+which states the shared preamble once; this module holds only the values and the
+`Provider` Protocol that workers see, and the small generic helpers adapters share.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
+import base64
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from imagejobs.domain.errors import ProviderError, ProviderNotConfigured, UnsupportedOperation
+from imagejobs.domain.errors import (
+    BadUpstreamResponse,
+    ErrorCode,
+    ErrorType,
+    ProviderError,
+    ProviderNotConfigured,
+    UnsupportedOperation,
+)
 from imagejobs.domain.kinds import Kind
 from imagejobs.safefetch import FetchPolicy
 
@@ -44,7 +51,11 @@ class WeightedKey:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """Everything one provider needs, read once from settings. Secrets are redacted in repr."""
+    """Everything one provider needs, read once from settings. Secrets are redacted in repr.
+
+    The vendor-only settings (region ... poll_interval_s) are empty here when not given:
+    which vendor takes which, and their defaults, are stated in the vendor's module
+    (`adapter.Vendor`), applied when its adapter is built."""
 
     name: str
     keys: tuple[WeightedKey, ...] = ()
@@ -52,15 +63,15 @@ class ProviderConfig:
     timeout_s: float = 300.0  # one upstream call; image models take minutes
     max_retries: int = 3
     concurrency: int = 16
-    region: str = ""
-    project: str = ""
-    api_version: str = ""
+    region: str = ""  # bedrock, vertex
+    project: str = ""  # vertex
+    api_version: str = ""  # azure
     deployments: Mapping[str, str] = field(default_factory=dict)  # azure: model -> deployment
     credentials_file: str = ""  # vertex: a service-account JSON file
     aws_secret_access_key: str = field(default="", repr=False)  # bedrock; key id in `keys`
     aws_session_token: str = field(default="", repr=False)
+    poll_interval_s: float = 0.0  # replicate/bfl: seconds between task polls; 0 = default
     max_download_bytes: int = 64 * 1024 * 1024
-    poll_interval_s: float = 1.0  # replicate/bfl: between prediction polls
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # caller-given input image URLs
 
     def pick_key(self) -> str:
@@ -162,9 +173,45 @@ class ProviderResult:
 
 # --- what an adapter raises: ProviderError and its kin (domain/errors.py) ---------------
 
-__all__ = ["ProviderError", "ProviderNotConfigured", "UnsupportedOperation"]
+__all__ = [
+    "BadUpstreamResponse",
+    "ProviderError",
+    "ProviderNotConfigured",
+    "UnsupportedOperation",
+]
 
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+def invalid_input(message: str, param: str, code: str | None = None) -> ProviderError:
+    """A request the vendor cannot take as given (checked before anything is sent): 400
+    `invalid_request_error` on `param`, never retried."""
+    return ProviderError(
+        message, status_code=400, type=ErrorType.INVALID_REQUEST, code=code, param=param
+    )
+
+
+def no_output(message: str) -> ProviderError:
+    """A vendor's success answer that holds no image: 502 `no_output`, not retried."""
+    return ProviderError(
+        message, status_code=502, type=ErrorType.UPSTREAM, code=ErrorCode.NO_OUTPUT
+    )
+
+
+_Mode = TypeVar("_Mode")
+
+
+def edit_mode(
+    request: ProviderRequest, modes: Mapping[str, _Mode], provider: str
+) -> tuple[str, _Mode]:
+    """The edit `type` the request asks for (default `inpainting`) and what the vendor's
+    `modes` map it to; 400 `unsupported_edit_type` on `type` when they have no such type."""
+    edit_type = request.param_str("type") or "inpainting"
+    if edit_type not in modes:
+        raise invalid_input(
+            f"{provider} edits support type {', '.join(modes)}; got {edit_type!r}",
+            "type",
+            ErrorCode.UNSUPPORTED_EDIT_TYPE,
+        )
+    return edit_type, modes[edit_type]
 
 
 # --- the protocol --------------------------------------------------------------------------
@@ -184,215 +231,50 @@ class Provider(Protocol):
 ProviderFactory = Callable[[ProviderConfig, httpx.AsyncClient], Provider]
 
 
+class Clock(Protocol):
+    """Time as the retry loop and task polling see it. Tests pass a fake whose `sleep`
+    records the delay asked for and returns at once."""
+
+    def now(self) -> float:
+        """A monotonic instant, in seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`."""
+        ...
+
+
+class SystemClock:
+    """`time.monotonic` and `asyncio.sleep`: the clock of production."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_CLOCK: Clock = SystemClock()
+
+
 # --- shared helpers for adapters -------------------------------------------------------------
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
+# Every optional request field the contract knows (see ProviderRequest); adapters pass any
+# other key through to the vendor unchanged.
+KNOWN_PARAMS = frozenset(
+    {
+        "n", "size", "quality", "style", "response_format", "background", "moderation",
+        "output_format", "output_compression", "partial_images", "seed", "negative_prompt",
+        "num_inference_steps", "user", "input_images", "aspect_ratio", "resolution",
+        "type", "input_fidelity",
+    }
+)  # fmt: skip
 
 
-def _error_fields(body: JSONValue) -> tuple[str | None, str | None, str | None, str | None]:
-    """(message, type, code, param) from the common vendor error shapes."""
-    if not isinstance(body, dict):
-        return None, None, None, None
-    err = body.get("error", body)
-    if isinstance(err, str):
-        return err, None, None, None
-    if not isinstance(err, dict):
-        return None, None, None, None
-    message = err.get("message") or body.get("message") or body.get("detail")
-    errors = body.get("errors")  # Stability: {"name": …, "errors": ["…", …]}
-    if not message and isinstance(errors, list):
-        message = "; ".join(str(e) for e in errors if e) or None
-    if isinstance(message, list | dict):
-        message = json.dumps(message)
-    status = err.get("status")  # Google: "INVALID_ARGUMENT"; problem+json: 422 (no type)
-    named_status = isinstance(status, str) and not status.isdigit()
-    etype = err.get("type") or (status if named_status else None)
-    if etype is None and isinstance(errors, list):
-        etype = body.get("name")
-    code = err.get("code")
-    param = err.get("param")
-    return (
-        str(message) if message is not None else None,
-        str(etype) if etype is not None else None,
-        str(code) if code is not None else None,
-        str(param) if param is not None else None,
-    )
-
-
-# AWS error names (the `x-amzn-ErrorType` header, or a JSON body's `__type`) -> the
-# contract's error types; the name itself becomes `code`. Names not listed keep the
-# status-based default type.
-AWS_ERROR_TYPES = {
-    "ValidationException": "invalid_request_error",
-    "SerializationException": "invalid_request_error",
-    "AccessDeniedException": "permission_error",
-    "UnrecognizedClientException": "authentication_error",
-    "InvalidSignatureException": "authentication_error",
-    "IncompleteSignatureException": "authentication_error",
-    "MissingAuthenticationTokenException": "authentication_error",
-    "ExpiredTokenException": "authentication_error",
-    "ResourceNotFoundException": "not_found_error",
-    "ThrottlingException": "rate_limit_error",
-    "ServiceQuotaExceededException": "rate_limit_error",
-    "TooManyRequestsException": "rate_limit_error",
-    "ModelTimeoutException": "timeout_error",
-    "ModelNotReadyException": "api_error",
-    "ModelErrorException": "api_error",
-    "InternalServerException": "api_error",
-    "ServiceUnavailableException": "api_error",
-}
-RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
-
-
-def aws_error_name(response: httpx.Response, body: JSONValue) -> str | None:
-    """The AWS error code of an error response, as botocore reads it: the
-    `x-amzn-ErrorType` header (`ThrottlingException:http://…`), else the body's `code` or
-    `__type` (`com.amazon.coral.service#ThrottlingException`); None when neither is set."""
-    raw = response.headers.get("x-amzn-errortype")
-    if not raw and isinstance(body, dict):
-        value = body.get("__type")
-        raw = value if isinstance(value, str) else None
-    if not raw:
-        return None
-    name = raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
-    return name or None
-
-
-def google_retry_delay(body: JSONValue) -> float | None:
-    """The `retryDelay` of a Google error's `google.rpc.RetryInfo` detail, in seconds
-    (`{"error": {"details": [{"@type": "…RetryInfo", "retryDelay": "2s"}]}}`)."""
-    err = body.get("error") if isinstance(body, dict) else None
-    details = err.get("details") if isinstance(err, dict) else None
-    for detail in details if isinstance(details, list) else []:
-        if not isinstance(detail, dict) or detail.get("@type") != RETRY_INFO_TYPE:
-            continue
-        delay = detail.get("retryDelay")
-        match = _DURATION_RE.fullmatch(delay) if isinstance(delay, str) else None
-        if match:
-            return float(match.group(1))
-    return None
-
-
-def error_from_response(response: httpx.Response, provider: str) -> ProviderError:
-    """A ProviderError carrying the upstream status and its type/code/message/param.
-
-    Besides the common `{"error": {…}}` shapes, an AWS error name (Bedrock's
-    `x-amzn-ErrorType`) becomes `code` and picks the type, and a Google `RetryInfo`
-    `retryDelay` is the retry delay when there is no `Retry-After` header."""
-    try:
-        body: JSONValue = response.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    message, etype, code, param = _error_fields(body)
-    aws_name = aws_error_name(response, body)
-    if aws_name:
-        code = aws_name
-        etype = etype or AWS_ERROR_TYPES.get(aws_name)
-        if not message and isinstance(body, dict) and body.get("Message"):
-            message = str(body["Message"])
-    if not message:
-        text = response.text.strip()[:500] if response.content else ""
-        message = text or f"{provider} returned HTTP {response.status_code}"
-    status = response.status_code
-    retry_after = parse_retry_after(response.headers.get("retry-after"))
-    if retry_after is None:
-        retry_after = google_retry_delay(body)
-    return ProviderError(
-        message,
-        status_code=status,
-        type=etype or ("rate_limit_error" if status == 429 else "upstream_error"),
-        code=code,
-        param=param,
-        retryable=status in RETRYABLE_STATUSES,
-        retry_after=retry_after,
-    )
-
-
-async def send(
-    http: httpx.AsyncClient,
-    request: httpx.Request,
-    *,
-    provider: str,
-    timeout_s: float,
-) -> httpx.Response:
-    """Send one upstream request; any HTTP status >= 400 or transport failure becomes a
-    ProviderError (timeouts and connection errors are retryable). Returns a read response.
-    """
-    try:
-        response = await asyncio.wait_for(http.send(request), timeout=timeout_s)
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        raise ProviderError(
-            f"{provider} did not answer within {timeout_s:g} s",
-            type="timeout_error",
-            code="upstream_timeout",
-            retryable=True,
-        ) from exc
-    except httpx.TransportError as exc:
-        raise ProviderError(
-            f"could not reach {provider}: {type(exc).__name__}",
-            type="connection_error",
-            code="upstream_unreachable",
-            retryable=True,
-        ) from exc
-    if response.status_code >= 400:
-        raise error_from_response(response, provider)
-    return response
-
-
-async def download(
-    http: httpx.AsyncClient,
-    url: str,
-    *,
-    provider: str,
-    timeout_s: float,
-    max_bytes: int,
-    headers: Mapping[str, str] | None = None,
-) -> ImageOut:
-    """Fetch a result image URL (they expire within minutes) and return its bytes."""
-    response = await send(
-        http,
-        http.build_request("GET", url, headers=dict(headers or {})),
-        provider=provider,
-        timeout_s=timeout_s,
-    )
-    if len(response.content) > max_bytes:
-        raise ProviderError(
-            f"{provider} result image is larger than {max_bytes} bytes",
-            type="upstream_error",
-            code="result_too_large",
-        )
-    content_type = response.headers.get("content-type", "").split(";")[0].strip()
-    return ImageOut(
-        data=response.content, content_type=content_type or sniff_type(response.content)
-    )
-
-
-def sniff_type(data: bytes) -> str:
-    """The image MIME type from magic bytes (png, jpeg, webp, gif), else octet-stream."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return "application/octet-stream"
+def b64(data: bytes) -> str:
+    """Bytes as base64 text (how JSON bodies carry images)."""
+    return base64.b64encode(data).decode("ascii")
 
 
 async def fan_out(

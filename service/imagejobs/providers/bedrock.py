@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import io
 import json
 from typing import Any
@@ -48,25 +49,38 @@ from botocore.credentials import Credentials
 from botocore.utils import percent_encode
 from PIL import Image, ImageOps
 
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType, ProviderError
+from imagejobs.domain.images import sniff_type
 from imagejobs.domain.kinds import Kind
+from imagejobs.providers import upstream
+from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
     ImageOut,
-    ProviderConfig,
-    ProviderError,
-    ProviderNotConfigured,
+    JSONValue,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
+    b64,
+    edit_mode,
     fan_out,
+    invalid_input,
+    no_output,
     seed_for,
-    send,
-    sniff_type,
 )
 from imagejobs.providers.normalize import dimensions, transparent_to_white_mask
 
-NAME = "bedrock"
 SERVICE = "bedrock"
 DEFAULT_REGION = "us-east-1"
+# The key is the access key id; the secret and session token, when not configured, come
+# from the standard AWS variables.
+VENDOR = Vendor(
+    name="bedrock",
+    key_env="AWS_ACCESS_KEY_ID",
+    options={"region": DEFAULT_REGION, "aws_secret_access_key": "", "aws_session_token": ""},
+    options_env={
+        "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "aws_session_token": "AWS_SESSION_TOKEN",
+    },
+)
 MAX_IMAGES_PER_CALL = 5
 MAX_VARIATION_INPUTS = 5
 QUALITY = {
@@ -82,43 +96,86 @@ EDIT_TASKS = {
     "outpainting": "OUTPAINTING",
     "background_removal": "BACKGROUND_REMOVAL",
 }
+# AWS error names (the `x-amzn-ErrorType` header, or a JSON body's `__type`) -> the
+# contract's error types; the name itself becomes `code`. Names not listed keep the
+# status-based default type.
+AWS_ERROR_TYPES = {
+    "ValidationException": ErrorType.INVALID_REQUEST,
+    "SerializationException": ErrorType.INVALID_REQUEST,
+    "AccessDeniedException": ErrorType.PERMISSION,
+    "UnrecognizedClientException": ErrorType.AUTHENTICATION,
+    "InvalidSignatureException": ErrorType.AUTHENTICATION,
+    "IncompleteSignatureException": ErrorType.AUTHENTICATION,
+    "MissingAuthenticationTokenException": ErrorType.AUTHENTICATION,
+    "ExpiredTokenException": ErrorType.AUTHENTICATION,
+    "ResourceNotFoundException": ErrorType.NOT_FOUND,
+    "ThrottlingException": ErrorType.RATE_LIMIT,
+    "ServiceQuotaExceededException": ErrorType.RATE_LIMIT,
+    "TooManyRequestsException": ErrorType.RATE_LIMIT,
+    "ModelTimeoutException": ErrorType.TIMEOUT,
+    "ModelNotReadyException": ErrorType.API,
+    "ModelErrorException": ErrorType.API,
+    "InternalServerException": ErrorType.API,
+    "ServiceUnavailableException": ErrorType.API,
+}
 
 JSONObject = dict[str, Any]
 
 
-def _invalid(message: str, param: str, code: str = "invalid_value") -> ProviderError:
-    return ProviderError(
-        message, status_code=400, type="invalid_request_error", code=code, param=param
-    )
+def aws_error_name(response: httpx.Response, body: JSONValue) -> str | None:
+    """The AWS error code of an error response, as botocore reads it: the
+    `x-amzn-ErrorType` header (`ThrottlingException:http://…`), else the body's
+    `__type` (`com.amazon.coral.service#ThrottlingException`); None when neither is set."""
+    raw = response.headers.get("x-amzn-errortype")
+    if not raw and isinstance(body, dict):
+        value = body.get("__type")
+        raw = value if isinstance(value, str) else None
+    if not raw:
+        return None
+    name = raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
+    return name or None
 
 
-class BedrockProvider:
+def parse_error(response: httpx.Response, body: JSONValue) -> upstream.UpstreamError:
+    """An AWS error: its name becomes `code` and picks the type (when the body names
+    none), and a capitalised `Message` is the message."""
+    said = upstream.parse_error(response, body)
+    name = aws_error_name(response, body)
+    if not name:
+        return said
+    message = said.message
+    if not message and isinstance(body, dict) and body.get("Message"):
+        message = str(body["Message"])
+    etype = said.type or AWS_ERROR_TYPES.get(name)
+    return dataclasses.replace(said, code=name, type=etype, message=message)
+
+
+class BedrockProvider(Adapter):
     """Invokes Titan Image Generator / Nova Canvas models on Bedrock Runtime."""
 
-    name = NAME
-    operations = frozenset({Kind.GENERATION, Kind.EDIT, Kind.VARIATION})
+    vendor = VENDOR
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-        self._region = config.region or DEFAULT_REGION
-        default_base = f"https://bedrock-runtime.{self._region}.amazonaws.com"
-        self._base = (config.base_url or default_base).rstrip("/")
+    @property
+    def base_url(self) -> str:
+        default = f"https://bedrock-runtime.{self._config.region}.amazonaws.com"
+        return (self._config.base_url or default).rstrip("/")
 
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
-        key_id = self._config.pick_key()
-        if not key_id or not self._config.aws_secret_access_key:
-            raise ProviderNotConfigured(self.name)
+    def configured(self) -> bool:
+        return bool(self._config.keys) and bool(self._config.aws_secret_access_key)
+
+    def parse_error(self, response: httpx.Response, body: JSONValue) -> upstream.UpstreamError:
+        return parse_error(response, body)
+
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
+        key_id = self._config.require_key()  # one access key id for every call of the job
         if request.model.startswith("stability."):
-            raise _invalid(
+            raise invalid_input(
                 "the bedrock adapter speaks the Titan / Nova Canvas schema only",
                 "model",
-                "unsupported_model",
+                ErrorCode.UNSUPPORTED_MODEL,
             )
         body = await invoke_body(request)
-        url = f"{self._base}/model/{percent_encode(request.model)}/invoke"
+        url = f"{self.base_url}/model/{percent_encode(request.model)}/invoke"
         if "imageGenerationConfig" not in body:  # background removal: one image, no n
             return await self._invoke(url, body, key_id)
 
@@ -133,13 +190,8 @@ class BedrockProvider:
     async def _invoke(self, url: str, body: JSONObject, key_id: str) -> ProviderResult:
         payload = json.dumps(body, separators=(",", ":")).encode()
         headers = self._sign(url, payload, key_id)
-        response = await send(
-            self._http,
-            self._http.build_request("POST", url, content=payload, headers=headers),
-            provider=self.name,
-            timeout_s=self._config.timeout_s,
-        )
-        return parse_response(response)
+        request = self._http.build_request("POST", url, content=payload, headers=headers)
+        return parse_response(await self.send(request))
 
     def _sign(self, url: str, payload: bytes, key_id: str) -> dict[str, str]:
         """The headers to send: Content-Type, Accept, X-Amz-Date, X-Amz-Security-Token
@@ -155,7 +207,7 @@ class BedrockProvider:
             data=payload,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
-        SigV4Auth(credentials, SERVICE, self._region).add_auth(aws_request)
+        SigV4Auth(credentials, SERVICE, self._config.region).add_auth(aws_request)
         return {str(k): str(v) for k, v in aws_request.headers.items()}
 
 
@@ -166,44 +218,25 @@ def parse_response(response: httpx.Response) -> ProviderResult:
     except (ValueError, UnicodeDecodeError):
         body = None
     if not isinstance(body, dict):
-        raise ProviderError(
-            "bedrock returned an unreadable response",
-            status_code=502,
-            type="upstream_error",
-            code="invalid_response",
-        )
+        raise BadUpstreamResponse(VENDOR.name, "the body is not a JSON object")
     if body.get("error"):
         raise ProviderError(
             str(body["error"]),
             status_code=400,
-            type="invalid_request_error",
-            code="content_filtered",
+            type=ErrorType.INVALID_REQUEST,
+            code=ErrorCode.CONTENT_FILTERED,
         )
     images = body.get("images")
     if not isinstance(images, list) or not images:
-        raise ProviderError(
-            "bedrock returned no images",
-            status_code=502,
-            type="upstream_error",
-            code="no_output",
-        )
+        raise no_output("bedrock returned no images")
     out = []
     for item in images:
         try:
             data = base64.b64decode(str(item), validate=True)
         except (ValueError, binascii.Error) as exc:
-            raise ProviderError(
-                "bedrock returned an undecodable image",
-                status_code=502,
-                type="upstream_error",
-                code="invalid_response",
-            ) from exc
+            raise BadUpstreamResponse(VENDOR.name, "an image is not valid base64") from exc
         out.append(ImageOut(data=data, content_type=sniff_type(data)))
     return ProviderResult(images=tuple(out))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def bedrock_mask(mask_png: bytes) -> bytes:
@@ -255,10 +288,10 @@ async def invoke_body(request: ProviderRequest) -> JSONObject:
             "imageGenerationConfig": generation_config(request),
         }
     if not request.images:
-        raise _invalid("at least one image is required", "image", "missing_image")
+        raise invalid_input("at least one image is required", "image", ErrorCode.MISSING_IMAGE)
     if request.kind is Kind.VARIATION:
         params: JSONObject = {
-            "images": [_b64(i.data) for i in request.images[:MAX_VARIATION_INPUTS]],
+            "images": [b64(i.data) for i in request.images[:MAX_VARIATION_INPUTS]],
             **_texts(request),
         }
         strength = request.params.get("similarity_strength")
@@ -273,26 +306,21 @@ async def invoke_body(request: ProviderRequest) -> JSONObject:
 
 
 async def _edit_body(request: ProviderRequest) -> JSONObject:
-    edit_type = request.param_str("type") or "inpainting"
-    task = EDIT_TASKS.get(edit_type)
-    if task is None:
-        raise _invalid(
-            f"bedrock edits support type {', '.join(EDIT_TASKS)}; got {edit_type!r}",
-            "type",
-            "unsupported_edit_type",
-        )
-    image = _b64(request.images[0].data)
+    edit_type, task = edit_mode(request, EDIT_TASKS, VENDOR.name)
+    image = b64(request.images[0].data)
     if task == "BACKGROUND_REMOVAL":
         return {"taskType": task, "backgroundRemovalParams": {"image": image}}
     params: JSONObject = {"image": image, **_texts(request)}
     mask_prompt = request.param_str("mask_prompt")
     if request.mask is not None:
-        params["maskImage"] = _b64(await asyncio.to_thread(bedrock_mask, request.mask.data))
+        params["maskImage"] = b64(await asyncio.to_thread(bedrock_mask, request.mask.data))
     elif mask_prompt:
         params["maskPrompt"] = mask_prompt
     else:
-        raise _invalid(
-            f"bedrock {edit_type} needs a mask image or a mask_prompt", "mask", "missing_mask"
+        raise invalid_input(
+            f"bedrock {edit_type} needs a mask image or a mask_prompt",
+            "mask",
+            ErrorCode.MISSING_MASK,
         )
     if task == "OUTPAINTING":
         mode = (request.param_str("outpainting_mode") or "DEFAULT").upper()
@@ -309,6 +337,4 @@ async def _edit_body(request: ProviderRequest) -> JSONObject:
     }
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> BedrockProvider:
-    """The Bedrock adapter (see the module doc)."""
-    return BedrockProvider(config, http)
+build = BedrockProvider  # the factory the registry calls: build(config, http)

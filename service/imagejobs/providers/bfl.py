@@ -26,23 +26,18 @@ task may well succeed). Everything else (`Pending`, ...) is polled again.
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
 from typing import Any
 
-import httpx
-
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
-    download,
+    b64,
     fan_out,
+    invalid_input,
+    no_output,
     seed_for,
-    send,
 )
 from imagejobs.providers.normalize import (
     OPENAI_STYLE_PARAMS,
@@ -52,14 +47,21 @@ from imagejobs.providers.normalize import (
     transparent_to_white_mask,
     without,
 )
-from imagejobs.providers.polling import TaskDoc, TaskStates, follow_task, json_object
+from imagejobs.providers.polling import TaskAdapter, TaskDoc, TaskFailure, TaskStates, task_vendor
 
-NAME = "bfl"
-DEFAULT_BASE_URL = "https://api.bfl.ai"
+VENDOR = task_vendor("bfl", key_env="BFL_API_KEY", base_url="https://api.bfl.ai")
+_MODERATED = TaskFailure(400, ErrorCode.CONTENT_FILTERED, ErrorType.INVALID_REQUEST)
 STATES = TaskStates(
     succeeded=frozenset({"Ready"}),
-    failed=frozenset({"Request Moderated", "Content Moderated", "Error", "Task not found"}),
+    failed={
+        "Request Moderated": _MODERATED,
+        "Content Moderated": _MODERATED,
+        "Error": TaskFailure(500, ErrorCode.TASK_FAILED),
+        # the task is lost upstream: a new one may well succeed
+        "Task not found": TaskFailure(500, ErrorCode.TASK_NOT_FOUND, retryable=True),
+    },
 )
+_FAILED_AS = {"Error": "failed", "Task not found": "not found"}  # in the error message
 SIZE_MULTIPLE = 32  # FLUX 1.1 [pro] wants width/height in multiples of 32
 SIZE_KEYS = ("size", "width", "height", "aspect_ratio", "resolution")
 DROPPED = OPENAI_STYLE_PARAMS | {
@@ -70,31 +72,23 @@ DROPPED = OPENAI_STYLE_PARAMS | {
 }
 
 
-class BflProvider:
+class BflProvider(TaskAdapter):
     """Runs FLUX generations and edits as BFL tasks, one image per task."""
 
-    name = NAME
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION, Kind.EDIT})
+    states = STATES
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
         key = self._config.require_key()
         if not request.model or "/" in request.model:
-            raise ProviderError(
+            raise invalid_input(
                 f"bfl model must be an endpoint name such as flux-pro-1.1, got {request.model!r}",
-                status_code=400,
-                type="invalid_request_error",
-                code="model_not_found",
-                param="model",
+                "model",
+                ErrorCode.MODEL_NOT_FOUND,
             )
         body = await task_body(request)
-        deadline = time.monotonic() + self._config.timeout_s
+        deadline = self.deadline()
 
         async def one_task(_count: int, index: int) -> ProviderResult:
             seed = body.get("seed")
@@ -103,45 +97,23 @@ class BflProvider:
 
         return await fan_out(request, 1, one_task)
 
+    def failure_message(self, doc: TaskDoc, status: str) -> str:
+        details = doc.get("details")
+        suffix = f": {details}" if details else ""
+        return f"bfl task {_FAILED_AS.get(status, status.lower())}{suffix}"
+
     async def _one(self, model: str, body: TaskDoc, key: str, deadline: float) -> ProviderResult:
         headers = {"x-key": key, "Accept": "application/json"}
-        response = await send(
-            self._http,
-            self._http.build_request(
-                "POST", f"{self._base}/v1/{model}", json=body, headers=headers
-            ),
-            provider=self.name,
-            timeout_s=self._config.timeout_s,
+        url = f"{self.base_url}/v1/{model}"
+        created = await self.create(
+            self._http.build_request("POST", url, json=body, headers=headers)
         )
-        created = json_object(response, self.name)
-        final = await follow_task(
-            self._http,
-            self._polling_url(created),
-            provider=self.name,
-            headers=headers,
-            states=STATES,
-            on_failure=task_error,
-            interval_s=self._config.poll_interval_s,
-            deadline=deadline,
-            timeout_s=self._config.timeout_s,
-        )
+        final = await self.follow(self._polling_url(created), headers=headers, deadline=deadline)
         result = final.get("result")
         sample = result.get("sample") if isinstance(result, dict) else None
         if not isinstance(sample, str) or not sample:
-            raise ProviderError(
-                "bfl task is Ready without result.sample",
-                status_code=502,
-                type="upstream_error",
-                code="no_output",
-            )
-        image = await download(
-            self._http,
-            sample,
-            provider=self.name,
-            timeout_s=self._config.timeout_s,  # its own budget: the result is paid for
-            max_bytes=self._config.max_download_bytes,
-        )
-        return ProviderResult(images=(image,))
+            raise no_output("bfl task is Ready without result.sample")
+        return ProviderResult(images=(await self.download(sample),))
 
     def _polling_url(self, created: TaskDoc) -> str:
         url = created.get("polling_url")
@@ -149,17 +121,8 @@ class BflProvider:
             return url
         task_id = created.get("id")
         if not isinstance(task_id, str) or not task_id:
-            raise ProviderError(
-                "bfl returned a task without id or polling_url",
-                status_code=502,
-                type="upstream_error",
-                code="invalid_response",
-            )
-        return f"{self._base}/v1/get_result?id={task_id}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+            raise BadUpstreamResponse(self.name, "a task without id or polling_url")
+        return f"{self.base_url}/v1/get_result?id={task_id}"
 
 
 def _uses_aspect_ratio(model: str) -> bool:
@@ -188,14 +151,14 @@ async def task_body(request: ProviderRequest) -> dict[str, Any]:
             body["height"] = _round(height)
     if request.kind is Kind.EDIT and request.images:
         if is_fill:
-            body["image"] = _b64(request.images[0].data)
+            body["image"] = b64(request.images[0].data)
             if request.mask is not None:
                 mask = await asyncio.to_thread(transparent_to_white_mask, request.mask.data)
-                body["mask"] = _b64(mask)
+                body["mask"] = b64(mask)
         else:
-            body["input_image"] = _b64(request.images[0].data)
+            body["input_image"] = b64(request.images[0].data)
             for index, extra in enumerate(request.images[1:4], start=2):
-                body[f"input_image_{index}"] = _b64(extra.data)
+                body[f"input_image_{index}"] = b64(extra.data)
     return body
 
 
@@ -203,33 +166,4 @@ def _round(value: int) -> int:
     return max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
-def task_error(task: TaskDoc, status: str) -> ProviderError:
-    """The ProviderError for a task that ended in a failure state."""
-    details = task.get("details")
-    suffix = f": {details}" if details else ""
-    if status in ("Request Moderated", "Content Moderated"):
-        return ProviderError(
-            f"bfl task {status.lower()}{suffix}",
-            status_code=400,
-            type="invalid_request_error",
-            code="content_filtered",
-        )
-    if status == "Task not found":
-        return ProviderError(
-            f"bfl task not found{suffix}",
-            status_code=500,
-            type="upstream_error",
-            code="task_not_found",
-            retryable=True,
-        )
-    return ProviderError(
-        f"bfl task failed{suffix}",
-        status_code=500,
-        type="upstream_error",
-        code="task_failed",
-    )
-
-
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> BflProvider:
-    """The BFL adapter (see the module doc)."""
-    return BflProvider(config, http)
+build = BflProvider  # the factory the registry calls: build(config, http)

@@ -21,77 +21,57 @@ from typing import ClassVar
 
 import httpx
 
+from imagejobs.domain.errors import BadUpstreamResponse, UnsupportedOperation
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import google_common as gc
+from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
     JSONValue,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
     fan_out,
     seed_for,
-    send,
+)
+from imagejobs.providers.upstream import UpstreamError
+
+VENDOR = Vendor(
+    name="gemini",
+    key_env="GEMINI_API_KEY",
+    base_url="https://generativelanguage.googleapis.com",
 )
 
-DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
-
-class GeminiProvider:
+class GeminiProvider(Adapter):
     """Gemini image models and Imagen on the Gemini API. `VertexProvider` subclasses it,
-    overriding `endpoint`, `auth_headers`, `secrets` and `imagen_edit_body`."""
+    overriding `endpoint`, `auth_headers`, `configured`, `secrets` and
+    `imagen_edit_body`."""
 
+    vendor = VENDOR
     operations: frozenset[Kind] = frozenset({Kind.GENERATION, Kind.EDIT})
     vertex: ClassVar[bool] = False  # Imagen accepts negativePrompt and seed
     imagen_edits: ClassVar[bool] = False  # imagen_edit_body is implemented
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self.name = config.name
-        self._config = config
-        self._http = http
-
     def endpoint(self, model: str, method: str) -> str:
         """The URL of `model:method` (`predict` or `generateContent`)."""
-        base = (self._config.base_url or DEFAULT_BASE_URL).rstrip("/")
-        return f"{base}/v1beta/models/{model}:{method}"
+        return f"{self.base_url}/v1beta/models/{model}:{method}"
 
     async def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate one call."""
         key = self._config.require_key()
         return {"x-goog-api-key": key}
 
-    def secrets(self) -> tuple[str, ...]:
-        """Strings never to show in an error message."""
-        return self._config.secrets()
+    def parse_error(self, response: httpx.Response, body: JSONValue) -> UpstreamError:
+        return gc.parse_error(response, body)
 
     def imagen_edit_body(self, request: ProviderRequest) -> dict[str, JSONValue]:
         """An Imagen edit `:predict` body (sampleCount is set per call)."""
         raise UnsupportedOperation(self.name, request.kind)
 
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
         model = gc.model_id(request.model, self.name)
         seed = request.param_int("seed")
         if gc.is_imagen(model):
-            edit = None
-            if request.kind is Kind.EDIT:
-                if not self.imagen_edits:
-                    raise UnsupportedOperation(self.name, request.kind)
-                edit = self.imagen_edit_body(request)
-
-            async def imagen_call(count: int, index: int) -> ProviderResult:
-                if edit is None:
-                    batch_seed = seed_for(seed, index)
-                    body = gc.imagen_body(request, count, vertex=self.vertex, seed=batch_seed)
-                else:
-                    parameters = dict(edit["parameters"], sampleCount=count)
-                    body = {"instances": edit["instances"], "parameters": parameters}
-                return gc.parse_imagen(await self._post(model, "predict", body), self.name)
-
-            return await fan_out(request, gc.IMAGEN_PER_CALL, imagen_call)
-
+            return await self._imagen(request, model, seed)
         images = await gc.input_images(request, self._http, self._config)
 
         async def gemini_call(count: int, index: int) -> ProviderResult:
@@ -100,23 +80,36 @@ class GeminiProvider:
 
         return await fan_out(request, 1, gemini_call)
 
+    async def _imagen(
+        self, request: ProviderRequest, model: str, seed: int | None
+    ) -> ProviderResult:
+        edit = None
+        if request.kind is Kind.EDIT:
+            if not self.imagen_edits:
+                raise UnsupportedOperation(self.name, request.kind)
+            edit = self.imagen_edit_body(request)
+
+        async def imagen_call(count: int, index: int) -> ProviderResult:
+            if edit is None:
+                batch_seed = seed_for(seed, index)
+                body = gc.imagen_body(request, count, vertex=self.vertex, seed=batch_seed)
+            else:
+                parameters = dict(edit["parameters"], sampleCount=count)
+                body = {"instances": edit["instances"], "parameters": parameters}
+            return gc.parse_imagen(await self._post(model, "predict", body), self.name)
+
+        return await fan_out(request, gc.IMAGEN_PER_CALL, imagen_call)
+
     async def _post(self, model: str, method: str, body: dict[str, JSONValue]) -> JSONValue:
         headers = await self.auth_headers()
         http_request = self._http.build_request(
             "POST", self.endpoint(model, method), json=body, headers=headers
         )
-        try:
-            response = await send(
-                self._http, http_request, provider=self.name, timeout_s=self._config.timeout_s
-            )
-        except ProviderError as exc:
-            raise gc.translate_error(exc, self.secrets()) from exc
+        response = await self.send(http_request)
         try:
             return response.json()
         except ValueError as exc:
-            raise gc.bad_response(self.name, "not JSON") from exc
+            raise BadUpstreamResponse(self.name, "the body is not JSON") from exc
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> GeminiProvider:
-    """The Gemini API adapter."""
-    return GeminiProvider(config, http)
+build = GeminiProvider  # the factory the registry calls: build(config, http)

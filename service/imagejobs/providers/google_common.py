@@ -16,38 +16,38 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
 import httpx
 
 from imagejobs import safefetch
-from imagejobs.domain.errors import FetchError
-from imagejobs.providers import normalize
+from imagejobs.domain.errors import (
+    BadUpstreamResponse,
+    ErrorCode,
+    ErrorType,
+    FetchError,
+    ProviderError,
+)
+from imagejobs.domain.images import UnacceptableImage, check_image, sniff_type
+from imagejobs.providers import normalize, upstream
 from imagejobs.providers.base import (
+    KNOWN_PARAMS,
     ImageInput,
     ImageOut,
     JSONValue,
     ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
-    sniff_type,
+    b64,
+    invalid_input,
 )
 
 IMAGEN_PER_CALL = 4  # Imagen's sampleCount is 1..4
 IMAGEN_ASPECT_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
 GEMINI_ASPECT_RATIOS = normalize.COMMON_ASPECT_RATIOS
 
-# Request fields the contract knows; everything else is passed through to the vendor.
-KNOWN_PARAMS = frozenset(
-    {
-        "n", "size", "quality", "style", "response_format", "background", "moderation",
-        "output_format", "output_compression", "partial_images", "seed", "negative_prompt",
-        "num_inference_steps", "user", "input_images", "aspect_ratio", "resolution",
-        "type", "input_fidelity",
-    }
-)  # fmt: skip
 _GENERATE_CONTENT_TOP_LEVEL = frozenset(
     {"safetySettings", "systemInstruction", "tools", "toolConfig", "labels", "cachedContent"}
 )
@@ -57,19 +57,21 @@ _SAFETY_REASONS = frozenset(
 )
 
 # google.rpc.Code names -> the contract's error types; the name itself becomes `code`.
-_ERROR_TYPES = {
-    "INVALID_ARGUMENT": "invalid_request_error",
-    "FAILED_PRECONDITION": "invalid_request_error",
-    "OUT_OF_RANGE": "invalid_request_error",
-    "UNAUTHENTICATED": "authentication_error",
-    "PERMISSION_DENIED": "permission_error",
-    "NOT_FOUND": "not_found_error",
-    "RESOURCE_EXHAUSTED": "rate_limit_error",
-    "ABORTED": "api_error",
-    "INTERNAL": "api_error",
-    "UNAVAILABLE": "api_error",
-    "DEADLINE_EXCEEDED": "api_error",
+ERROR_TYPES = {
+    "INVALID_ARGUMENT": ErrorType.INVALID_REQUEST,
+    "FAILED_PRECONDITION": ErrorType.INVALID_REQUEST,
+    "OUT_OF_RANGE": ErrorType.INVALID_REQUEST,
+    "UNAUTHENTICATED": ErrorType.AUTHENTICATION,
+    "PERMISSION_DENIED": ErrorType.PERMISSION,
+    "NOT_FOUND": ErrorType.NOT_FOUND,
+    "RESOURCE_EXHAUSTED": ErrorType.RATE_LIMIT,
+    "ABORTED": ErrorType.API,
+    "INTERNAL": ErrorType.API,
+    "UNAVAILABLE": ErrorType.API,
+    "DEADLINE_EXCEEDED": ErrorType.API,
 }
+RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 
 
 def is_imagen(model: str) -> bool:
@@ -81,12 +83,8 @@ def model_id(model: str, provider: str) -> str:
     """The model name for the URL path; rejects anything that could escape the path."""
     name = model.removeprefix("models/")
     if not _MODEL_RE.fullmatch(name):
-        raise ProviderError(
-            f"invalid {provider} model name: {model!r}",
-            status_code=400,
-            type="invalid_request_error",
-            code="invalid_model",
-            param="model",
+        raise invalid_input(
+            f"invalid {provider} model name: {model!r}", "model", ErrorCode.INVALID_MODEL
         )
     return name
 
@@ -130,12 +128,10 @@ def decode_image_string(value: str) -> ImageInput:
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ProviderError(
+        raise invalid_input(
             "input_images entries must be URLs, data URLs or base64 image data",
-            status_code=400,
-            type="invalid_request_error",
-            code="invalid_input_image",
-            param="input_images",
+            "input_images",
+            ErrorCode.INVALID_INPUT_IMAGE,
         ) from exc
     return ImageInput(data=data, content_type=content_type or sniff_type(data))
 
@@ -147,35 +143,29 @@ async def input_images(
     images = list(request.images)
     raw = request.params.get("input_images")
     entries = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         if not isinstance(entry, str) or not entry:
-            raise ProviderError(
+            raise invalid_input(
                 "input_images must be a list of strings",
-                status_code=400,
-                type="invalid_request_error",
-                code="invalid_input_image",
-                param="input_images",
+                "input_images",
+                ErrorCode.INVALID_INPUT_IMAGE,
             )
         if entry[:8].lower().startswith(("http://", "https://")):
             try:  # the SSRF guard: checked addresses only, bounded size and time
                 got = await safefetch.fetch(http, entry, config.fetch)
             except FetchError as exc:
-                raise ProviderError(
-                    exc.message,
-                    status_code=400,
-                    type="invalid_request_error",
-                    code=exc.code,
-                    param="input_images",
-                ) from exc
+                raise invalid_input(exc.message, "input_images", exc.code) from exc
             ctype = got.content_type if got.content_type.startswith("image/") else ""
-            images.append(ImageInput(data=got.data, content_type=ctype or sniff_type(got.data)))
+            image = ImageInput(data=got.data, content_type=ctype or sniff_type(got.data))
         else:
-            images.append(decode_image_string(entry))
+            image = decode_image_string(entry)
+        # the same image checks as every other way an image enters (domain/images.py)
+        try:
+            check_image(image.data, f"input_images[{index}]", config.fetch.max_bytes)
+        except UnacceptableImage as exc:
+            raise invalid_input(exc.message, "input_images", ErrorCode.INVALID_INPUT_IMAGE) from exc
+        images.append(image)
     return images
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 # --- request bodies -------------------------------------------------------------------
@@ -228,7 +218,7 @@ def gemini_body(
     parts: list[JSONValue] = []
     if request.prompt:
         parts.append({"text": request.prompt})
-    parts += [{"inlineData": {"mimeType": i.content_type, "data": _b64(i.data)}} for i in images]
+    parts += [{"inlineData": {"mimeType": i.content_type, "data": b64(i.data)}} for i in images]
     # Gemini 2.0's preview image model cannot answer with an image alone.
     modalities = ["TEXT", "IMAGE"] if "2.0-flash" in model else ["IMAGE"]
     config: dict[str, JSONValue] = {"responseModalities": modalities}
@@ -255,30 +245,22 @@ def gemini_body(
 # --- responses --------------------------------------------------------------------------
 
 
-def bad_response(provider: str, what: str) -> ProviderError:
-    return ProviderError(
-        f"{provider} returned an unexpected response: {what}",
-        type="upstream_error",
-        code="bad_response",
-    )
-
-
 def _content_filtered(provider: str, reason: str) -> ProviderError:
     return ProviderError(
         f"{provider} returned no image: {reason}",
         status_code=400,
-        type="invalid_request_error",
-        code="content_filter",
+        type=ErrorType.INVALID_REQUEST,
+        code=ErrorCode.CONTENT_FILTER,
     )
 
 
 def _decode(value: JSONValue, provider: str) -> bytes:
     if not isinstance(value, str):
-        raise bad_response(provider, "image data is not a base64 string")
+        raise BadUpstreamResponse(provider, "image data is not a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise bad_response(provider, "image data is not valid base64") from exc
+        raise BadUpstreamResponse(provider, "image data is not valid base64") from exc
 
 
 def parse_imagen(body: JSONValue, provider: str) -> ProviderResult:
@@ -333,7 +315,7 @@ def gemini_usage(body: Mapping[str, JSONValue]) -> dict[str, JSONValue] | None:
 def parse_gemini(body: JSONValue, provider: str) -> ProviderResult:
     """Images from `candidates[].content.parts[].inlineData`, skipping thought images."""
     if not isinstance(body, dict):
-        raise bad_response(provider, "not a JSON object")
+        raise BadUpstreamResponse(provider, "not a JSON object")
     images: list[ImageOut] = []
     texts: list[str] = []
     finish: list[str] = []
@@ -367,32 +349,36 @@ def parse_gemini(body: JSONValue, provider: str) -> ProviderResult:
         f"{provider} returned no image"
         + (f" (finishReason {', '.join(finish)})" if finish else "")
         + (f": {said}" if said else ""),
-        type="upstream_error",
-        code="no_image",
+        type=ErrorType.UPSTREAM,
+        code=ErrorCode.NO_IMAGE,
     )
 
 
 # --- errors ------------------------------------------------------------------------------
 
 
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every secret replaced."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return text
+def retry_delay(body: JSONValue) -> float | None:
+    """The `retryDelay` of a Google error's `google.rpc.RetryInfo` detail, in seconds
+    (`{"error": {"details": [{"@type": "…RetryInfo", "retryDelay": "2s"}]}}`)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict) or detail.get("@type") != RETRY_INFO_TYPE:
+            continue
+        delay = detail.get("retryDelay")
+        match = _DURATION_RE.fullmatch(delay) if isinstance(delay, str) else None
+        if match:
+            return float(match.group(1))
+    return None
 
 
-def translate_error(exc: ProviderError, secrets: Sequence[str]) -> ProviderError:
-    """A Google error (`{"error": {"code", "message", "status"}}`, which base parses as
-    type=status, code=HTTP code) with the contract's type and the status as `code`."""
-    status = exc.type if exc.type in _ERROR_TYPES else None
-    return ProviderError(
-        scrub(exc.message, secrets),
-        status_code=exc.status_code,
-        type=_ERROR_TYPES[status] if status else exc.type,
-        code=status or exc.code,
-        param=exc.param,
-        retryable=exc.retryable,
-        retry_after=exc.retry_after,
-    )
+def parse_error(response: httpx.Response, body: JSONValue) -> upstream.UpstreamError:
+    """A Google error (`{"error": {"code", "message", "status", "details"}}`): the status
+    name (`RESOURCE_EXHAUSTED`) becomes `code` and picks the contract's type, and a
+    `RetryInfo` delay is the retry delay when there is no `Retry-After` header."""
+    said = upstream.parse_error(response, body)
+    if said.retry_after is None:
+        said = dataclasses.replace(said, retry_after=retry_delay(body))
+    if said.type in ERROR_TYPES:  # the generic reading takes a named status as the type
+        said = dataclasses.replace(said, type=ERROR_TYPES[said.type], code=said.type)
+    return said

@@ -31,38 +31,29 @@ import binascii
 import re
 from collections.abc import Callable, Mapping
 
-import httpx
-
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, UnsupportedOperation
+from imagejobs.domain.images import sniff_type
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
+from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
+    KNOWN_PARAMS,
     ImageOut,
     JSONValue,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
-    download,
+    b64,
     fan_out,
+    invalid_input,
     seed_for,
-    send,
-    sniff_type,
 )
 
-DEFAULT_BASE_URL = "https://router.huggingface.co"
+VENDOR = Vendor(name="huggingface", key_env="HF_TOKEN", base_url="https://router.huggingface.co")
 INFERENCE_PROVIDERS = ("hf-inference", "together", "nebius")
 _REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _SHAPE_PARAMS = ("size", "aspect_ratio", "resolution")
-# Request fields the contract knows; the rest pass through to the vendor.
-_KNOWN = frozenset(
-    {
-        "n", "size", "quality", "style", "response_format", "background", "moderation",
-        "output_format", "output_compression", "partial_images", "seed", "negative_prompt",
-        "num_inference_steps", "user", "input_images", "aspect_ratio", "resolution",
-        "type", "input_fidelity", "width", "height",
-    }
-)  # fmt: skip
+# Request fields the contract knows, and the explicit shape; the rest pass through.
+_KNOWN = KNOWN_PARAMS | {"width", "height"}
 
 Body = dict[str, JSONValue]
 
@@ -95,8 +86,7 @@ def _hf_inference_body(request: ProviderRequest, seed: int | None) -> Body:
         if shape:
             parameters["target_size"] = {"width": shape[0], "height": shape[1]}
         parameters.update(_passthrough(request.params))
-        image = base64.b64encode(request.images[0].data).decode("ascii")
-        return {"inputs": image, "parameters": parameters}
+        return {"inputs": b64(request.images[0].data), "parameters": parameters}
     if shape:
         parameters["width"], parameters["height"] = shape
     _set(parameters, "seed", seed)
@@ -122,42 +112,31 @@ def _openai_style_body(
     return body
 
 
-class HuggingFaceProvider:
+class HuggingFaceProvider(Adapter):
     """Text-to-image (and hf-inference image-to-image) through the HF router."""
 
+    vendor = VENDOR
     operations: frozenset[Kind] = frozenset({Kind.GENERATION, Kind.EDIT})
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self.name = config.name
-        self._config = config
-        self._http = http
-        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
         inference_provider, repo = self._split(request.model)
         if request.kind is Kind.EDIT:
             if inference_provider != "hf-inference":
                 raise UnsupportedOperation(self.name, request.kind)
             if not request.images:
-                raise ProviderError(
-                    "an edit needs an input image",
-                    status_code=400,
-                    type="invalid_request_error",
-                    code="image_required",
-                    param="image",
+                raise invalid_input(
+                    "an edit needs an input image", "image", ErrorCode.IMAGE_REQUIRED
                 )
         key = self._config.require_key()
         seed = request.param_int("seed")
         call: Callable[[int | None], tuple[str, Body]]
         if inference_provider == "hf-inference":
-            url = f"{self._base}/hf-inference/models/{repo}"
+            url = f"{self.base_url}/hf-inference/models/{repo}"
 
             def call(s: int | None) -> tuple[str, Body]:
                 return url, _hf_inference_body(request, s)
         else:
-            url = f"{self._base}/{inference_provider}/v1/images/generations"
+            url = f"{self.base_url}/{inference_provider}/v1/images/generations"
             together = inference_provider == "together"
             steps = "steps" if together else "num_inference_steps"
             fmt = "base64" if together else "b64_json"
@@ -175,13 +154,11 @@ class HuggingFaceProvider:
     def _split(self, model: str) -> tuple[str, str]:
         inference_provider, _, repo = model.partition("/")
         if inference_provider not in INFERENCE_PROVIDERS or not _REPO_RE.fullmatch(repo):
-            raise ProviderError(
+            raise invalid_input(
                 f"huggingface models are <inference-provider>/<org>/<model> with the "
                 f"inference provider one of {', '.join(INFERENCE_PROVIDERS)}; got {model!r}",
-                status_code=400,
-                type="invalid_request_error",
-                code="unsupported_model",
-                param="model",
+                "model",
+                ErrorCode.UNSUPPORTED_MODEL,
             )
         return inference_provider, repo
 
@@ -189,15 +166,7 @@ class HuggingFaceProvider:
         http_request = self._http.build_request(
             "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
         )
-        try:
-            response = await send(
-                self._http, http_request, provider=self.name, timeout_s=self._config.timeout_s
-            )
-        except ProviderError as exc:
-            if key in exc.message:
-                exc.message = exc.message.replace(key, "<redacted>")
-                exc.args = (exc.message,)
-            raise
+        response = await self.send(http_request)
         ctype = response.headers.get("content-type", "").split(";")[0].strip()
         if ctype.startswith("image/"):
             return ImageOut(data=response.content, content_type=ctype)
@@ -209,39 +178,23 @@ class HuggingFaceProvider:
             sniffed = sniff_type(response.content)
             if sniffed.startswith("image/"):
                 return ImageOut(data=response.content, content_type=sniffed)
-            raise _bad_response(self.name, "neither an image nor JSON")
+            raise BadUpstreamResponse(self.name, "neither an image nor JSON")
         return await self._from_json(payload)
 
     async def _from_json(self, payload: JSONValue) -> ImageOut:
         data = payload.get("data") if isinstance(payload, dict) else None
         first = data[0] if isinstance(data, list) and data else None
         if not isinstance(first, dict):
-            raise _bad_response(self.name, "no data[0]")
+            raise BadUpstreamResponse(self.name, "no data[0]")
         if isinstance(first.get("b64_json"), str):
             try:
                 image = base64.b64decode(first["b64_json"], validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise _bad_response(self.name, "b64_json is not valid base64") from exc
+                raise BadUpstreamResponse(self.name, "b64_json is not valid base64") from exc
             return ImageOut(data=image, content_type=sniff_type(image))
         if isinstance(first.get("url"), str):
-            return await download(
-                self._http,
-                first["url"],
-                provider=self.name,
-                timeout_s=self._config.timeout_s,
-                max_bytes=self._config.max_download_bytes,
-            )
-        raise _bad_response(self.name, "data[0] has neither b64_json nor url")
+            return await self.download(first["url"])
+        raise BadUpstreamResponse(self.name, "data[0] has neither b64_json nor url")
 
 
-def _bad_response(provider: str, what: str) -> ProviderError:
-    return ProviderError(
-        f"{provider} returned an unexpected response: {what}",
-        type="upstream_error",
-        code="bad_response",
-    )
-
-
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> HuggingFaceProvider:
-    """The Hugging Face router adapter."""
-    return HuggingFaceProvider(config, http)
+build = HuggingFaceProvider  # the factory the registry calls: build(config, http)

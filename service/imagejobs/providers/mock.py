@@ -23,21 +23,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
 from PIL import Image
 
+from imagejobs.domain.errors import ErrorCode, ErrorType, ProviderError
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import mock_images
+from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
-    RETRYABLE_STATUSES,
     ImageInput,
     ImageOut,
     JSONValue,
-    Provider,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
+    invalid_input,
 )
 from imagejobs.providers.normalize import (
     RESOLUTION_LONG_EDGE,
@@ -45,6 +43,7 @@ from imagejobs.providers.normalize import (
     parse_aspect_ratio,
     parse_size,
 )
+from imagejobs.providers.upstream import RETRYABLE_STATUSES
 
 DEFAULT_SIZE = (1024, 1024)
 MAX_SIDE = 4096  # pixels, per side of an output image
@@ -52,6 +51,7 @@ MAX_INPUT_PIXELS = 16 * 1024 * 1024  # an input image larger than this is refuse
 MAX_N = 10
 FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 BACKGROUNDS = frozenset({"auto", "opaque", "transparent"})
+VENDOR = Vendor(name="mock")  # no key, no endpoint, no settings of its own
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,6 @@ class _Output:
     size: tuple[int, int] | None  # None: the default (generation) or the input's (edits)
     transparent: bool
     background_removal: bool
-
-
-def _invalid(param: str, code: str, message: str) -> ProviderError:
-    return ProviderError(
-        message,
-        status_code=400,
-        type="invalid_request_error",
-        code=code,
-        param=param,
-        retryable=False,
-    )
 
 
 # --- behaviour controls -----------------------------------------------------------------
@@ -103,24 +92,26 @@ def _simulate_failure(request: ProviderRequest) -> None:
     if not status:
         return
     if not 400 <= status <= 599:
-        raise _invalid(
-            "mock_fail_status", "invalid_value", "mock_fail_status must be an HTTP status 400-599"
+        raise invalid_input(
+            "mock_fail_status must be an HTTP status 400-599",
+            "mock_fail_status",
+            ErrorCode.INVALID_VALUE,
         )
     times = _control(request, "mock_fail_times")
     if times is not None and request.attempt > times:
         return
     limit = f"of failing {times}" if times is not None else "failing always"
     if status == 429:
-        error_type = "rate_limit_error"
+        error_type = ErrorType.RATE_LIMIT
     elif status >= 500:
-        error_type = "server_error"
+        error_type = ErrorType.SERVER
     else:
-        error_type = "invalid_request_error"
+        error_type = ErrorType.INVALID_REQUEST
     raise ProviderError(
         f"mock upstream error: HTTP {status} (attempt {request.attempt} {limit})",
         status_code=status,
         type=error_type,
-        code="mock_failure",
+        code=ErrorCode.MOCK_FAILURE,
         retryable=status in RETRYABLE_STATUSES,
         retry_after=None,
     )
@@ -138,29 +129,33 @@ def _output_options(request: ProviderRequest) -> _Output:
     elif isinstance(raw_format, str) and raw_format.lower() in FORMAT_ALIASES:
         fmt = FORMAT_ALIASES[raw_format.lower()]
     else:
-        raise _invalid(
-            "output_format",
-            "invalid_output_format",
+        raise invalid_input(
             f"invalid output_format {raw_format!r}; expected one of png, jpeg, webp",
+            "output_format",
+            ErrorCode.INVALID_OUTPUT_FORMAT,
         )
     quality = params.get("output_compression")
     if quality is not None and (
         not isinstance(quality, int) or isinstance(quality, bool) or not 0 <= quality <= 100
     ):
-        raise _invalid(
-            "output_compression", "invalid_value", "output_compression must be an integer 0-100"
+        raise invalid_input(
+            "output_compression must be an integer 0-100",
+            "output_compression",
+            ErrorCode.INVALID_VALUE,
         )
     background = params.get("background")
     if background is not None and background not in BACKGROUNDS:
-        raise _invalid(
-            "background",
-            "invalid_value",
+        raise invalid_input(
             f"invalid background {background!r}; expected transparent, opaque or auto",
+            "background",
+            ErrorCode.INVALID_VALUE,
         )
     transparent = background == "transparent"
     if transparent and fmt == "jpeg":
-        raise _invalid(
-            "background", "invalid_value", "a transparent background needs png or webp output"
+        raise invalid_input(
+            "a transparent background needs png or webp output",
+            "background",
+            ErrorCode.INVALID_VALUE,
         )
     if background_removal:
         fmt, transparent = "png", True
@@ -172,20 +167,28 @@ def _requested_size(params: Mapping[str, JSONValue]) -> tuple[int, int] | None:
     get = params.get
     size, ratio, resolution = get("size"), get("aspect_ratio"), get("resolution")
     if size is not None and size != "auto" and not (isinstance(size, str) and parse_size(size)):
-        raise _invalid("size", "invalid_size", f"invalid size {size!r}; expected 'WxH' or 'auto'")
+        raise invalid_input(
+            f"invalid size {size!r}; expected 'WxH' or 'auto'", "size", ErrorCode.INVALID_SIZE
+        )
     if ratio is not None and not (isinstance(ratio, str) and parse_aspect_ratio(ratio)):
-        raise _invalid("aspect_ratio", "invalid_value", f"invalid aspect_ratio {ratio!r}")
+        raise invalid_input(
+            f"invalid aspect_ratio {ratio!r}", "aspect_ratio", ErrorCode.INVALID_VALUE
+        )
     if resolution is not None and not (
         isinstance(resolution, str) and resolution.upper() in RESOLUTION_LONG_EDGE
     ):
-        raise _invalid("resolution", "invalid_value", f"invalid resolution {resolution!r}")
+        raise invalid_input(
+            f"invalid resolution {resolution!r}", "resolution", ErrorCode.INVALID_VALUE
+        )
     named = [get(k) for k in ("width", "height", "aspect_ratio", "resolution")]
     if size in (None, "auto") and all(v is None for v in named):
         return None
     width, height = dimensions(params)
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
-        raise _invalid(
-            "size", "invalid_size", f"size {width}x{height} exceeds {MAX_SIDE} pixels per side"
+        raise invalid_input(
+            f"size {width}x{height} exceeds {MAX_SIDE} pixels per side",
+            "size",
+            ErrorCode.INVALID_SIZE,
         )
     return width, height
 
@@ -193,14 +196,16 @@ def _requested_size(params: Mapping[str, JSONValue]) -> tuple[int, int] | None:
 def _check_inputs(request: ProviderRequest, out: _Output) -> None:
     """The prompt and images the request's kind needs are there, and `n` is in range."""
     if request.n > MAX_N:
-        raise _invalid("n", "invalid_value", f"n must be at most {MAX_N}")
+        raise invalid_input(f"n must be at most {MAX_N}", "n", ErrorCode.INVALID_VALUE)
     needs_prompt = request.kind is Kind.GENERATION or (
         request.kind is Kind.EDIT and not out.background_removal
     )
     if needs_prompt and not (request.prompt or "").strip():
-        raise _invalid("prompt", "missing_required_parameter", "a prompt is required")
+        raise invalid_input("a prompt is required", "prompt", ErrorCode.MISSING_REQUIRED_PARAMETER)
     if request.kind is not Kind.GENERATION and not request.images:
-        raise _invalid("image", "missing_required_parameter", "an input image is required")
+        raise invalid_input(
+            "an input image is required", "image", ErrorCode.MISSING_REQUIRED_PARAMETER
+        )
 
 
 # --- rendering (runs in a worker thread) --------------------------------------------------
@@ -219,13 +224,15 @@ def _decode(image: ImageInput, param: str) -> Image.Image:
         img = Image.open(io.BytesIO(image.data))
         width, height = img.size
         if width * height > MAX_INPUT_PIXELS:
-            raise _invalid(param, "image_too_large", f"{param} is {width}x{height}, too large")
+            raise invalid_input(
+                f"{param} is {width}x{height}, too large", param, ErrorCode.IMAGE_TOO_LARGE
+            )
         img.load()
     except ProviderError:
         raise
     except Exception as exc:  # corrupt data raises OSError, ValueError, SyntaxError, ...
-        raise _invalid(
-            param, "invalid_image", f"could not decode {param}: {type(exc).__name__}"
+        raise invalid_input(
+            f"could not decode {param}: {type(exc).__name__}", param, ErrorCode.INVALID_IMAGE
         ) from exc
     return img
 
@@ -273,11 +280,11 @@ def _edit(
     if request.mask is not None:
         mask = _decode(request.mask, "mask")
         if mask.size != base.size:
-            raise _invalid(
-                "mask",
-                "invalid_mask",
+            raise invalid_input(
                 f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
                 f"{base.size[0]}x{base.size[1]}",
+                "mask",
+                ErrorCode.INVALID_MASK,
             )
         region = mock_images.edit_region(mask)
     elif mock_images.has_transparency(base):
@@ -312,16 +319,13 @@ def _usage(request: ProviderRequest, rendered: _Rendered) -> dict[str, JSONValue
 # --- the provider -------------------------------------------------------------------------
 
 
-class MockProvider:
+class MockProvider(Adapter):
     """Answers every kind of request offline; see the module docstring."""
 
-    name = "mock"
-    operations = frozenset(Kind)
+    vendor = VENDOR
+    requires_key = False
 
-    def __init__(self, config: ProviderConfig) -> None:
-        self.config = config
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
         """Sleep and fail as the request scripts, then render its images in a thread."""
         await _simulate_latency(request)
         _simulate_failure(request)
@@ -342,7 +346,4 @@ class MockProvider:
         )
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The mock provider; `http` is unused, as the mock never leaves the process."""
-    del http
-    return MockProvider(config)
+build = MockProvider  # the factory the registry calls: build(config, http)

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
-    Provider,
-    ProviderConfig,
     ProviderRequest,
     ProviderResult,
     fan_out,
@@ -34,7 +31,9 @@ from imagejobs.providers.base import (
 )
 from imagejobs.providers.openai import OpenAIProvider, select_params
 
-DEFAULT_BASE_URL = "https://api.tokenfactory.nebius.com"
+VENDOR = Vendor(
+    name="nebius", key_env="NEBIUS_API_KEY", base_url="https://api.tokenfactory.nebius.com"
+)
 NEBIUS_PARAMS = frozenset({"num_inference_steps", "seed", "negative_prompt"})
 IMAGES_PER_CALL = 1
 EXTENSIONS = {"jpeg": "jpg"}
@@ -43,15 +42,14 @@ EXTENSIONS = {"jpeg": "jpg"}
 class NebiusProvider(OpenAIProvider):
     """Nebius's OpenAI-like endpoint with its own body; one image per call."""
 
-    name = "nebius"
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION})
-    default_base_url = DEFAULT_BASE_URL
     generation_params = NEBIUS_PARAMS
 
     async def execute(self, request: ProviderRequest) -> ProviderResult:
         async def one_call(count: int, index: int) -> ProviderResult:
             body = self.nebius_body(request, index)
-            response = await self.send_request(self.json_request(request, body))
+            response = await self.send(self.json_request(request, body))
             return await self.parse_response(response)
 
         return await fan_out(request, IMAGES_PER_CALL, one_call)
@@ -73,6 +71,4 @@ class NebiusProvider(OpenAIProvider):
         return body
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The Nebius adapter."""
-    return NebiusProvider(config, http)
+build = NebiusProvider  # the factory the registry calls: build(config, http)

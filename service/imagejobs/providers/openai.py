@@ -39,34 +39,27 @@ from typing import Any
 
 import httpx
 
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode
+from imagejobs.domain.images import sniff_type
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
+from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
+    KNOWN_PARAMS,
     ImageInput,
     ImageOut,
-    Provider,
-    ProviderConfig,
-    ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
-    download,
-    send,
-    sniff_type,
+    invalid_input,
 )
 
-DEFAULT_BASE_URL = "https://api.openai.com"
+VENDOR = Vendor(name="openai", key_env="OPENAI_API_KEY", base_url="https://api.openai.com")
 
 # What each operation accepts, of the parameters the contract knows (see ProviderRequest).
 _COMMON = frozenset({"n", "size", "quality", "response_format", "background", "user"})
 _GPT_IMAGE_OUTPUT = frozenset({"output_format", "output_compression"})
 GENERATION_PARAMS = _COMMON | _GPT_IMAGE_OUTPUT | {"style", "moderation"}
 EDIT_PARAMS = _COMMON | _GPT_IMAGE_OUTPUT | {"input_fidelity"}
-_ELSEWHERE = frozenset({"seed", "negative_prompt", "num_inference_steps", "partial_images"})
-_SHAPE_AND_INPUT = frozenset({"input_images", "aspect_ratio", "resolution", "type"})
-# Every parameter the contract knows; anything else passes through.
-KNOWN_PARAMS = GENERATION_PARAMS | EDIT_PARAMS | _ELSEWHERE | _SHAPE_AND_INPUT
 VARIATION_PARAMS = frozenset({"n", "response_format", "size", "user"})
 ECHOED_FIELDS = ("background", "output_format", "quality", "size")
 
@@ -79,7 +72,6 @@ STANDARD_SIZES: Mapping[str, tuple[str, ...]] = {
 # Model families that always answer base64 and reject `response_format`.
 BASE64_ONLY_MODELS = ("gpt-image", "chatgpt-image")
 FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
-REDACTED = "<redacted>"
 
 
 def select_params(params: Mapping[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
@@ -128,45 +120,12 @@ def form_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def bad_response(provider: str, why: str) -> ProviderError:
-    """A 2xx answer we cannot use (no images, undecodable data)."""
-    return ProviderError(
-        f"{provider} returned an unusable response: {why}",
-        status_code=502,
-        type="upstream_error",
-        code="invalid_upstream_response",
-    )
-
-
-class OpenAIProvider:
+class OpenAIProvider(Adapter):
     """The OpenAI Images API. Subclasses change the class attributes and the hooks
     `endpoint`, `query`, `auth_headers`, `generation_body` and `execute`."""
 
-    name: str = "openai"
-    operations: frozenset[Kind] = frozenset(Kind)
-    default_base_url = DEFAULT_BASE_URL
-    requires_key = True
-    requires_base_url = False
+    vendor = VENDOR
     generation_params: frozenset[str] = GENERATION_PARAMS
-
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        """Perform `request`; raises UnsupportedOperation, ProviderNotConfigured or a
-        ProviderError whose message never contains a configured secret."""
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
-        if (self.requires_base_url and not self._config.base_url) or (
-            self.requires_key and not self._config.keys
-        ):
-            raise ProviderNotConfigured(self.name)
-        try:
-            return await self.execute(request)
-        except ProviderError as exc:
-            self._scrub(exc)
-            raise
 
     # --- hooks -------------------------------------------------------------------------
 
@@ -178,11 +137,11 @@ class OpenAIProvider:
             http_request = self.edit_request(request)
         else:
             http_request = self.variation_request(request)
-        return await self.parse_response(await self.send_request(http_request))
+        return await self.parse_response(await self.send(http_request))
 
     def endpoint(self, kind: Kind, model: str) -> str:
         """The URL for `kind`; a base URL that already ends in `/v1` is not doubled."""
-        base = (self._config.base_url or self.default_base_url).rstrip("/")
+        base = self.base_url
         if not base.endswith("/v1"):
             base += "/v1"
         return f"{base}/images/{kind.value}"
@@ -258,19 +217,11 @@ class OpenAIProvider:
 
     def _require_images(self, request: ProviderRequest) -> None:
         if not request.images:
-            raise ProviderError(
+            raise invalid_input(
                 f"{request.kind.request_type} needs an input image",
-                status_code=400,
-                type="invalid_request_error",
-                code="missing_image",
-                param="image",
+                "image",
+                ErrorCode.MISSING_IMAGE,
             )
-
-    async def send_request(self, http_request: httpx.Request) -> httpx.Response:
-        """Send one call through base.send() (which translates every httpx failure)."""
-        return await send(
-            self._http, http_request, provider=self.name, timeout_s=self._config.timeout_s
-        )
 
     # --- responses -----------------------------------------------------------------------
 
@@ -279,12 +230,12 @@ class OpenAIProvider:
         try:
             body = response.json()
         except ValueError:
-            raise bad_response(self.name, "the body is not JSON") from None
+            raise BadUpstreamResponse(self.name, "the body is not JSON") from None
         if not isinstance(body, dict):
-            raise bad_response(self.name, "the body is not a JSON object")
+            raise BadUpstreamResponse(self.name, "the body is not a JSON object")
         items = body.get("data")
         if not isinstance(items, list) or not items:
-            raise bad_response(self.name, "no images in `data`")
+            raise BadUpstreamResponse(self.name, "no images in `data`")
         declared = FORMAT_TYPES.get(str(body.get("output_format")))
         images = await asyncio.gather(*(self._image(item, declared) for item in items))
         usage = body.get("usage")
@@ -297,7 +248,7 @@ class OpenAIProvider:
 
     async def _image(self, item: Any, declared: str | None) -> ImageOut:
         if not isinstance(item, dict):
-            raise bad_response(self.name, "an entry of `data` is not an object")
+            raise BadUpstreamResponse(self.name, "an entry of `data` is not an object")
         revised = item.get("revised_prompt")
         revised_prompt = revised if isinstance(revised, str) and revised else None
         mime = item.get("mime_type")
@@ -308,38 +259,21 @@ class OpenAIProvider:
         if isinstance(url, str) and url.startswith("data:"):
             return self._decoded(url.partition(",")[2], declared, revised_prompt)
         if isinstance(url, str) and url:
-            # No auth headers: result URLs are pre-signed and may live on another host.
-            out = await download(
-                self._http,
-                url,
-                provider=self.name,
-                timeout_s=self._config.timeout_s,
-                max_bytes=self._config.max_download_bytes,
-            )
+            out = await self.download(url)
             ctype = out.content_type
             if not ctype.startswith("image/"):
                 ctype = _content_type(out.data, declared)
             return dataclasses.replace(out, content_type=ctype, revised_prompt=revised_prompt)
-        raise bad_response(self.name, "an image has neither `b64_json` nor `url`")
+        raise BadUpstreamResponse(self.name, "an image has neither `b64_json` nor `url`")
 
     def _decoded(self, b64: str, declared: str | None, revised_prompt: str | None) -> ImageOut:
         try:
             data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise bad_response(self.name, "`b64_json` is not valid base64") from None
+            raise BadUpstreamResponse(self.name, "`b64_json` is not valid base64") from None
         return ImageOut(
             data=data, content_type=_content_type(data, declared), revised_prompt=revised_prompt
         )
-
-    def _scrub(self, exc: ProviderError) -> None:
-        """Remove every configured secret from the error's message (upstreams echo keys)."""
-        message = exc.message
-        for secret in self._config.secrets():
-            for value in (secret, secret.removeprefix("Bearer ")):
-                if value:
-                    message = message.replace(value, REDACTED)
-        exc.message = message
-        exc.args = (message,)
 
 
 def _content_type(data: bytes, declared: str | None) -> str:
@@ -349,6 +283,4 @@ def _content_type(data: bytes, declared: str | None) -> str:
     return sniffed
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The OpenAI adapter."""
-    return OpenAIProvider(config, http)
+build = OpenAIProvider  # the factory the registry calls: build(config, http)

@@ -10,21 +10,18 @@ sent.
 
 from __future__ import annotations
 
-import httpx
-
-from imagejobs.providers.base import Provider, ProviderConfig
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.openai import OpenAIProvider
+
+VENDOR = Vendor(name="openai-compatible")  # no default key variable, no public endpoint
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
     """The openai adapter with a required base URL and an optional key."""
 
-    name = "openai-compatible"
-    default_base_url = ""
+    vendor = VENDOR
     requires_key = False
     requires_base_url = True
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The openai-compatible adapter."""
-    return OpenAICompatibleProvider(config, http)
+build = OpenAICompatibleProvider  # the factory the registry calls: build(config, http)

@@ -1,5 +1,11 @@
-"""Which provider prefix maps to which adapter module. Every module exposes
-`build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider`."""
+"""The one table of vendors: which provider prefix maps to which adapter module.
+
+Every module exposes `VENDOR` (its `adapter.Vendor`: key variable, base URL, the
+vendor-only settings it takes and their defaults) and
+`build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider`. Modules are
+imported on first use, so a process pays only for the vendors it is configured with
+(botocore and google-auth take a while to import).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import importlib
 
 import httpx
 
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import Provider, ProviderConfig
 
 MODULES: dict[str, str] = {
@@ -26,6 +33,12 @@ MODULES: dict[str, str] = {
 }
 
 KNOWN_PROVIDERS = frozenset(MODULES)
+
+
+def vendor(name: str) -> Vendor:
+    """What provider `name` (one of KNOWN_PROVIDERS) states about itself."""
+    spec: Vendor = importlib.import_module(MODULES[name]).VENDOR
+    return spec
 
 
 def build_provider(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:

@@ -29,21 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any
 
-import httpx
-
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
     ImageOut,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
-    download,
-    send,
+    invalid_input,
+    no_output,
 )
 from imagejobs.providers.normalize import (
     OPENAI_STYLE_PARAMS,
@@ -53,74 +48,56 @@ from imagejobs.providers.normalize import (
     without,
 )
 from imagejobs.providers.polling import (
+    TaskAdapter,
     TaskDoc,
+    TaskFailure,
     TaskStates,
     data_url,
     decode_data_url,
-    follow_task,
-    json_object,
+    task_vendor,
 )
 
-NAME = "replicate"
-DEFAULT_BASE_URL = "https://api.replicate.com"
+VENDOR = task_vendor(
+    "replicate", key_env="REPLICATE_API_TOKEN", base_url="https://api.replicate.com"
+)
 STATES = TaskStates(
     succeeded=frozenset({"succeeded"}),
-    failed=frozenset({"failed", "canceled", "aborted"}),
+    failed={
+        "failed": TaskFailure(500, ErrorCode.PREDICTION_FAILED),
+        "canceled": TaskFailure(500, ErrorCode.PREDICTION_CANCELED),
+        # stopped by Replicate before it ran: a new prediction may well run
+        "aborted": TaskFailure(503, ErrorCode.PREDICTION_ABORTED, retryable=True),
+    },
 )
 VERSION_ID = re.compile(r"[0-9a-f]{64}")
 # Request fields that mean something only to OpenAI-style APIs, or that are mapped below.
 DROPPED = OPENAI_STYLE_PARAMS
 
 
-class ReplicateProvider:
+class ReplicateProvider(TaskAdapter):
     """Runs generations and edits as Replicate predictions."""
 
-    name = NAME
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION, Kind.EDIT})
+    states = STATES
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
-        return await self._run(request, self._config.require_key())
-
-    async def _run(self, request: ProviderRequest, token: str) -> ProviderResult:
-        deadline = time.monotonic() + self._config.timeout_s
-        auth = {"Authorization": f"Bearer {token}"}
-        url, body = create_call(self._base, request.model, await prediction_input(request))
-        response = await send(
-            self._http,
-            self._http.build_request("POST", url, json=body, headers=auth),
-            provider=self.name,
-            timeout_s=self._config.timeout_s,
-        )
-        created = json_object(response, self.name)
-        final = await follow_task(
-            self._http,
-            self._status_url(created),
-            provider=self.name,
-            headers=auth,
-            states=STATES,
-            on_failure=prediction_error,
-            interval_s=self._config.poll_interval_s,
-            deadline=deadline,
-            timeout_s=self._config.timeout_s,
-            first=created,
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
+        deadline = self.deadline()
+        auth = {"Authorization": f"Bearer {self._config.require_key()}"}
+        url, body = create_call(self.base_url, request.model, await prediction_input(request))
+        created = await self.create(self._http.build_request("POST", url, json=body, headers=auth))
+        final = await self.follow(
+            self._status_url(created), headers=auth, deadline=deadline, first=created
         )
         urls = output_urls(final)
         if not urls:
-            raise ProviderError(
-                "replicate prediction succeeded without output",
-                status_code=502,
-                type="upstream_error",
-                code="no_output",
-            )
+            raise no_output("replicate prediction succeeded without output")
         images = await asyncio.gather(*(self._fetch(u) for u in urls))
         return ProviderResult(images=tuple(images))
+
+    def failure_message(self, doc: TaskDoc, status: str) -> str:
+        detail = doc.get("error")
+        return f"replicate prediction {status}: {detail or 'no error message'}"
 
     def _status_url(self, created: TaskDoc) -> str:
         urls = created.get("urls")
@@ -128,24 +105,13 @@ class ReplicateProvider:
             return str(urls["get"])
         prediction_id = created.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
-            raise ProviderError(
-                "replicate returned a prediction without id or urls.get",
-                status_code=502,
-                type="upstream_error",
-                code="invalid_response",
-            )
-        return f"{self._base}/v1/predictions/{prediction_id}"
+            raise BadUpstreamResponse(self.name, "a prediction without id or urls.get")
+        return f"{self.base_url}/v1/predictions/{prediction_id}"
 
     async def _fetch(self, url: str) -> ImageOut:
         if url.startswith("data:"):
             return decode_data_url(url, self.name)
-        return await download(
-            self._http,
-            url,
-            provider=self.name,
-            timeout_s=self._config.timeout_s,  # its own budget: the result is paid for
-            max_bytes=self._config.max_download_bytes,
-        )
+        return await self.download(url)
 
 
 def create_call(base: str, model: str, model_input: dict[str, Any]) -> tuple[str, TaskDoc]:
@@ -157,12 +123,10 @@ def create_call(base: str, model: str, model_input: dict[str, Any]) -> tuple[str
         return f"{base}/v1/predictions", {"version": model, "input": model_input}
     owner, sep, name = model.partition("/")
     if not sep or not owner or not name or "/" in name:
-        raise ProviderError(
+        raise invalid_input(
             f"replicate model must be <owner>/<name>[:<version>], got {model!r}",
-            status_code=400,
-            type="invalid_request_error",
-            code="model_not_found",
-            param="model",
+            "model",
+            ErrorCode.MODEL_NOT_FOUND,
         )
     return f"{base}/v1/models/{owner}/{name}/predictions", {"input": model_input}
 
@@ -203,26 +167,4 @@ def output_urls(prediction: TaskDoc) -> list[str]:
     return []
 
 
-def prediction_error(prediction: TaskDoc, status: str) -> ProviderError:
-    """The ProviderError for a prediction that ended `failed`, `canceled` or `aborted`."""
-    detail = prediction.get("error")
-    text = str(detail) if detail else "no error message"
-    if status == "aborted":
-        return ProviderError(
-            f"replicate prediction aborted: {text}",
-            status_code=503,
-            type="upstream_error",
-            code="prediction_aborted",
-            retryable=True,
-        )
-    return ProviderError(
-        f"replicate prediction {status}: {text}",
-        status_code=500,
-        type="upstream_error",
-        code=f"prediction_{status}",
-    )
-
-
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> ReplicateProvider:
-    """The Replicate adapter (see the module doc)."""
-    return ReplicateProvider(config, http)
+build = ReplicateProvider  # the factory the registry calls: build(config, http)

@@ -29,21 +29,19 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
-
+from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType, ProviderError
+from imagejobs.domain.images import sniff_type
 from imagejobs.domain.kinds import Kind
+from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
     ImageOut,
     JSONValue,
-    ProviderConfig,
-    ProviderError,
     ProviderRequest,
     ProviderResult,
-    UnsupportedOperation,
+    edit_mode,
     fan_out,
+    invalid_input,
     seed_for,
-    send,
-    sniff_type,
 )
 from imagejobs.providers.normalize import (
     OPENAI_STYLE_PARAMS,
@@ -52,8 +50,7 @@ from imagejobs.providers.normalize import (
     transparent_to_white_mask,
 )
 
-NAME = "stability"
-DEFAULT_BASE_URL = "https://api.stability.ai"
+VENDOR = Vendor(name="stability", key_env="STABILITY_API_KEY", base_url="https://api.stability.ai")
 ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
 EDIT_ENDPOINTS = {
     "inpainting": "inpaint",
@@ -67,26 +64,19 @@ HANDLED = OPENAI_STYLE_PARAMS | {"num_inference_steps", *OUTPAINT_SIDES}
 Part = tuple[str, tuple[str | None, str | bytes] | tuple[str, bytes, str]]
 
 
-class StabilityProvider:
+class StabilityProvider(Adapter):
     """Runs Stable Image generations and edits, one image per call."""
 
-    name = NAME
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION, Kind.EDIT})
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        self._config = config
-        self._http = http
-        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    async def run(self, request: ProviderRequest) -> ProviderResult:
-        if request.kind not in self.operations:
-            raise UnsupportedOperation(self.name, request.kind)
+    async def execute(self, request: ProviderRequest) -> ProviderResult:
         key = self._config.require_key()
         if request.kind is Kind.GENERATION:
             path, parts = generation_call(request)
         else:
             path, parts = await edit_call(request)
-        url = f"{self._base}/v2beta/stable-image/{path}"
+        url = f"{self.base_url}/v2beta/stable-image/{path}"
         seed = request.param_int("seed")
 
         async def one_call(_count: int, index: int) -> ProviderResult:
@@ -101,27 +91,20 @@ class StabilityProvider:
 
     async def _one(self, url: str, parts: list[Part], key: str) -> ProviderResult:
         headers = {"Authorization": f"Bearer {key}", "Accept": "image/*"}
-        response = await send(
-            self._http,
-            self._http.build_request("POST", url, files=parts, headers=headers),
-            provider=self.name,
-            timeout_s=self._config.timeout_s,
+        response = await self.send(
+            self._http.build_request("POST", url, files=parts, headers=headers)
         )
         if response.headers.get("finish-reason", "SUCCESS").upper() == "CONTENT_FILTERED":
             raise ProviderError(
                 "stability filtered the result (finish-reason CONTENT_FILTERED)",
                 status_code=400,
-                type="invalid_request_error",
-                code="content_filtered",
+                type=ErrorType.INVALID_REQUEST,
+                code=ErrorCode.CONTENT_FILTERED,
             )
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if not content_type.startswith("image/"):
-            raise ProviderError(
-                f"stability answered {content_type or 'no content type'} instead of an image",
-                status_code=502,
-                type="upstream_error",
-                code="invalid_response",
-            )
+            answered = content_type or "no content type"
+            raise BadUpstreamResponse(self.name, f"{answered} instead of an image")
         data = response.content
         return ProviderResult(images=(ImageOut(data=data, content_type=sniff_type(data)),))
 
@@ -157,12 +140,10 @@ def generation_call(request: ProviderRequest) -> tuple[str, list[Part]]:
         endpoint = "sd3"
         model_field = None if model == "sd3" else request.model
     else:
-        raise ProviderError(
+        raise invalid_input(
             f"unknown stability model {request.model!r} (use core, ultra or sd3.5-…)",
-            status_code=400,
-            type="invalid_request_error",
-            code="model_not_found",
-            param="model",
+            "model",
+            ErrorCode.MODEL_NOT_FOUND,
         )
     parts = _common_fields(request)
     if model_field:
@@ -178,23 +159,9 @@ def generation_call(request: ProviderRequest) -> tuple[str, list[Part]]:
 
 async def edit_call(request: ProviderRequest) -> tuple[str, list[Part]]:
     """The edit endpoint path and form parts, by `type` (default `inpainting`)."""
-    kind = request.param_str("type") or "inpainting"
-    endpoint = EDIT_ENDPOINTS.get(kind)
-    if endpoint is None:
-        raise ProviderError(
-            f"stability edits support type {', '.join(EDIT_ENDPOINTS)}; got {kind!r}",
-            status_code=400,
-            type="invalid_request_error",
-            code="unsupported_edit_type",
-            param="type",
-        )
+    _, endpoint = edit_mode(request, EDIT_ENDPOINTS, VENDOR.name)
     if not request.images:
-        raise ProviderError(
-            "at least one image is required",
-            status_code=400,
-            type="invalid_request_error",
-            param="image",
-        )
+        raise invalid_input("at least one image is required", "image")
     image = request.images[0]
     parts: list[Part] = [("image", (image.filename, image.data, image.content_type))]
     if endpoint == "remove-background":
@@ -214,6 +181,4 @@ async def edit_call(request: ProviderRequest) -> tuple[str, list[Part]]:
     return f"edit/{endpoint}", parts
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> StabilityProvider:
-    """The Stability adapter (see the module doc)."""
-    return StabilityProvider(config, http)
+build = StabilityProvider  # the factory the registry calls: build(config, http)

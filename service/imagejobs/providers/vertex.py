@@ -21,7 +21,6 @@ Differences from the Gemini API:
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -32,19 +31,28 @@ import httpx
 from google.oauth2 import service_account
 from PIL import Image
 
+from imagejobs.domain.errors import ErrorCode, ErrorType, ProviderError, ProviderNotConfigured
 from imagejobs.providers import google_common as gc
 from imagejobs.providers import normalize
+from imagejobs.providers.adapter import Vendor
 from imagejobs.providers.base import (
+    SYSTEM_CLOCK,
+    Clock,
     JSONValue,
     ProviderConfig,
-    ProviderError,
-    ProviderNotConfigured,
     ProviderRequest,
+    b64,
+    edit_mode,
+    invalid_input,
 )
 from imagejobs.providers.gemini import GeminiProvider
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 DEFAULT_REGION = "us-central1"
+# No key: a service-account file; the project defaults to the file's own `project_id`.
+VENDOR = Vendor(
+    name="vertex", options={"credentials_file": "", "project": "", "region": DEFAULT_REGION}
+)
 TOKEN_TIMEOUT_S = 30.0  # one token-endpoint call
 _EDIT_MODES = {"inpainting": "EDIT_MODE_INPAINT_INSERTION", "outpainting": "EDIT_MODE_OUTPAINT"}
 
@@ -132,8 +140,8 @@ class TokenSource:
         except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
             raise ProviderError(
                 f"vertex service-account credentials could not be loaded: {type(exc).__name__}",
-                type="authentication_error",
-                code="invalid_credentials",
+                type=ErrorType.AUTHENTICATION,
+                code=ErrorCode.INVALID_CREDENTIALS,
             ) from exc
         return credentials
 
@@ -147,15 +155,15 @@ class TokenSource:
             raise ProviderError(
                 f"vertex could not obtain an access token: {reason[:300]}",
                 status_code=None if retryable else 401,
-                type="authentication_error",
-                code="token_refresh_failed",
+                type=ErrorType.AUTHENTICATION,
+                code=ErrorCode.TOKEN_REFRESH_FAILED,
                 retryable=retryable,
             ) from exc
         except google.auth.exceptions.TransportError as exc:
             raise ProviderError(
                 "vertex could not reach the token endpoint",
-                type="connection_error",
-                code="upstream_unreachable",
+                type=ErrorType.CONNECTION,
+                code=ErrorCode.UPSTREAM_UNREACHABLE,
                 retryable=True,
             ) from exc
 
@@ -171,12 +179,8 @@ def _mask_for_vertex(mask: bytes) -> bytes:
                 if isinstance(lowest, int) and lowest < 255:
                     return normalize.transparent_to_white_mask(mask)
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise ProviderError(
-            "the mask is not a readable image",
-            status_code=400,
-            type="invalid_request_error",
-            code="invalid_mask",
-            param="mask",
+        raise invalid_input(
+            "the mask is not a readable image", "mask", ErrorCode.INVALID_MASK
         ) from exc
     return mask
 
@@ -184,30 +188,38 @@ def _mask_for_vertex(mask: bytes) -> bytes:
 class VertexProvider(GeminiProvider):
     """Gemini image models and Imagen (with edits) on Vertex AI."""
 
+    vendor = VENDOR
+    requires_key = False
     vertex: ClassVar[bool] = True
     imagen_edits: ClassVar[bool] = True
 
-    def __init__(self, config: ProviderConfig, http: httpx.AsyncClient) -> None:
-        super().__init__(config, http)
+    def __init__(
+        self, config: ProviderConfig, http: httpx.AsyncClient, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        super().__init__(config, http, clock=clock)
         self._tokens = (
             TokenSource(config.credentials_file, min(config.timeout_s, TOKEN_TIMEOUT_S))
             if config.credentials_file
             else None
         )
-        self._region = config.region or DEFAULT_REGION
+
+    @property
+    def base_url(self) -> str:
+        if self._config.base_url:
+            return self._config.base_url.rstrip("/")
+        if self._config.region == "global":
+            return "https://aiplatform.googleapis.com"
+        return f"https://{self._config.region}-aiplatform.googleapis.com"
+
+    def configured(self) -> bool:
+        return self._tokens is not None
 
     def endpoint(self, model: str, method: str) -> str:
-        if self._config.base_url:
-            base = self._config.base_url.rstrip("/")
-        elif self._region == "global":
-            base = "https://aiplatform.googleapis.com"
-        else:
-            base = f"https://{self._region}-aiplatform.googleapis.com"
         project = self._config.project or (self._tokens.project_id if self._tokens else "")
         if not project:
             raise ProviderNotConfigured(self.name)
         return (
-            f"{base}/v1/projects/{project}/locations/{self._region}"
+            f"{self.base_url}/v1/projects/{project}/locations/{self._config.region}"
             f"/publishers/google/models/{model}:{method}"
         )
 
@@ -221,35 +233,22 @@ class VertexProvider(GeminiProvider):
         return {"Authorization": f"Bearer {await self._tokens.token()}"}
 
     def imagen_edit_body(self, request: ProviderRequest) -> dict[str, JSONValue]:
-        edit_type = request.param_str("type") or "inpainting"
-        mode = _EDIT_MODES.get(edit_type)
-        if mode is None:
-            raise ProviderError(
-                f"vertex Imagen edits do not support type={edit_type}",
-                status_code=400,
-                type="invalid_request_error",
-                code="unsupported_edit_type",
-                param="type",
-            )
+        _, mode = edit_mode(request, _EDIT_MODES, self.name)
         if not request.images or request.mask is None:
-            raise ProviderError(
-                "vertex Imagen edits need an image and a mask",
-                status_code=400,
-                type="invalid_request_error",
-                code="mask_required",
-                param="mask",
+            raise invalid_input(
+                "vertex Imagen edits need an image and a mask", "mask", ErrorCode.MASK_REQUIRED
             )
         image = request.images[0]
         references: list[JSONValue] = [
             {
                 "referenceType": "REFERENCE_TYPE_RAW",
                 "referenceId": 1,
-                "referenceImage": {"bytesBase64Encoded": _b64(image.data)},
+                "referenceImage": {"bytesBase64Encoded": b64(image.data)},
             },
             {
                 "referenceType": "REFERENCE_TYPE_MASK",
                 "referenceId": 2,
-                "referenceImage": {"bytesBase64Encoded": _b64(_mask_for_vertex(request.mask.data))},
+                "referenceImage": {"bytesBase64Encoded": b64(_mask_for_vertex(request.mask.data))},
                 "maskImageConfig": {"maskMode": "MASK_MODE_USER_PROVIDED"},
             },
         ]
@@ -266,10 +265,4 @@ class VertexProvider(GeminiProvider):
         return {"instances": [instance], "parameters": parameters}
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> VertexProvider:
-    """The Vertex AI adapter."""
-    return VertexProvider(config, http)
+build = VertexProvider  # the factory the registry calls: build(config, http)

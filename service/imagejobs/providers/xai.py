@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
-from imagejobs.providers.base import Provider, ProviderConfig, ProviderRequest
+from imagejobs.providers.adapter import Vendor
+from imagejobs.providers.base import ProviderRequest
 from imagejobs.providers.openai import OpenAIProvider
 
-DEFAULT_BASE_URL = "https://api.x.ai"
+VENDOR = Vendor(name="xai", key_env="XAI_API_KEY", base_url="https://api.x.ai")
 XAI_PARAMS = frozenset({"n", "response_format", "aspect_ratio", "resolution", "user"})
 # xAI's whole-number ratios (it also takes 19.5:9 and 9:19.5, and `auto`).
 _XAI_LANDSCAPE = ("1:1", "4:3", "3:2", "16:9", "20:9", "2:1")
@@ -37,9 +36,8 @@ XAI_ASPECT_RATIOS = (*_XAI_LANDSCAPE, "3:4", "2:3", "9:16", "9:20", "1:2")
 class XAIProvider(OpenAIProvider):
     """The openai adapter with xAI's parameter set; generation only."""
 
-    name = "xai"
+    vendor = VENDOR
     operations = frozenset({Kind.GENERATION})
-    default_base_url = DEFAULT_BASE_URL
     generation_params = XAI_PARAMS
 
     def generation_body(self, request: ProviderRequest) -> dict[str, Any]:
@@ -55,6 +53,4 @@ class XAIProvider(OpenAIProvider):
         return body
 
 
-def build(config: ProviderConfig, http: httpx.AsyncClient) -> Provider:
-    """The xAI adapter."""
-    return XAIProvider(config, http)
+build = XAIProvider  # the factory the registry calls: build(config, http)

@@ -3,12 +3,13 @@ bounded by a retry count and by the job's deadline.
 
 Only `ProviderError`s marked `retryable` (429, 5xx, timeouts, connection errors) are
 retried; other 4xx fail at once. tenacity drives the loop; this module only says when.
+Waits and the deadline go through a `Clock` (production: `time.monotonic` and
+`asyncio.sleep`), so tests check the delays asked for without sleeping them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,14 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 from tenacity.wait import wait_exponential_jitter
 
-from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
+from imagejobs.providers.base import (
+    SYSTEM_CLOCK,
+    Clock,
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    ProviderResult,
+)
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,12 @@ def _is_retryable(exc: BaseException) -> bool:
 
 class _Wait:
     """Exponential backoff with jitter, but never shorter than the upstream's Retry-After
-    and never past the deadline."""
+    and never past the deadline. Returns seconds."""
 
-    def __init__(self, policy: RetryPolicy, deadline: float) -> None:
+    def __init__(self, policy: RetryPolicy, deadline: float, clock: Clock) -> None:
         self._policy = policy
         self._deadline = deadline
+        self._clock = clock
         self._backoff = wait_exponential_jitter(
             multiplier=policy.initial_delay_s, max=policy.max_delay_s, jitter=policy.jitter_s
         )
@@ -50,17 +59,18 @@ class _Wait:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, ProviderError) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, self._policy.max_retry_after_s))
-        return max(min(delay, self._deadline - time.monotonic()), 0.0)
+        return max(min(delay, self._deadline - self._clock.now()), 0.0)
 
 
 class _StopAtDeadline(stop_base):
-    """Stop once the job's deadline (a monotonic instant) has passed."""
+    """Stop once the job's deadline (an instant of `clock`) has passed."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, clock: Clock) -> None:
         self._deadline = deadline
+        self._clock = clock
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() >= self._deadline
+        return self._clock.now() >= self._deadline
 
 
 async def call_with_retries(
@@ -70,16 +80,19 @@ async def call_with_retries(
     policy: RetryPolicy,
     deadline: float,
     on_attempt: Callable[[int], None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ProviderResult:
     """Run `provider.run(request)` until it succeeds, fails for good, runs out of
-    retries, or `deadline` (a `time.monotonic()` instant) passes. The request's `attempt`
-    goes up by one per call; `on_attempt(n)` is told each number before the call.
-    Raises the last ProviderError."""
+    retries, or `deadline` (an instant of `clock`: `time.monotonic()` by default) passes,
+    waiting between calls with `clock.sleep`. The request's `attempt` goes up by one per
+    call; `on_attempt(n)` is told each number before the call. Raises the last
+    ProviderError."""
     attempt = request.attempt
     retrying = AsyncRetrying(
+        sleep=clock.sleep,
         retry=retry_if_exception(_is_retryable),
-        stop=stop_after_attempt(policy.max_retries + 1) | _StopAtDeadline(deadline),
-        wait=_Wait(policy, deadline),
+        stop=stop_after_attempt(policy.max_retries + 1) | _StopAtDeadline(deadline, clock),
+        wait=_Wait(policy, deadline, clock),
         reraise=True,
     )
     async for try_ in retrying:

@@ -16,6 +16,7 @@ from imagejobs.config import Settings
 from imagejobs.domain.errors import StoreError
 from imagejobs.domain.jobs import Job, ObjectRef, ResultImage, StoredError, StoredResult
 from imagejobs.domain.models import ModelRef
+from imagejobs.providers.adapter import scrub
 from imagejobs.providers.base import (
     ImageInput,
     Provider,
@@ -163,6 +164,4 @@ class JobRunner:
 
     def _scrub(self, text: str) -> str:
         """Upstream error text sometimes echoes the key it was sent: never pass it on."""
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return scrub(text, self._secrets)

@@ -13,6 +13,8 @@ import pytest
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import bfl, replicate
 from imagejobs.providers.base import (
+    SYSTEM_CLOCK,
+    Clock,
     ImageInput,
     Provider,
     ProviderConfig,
@@ -26,6 +28,7 @@ from imagejobs.worker.retry import RetryPolicy, call_with_retries
 from PIL import Image
 
 from tests.fakes.bfl import FakeBFL
+from tests.fakes.clock import FakeClock
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.upstream import FakeResponse
 
@@ -38,10 +41,15 @@ def gen(model: str, prompt: str | None = "x", **params: Any) -> ProviderRequest:
     return ProviderRequest(kind=Kind.GENERATION, model=model, prompt=prompt, params=params)
 
 
-async def retried(provider: Provider, request: ProviderRequest, **kw: Any) -> ProviderResult:
-    """The request run by the worker's retry loop, with short backoff delays."""
-    deadline = time.monotonic() + 5
-    return await call_with_retries(provider, request, policy=FAST_RETRIES, deadline=deadline, **kw)
+async def retried(
+    provider: Provider, request: ProviderRequest, clock: Clock = SYSTEM_CLOCK, **kw: Any
+) -> ProviderResult:
+    """The request run by the worker's retry loop, with short backoff delays, waiting
+    on `clock`."""
+    deadline = clock.now() + 5
+    return await call_with_retries(
+        provider, request, policy=FAST_RETRIES, deadline=deadline, clock=clock, **kw
+    )
 
 
 def config(name: str, url: str, key: str, **overrides: Any) -> ProviderConfig:
@@ -228,9 +236,9 @@ async def test_replicate_429_honours_retry_after_then_succeeds(http: httpx.Async
             )
         )
         provider = replicate.build(config("replicate", fake.url, TOKEN), http)
-        started = time.monotonic()
-        result = await retried(provider, gen("a/b", "x"))
-        assert time.monotonic() - started >= 0.95
+        clock = FakeClock()
+        result = await retried(provider, gen("a/b", "x"), clock)
+        assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
         assert [img.data for img in result.images] == fake.served
 
 
@@ -253,6 +261,38 @@ async def test_replicate_transient_poll_failure_does_not_fail_the_job(
         result = await provider.run(gen("a/b", "x"))
         assert len(result.images) == 1
         assert len(fake.upstream.requests_to(r"/v1/models/.*")) == 1  # one prediction only
+
+
+async def test_replicate_polls_wait_the_interval_and_a_poll_429_its_retry_after(
+    http: httpx.AsyncClient,
+) -> None:
+    """Every wait of the polling goes through the adapter's clock: poll_interval_s
+    between polls, and a throttled poll waits its Retry-After (longer than the interval)
+    before it is read again."""
+    with FakeReplicate(token=TOKEN, polls=2) as fake:
+        fake.fail_polls(FakeResponse(429, {"detail": "throttled"}, headers={"Retry-After": "2"}))
+        clock = FakeClock()
+        cfg = config("replicate", fake.url, TOKEN, poll_interval_s=0.5)
+        provider = replicate.ReplicateProvider(cfg, http, clock=clock)
+        result = await provider.run(gen("a/b", "x"))
+        assert len(result.images) == 1
+        assert len(fake.upstream.requests_to(r"/v1/predictions/.*")) == 4  # 429 + 3 reads
+    assert clock.sleeps == [0.5, 2.0, 0.5, 0.5]
+
+
+async def test_bfl_polling_stops_at_the_deadline_of_its_clock(http: httpx.AsyncClient) -> None:
+    """A task that never ends is given up at `timeout_s` on the adapter's clock: a
+    retryable upstream_timeout, with no poll sent at the deadline itself (none slept)."""
+    with FakeBFL(key=BFL_KEY, polls=1000) as fake:
+        clock = FakeClock()
+        cfg = config("bfl", fake.url, BFL_KEY, timeout_s=3.0, poll_interval_s=1.0)
+        provider = bfl.BflProvider(cfg, http, clock=clock)
+        with pytest.raises(ProviderError) as info:
+            await provider.run(gen("flux-dev", "p"))
+        polls = fake.upstream.requests_to(r"/v1/get_result")
+    assert (info.value.code, info.value.retryable) == ("upstream_timeout", True)
+    assert clock.sleeps == [1.0, 1.0, 1.0]  # the third wait ends at the deadline
+    assert len(polls) == 2
 
 
 async def test_replicate_timeout_is_retryable(http: httpx.AsyncClient) -> None:
@@ -441,9 +481,9 @@ async def test_bfl_429_honours_retry_after_then_succeeds(http: httpx.AsyncClient
             )
         )
         provider = bfl.build(config("bfl", fake.url, BFL_KEY), http)
-        started = time.monotonic()
-        result = await retried(provider, gen("flux-dev", "p"))
-        assert time.monotonic() - started >= 0.95
+        clock = FakeClock()
+        result = await retried(provider, gen("flux-dev", "p"), clock)
+        assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
         assert [img.data for img in result.images] == fake.served
 
 

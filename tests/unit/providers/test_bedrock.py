@@ -26,6 +26,7 @@ from imagejobs.worker.retry import RetryPolicy, call_with_retries
 from PIL import Image
 
 from tests.fakes.bedrock import FakeBedrock, bedrock_error
+from tests.fakes.clock import FakeClock
 from tests.fakes.upstream import FakeRequest, FakeResponse
 
 TITAN = "amazon.titan-image-generator-v2:0"
@@ -337,14 +338,15 @@ async def test_throttling_honours_retry_after_then_succeeds(
             headers={"Retry-After": "1"},
         )
     )
-    started = time.monotonic()
+    clock = FakeClock()
     result = await call_with_retries(
         make(fake, http),
         NOVA_GEN,
         policy=FAST_RETRIES,
-        deadline=time.monotonic() + 5,
+        deadline=clock.now() + 5,
+        clock=clock,
     )
-    assert time.monotonic() - started >= 0.95
+    assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
     assert [img.data for img in result.images] == fake.served
     assert_signed(fake, fake.requests[-1])
 
@@ -408,4 +410,4 @@ async def test_refusals_send_nothing(fake: FakeBedrock, http: httpx.AsyncClient)
 
 async def test_default_endpoint_is_regional(http: httpx.AsyncClient) -> None:
     provider = bedrock.build(ProviderConfig(name="bedrock", region="ap-southeast-2"), http)
-    assert provider._base == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"
+    assert provider.base_url == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"

@@ -1,6 +1,7 @@
-"""`base.error_from_response`: the upstream's error details that must survive into the
-ProviderError — AWS error names (Bedrock's `x-amzn-ErrorType`) as type/code, Google's
-`RetryInfo.retryDelay` as the retry delay — on real httpx responses."""
+"""`upstream.error_from_response` with each vendor's parser: the upstream's error details
+that must survive into the ProviderError — AWS error names (Bedrock's `x-amzn-ErrorType`,
+read by `bedrock.parse_error`) as type/code, Google's `RetryInfo.retryDelay` (read by
+`google_common.parse_error`) as the retry delay — on real httpx responses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,22 @@ from typing import Any
 
 import httpx
 import pytest
-from imagejobs.providers.base import error_from_response
+from imagejobs.domain.errors import ProviderError
+from imagejobs.providers import bedrock, google_common
+from imagejobs.providers.upstream import ErrorParser, parse_error
+from imagejobs.providers.upstream import error_from_response as generic_error
+
+PARSERS: dict[str, ErrorParser] = {
+    "bedrock": bedrock.parse_error,
+    "gemini": google_common.parse_error,
+    "openai": parse_error,
+}
+
+
+def error_from_response(response: httpx.Response, provider: str) -> ProviderError:
+    """The error as `provider`'s adapter reads it."""
+    return generic_error(response, provider, parse=PARSERS[provider])
+
 
 NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 

@@ -29,6 +29,7 @@ from imagejobs.providers.base import (
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 from PIL import Image
 
+from tests.fakes.clock import FakeClock
 from tests.fakes.gemini import FakeGemini, google_error, png_bytes
 from tests.fakes.upstream import FakeResponse
 from tests.fakes.vertex import GOOGLE_TOKEN_AUDIENCE, JWT_BEARER, FakeVertex
@@ -286,14 +287,15 @@ async def test_client_error_carries_google_status(google: tuple[Any, Any]) -> No
 async def test_rate_limit_then_success_honours_retry_after(google: tuple[Any, Any]) -> None:
     fake, provider = google
     fake.fail_next(google_error(429, "Quota exceeded", "RESOURCE_EXHAUSTED", {"Retry-After": "1"}))
-    started = time.monotonic()
+    clock = FakeClock()
     result = await call_with_retries(
         provider,
         gen("imagen-4.0-generate-001"),
         policy=FAST_RETRIES,
-        deadline=time.monotonic() + 10,
+        deadline=clock.now() + 10,
+        clock=clock,
     )
-    assert time.monotonic() - started >= 0.95
+    assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
     assert len(result.images) == 1
 
 
@@ -302,14 +304,15 @@ async def test_rate_limit_retry_info_delay_is_honoured(google: tuple[Any, Any]) 
     a Retry-After header: the retry waits that long."""
     fake, provider = google
     fake.fail_next(google_error(429, "Quota exceeded", "RESOURCE_EXHAUSTED", retry_delay="1s"))
-    started = time.monotonic()
+    clock = FakeClock()
     result = await call_with_retries(
         provider,
         gen("gemini-2.5-flash-image"),
         policy=FAST_RETRIES,
-        deadline=time.monotonic() + 10,
+        deadline=clock.now() + 10,
+        clock=clock,
     )
-    assert time.monotonic() - started >= 0.95
+    assert clock.sleeps == [1.0]  # retryDelay 1s honoured, not the 10 ms backoff
     assert result.images[0].data == fake.served[-1]
 
 

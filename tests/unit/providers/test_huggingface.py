@@ -23,6 +23,7 @@ from imagejobs.providers.base import (
 )
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 
+from tests.fakes.clock import FakeClock
 from tests.fakes.gemini import png_bytes
 from tests.fakes.huggingface import FakeHuggingFace
 from tests.fakes.upstream import FakeResponse
@@ -242,14 +243,15 @@ async def test_openai_style_client_error(fake: FakeHuggingFace, http: httpx.Asyn
 
 async def test_rate_limit_then_success(fake: FakeHuggingFace, http: httpx.AsyncClient) -> None:
     fake.fail_next(FakeResponse(429, {"error": "Rate limit reached"}, headers={"Retry-After": "1"}))
-    started = time.monotonic()
+    clock = FakeClock()
     result = await call_with_retries(
         provider_for(fake, http),
         gen(f"hf-inference/{FLUX}"),
         policy=FAST_RETRIES,
-        deadline=time.monotonic() + 10,
+        deadline=clock.now() + 10,
+        clock=clock,
     )
-    assert time.monotonic() - started >= 0.95
+    assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
     assert len(fake.requests) == 2
     assert result.images[0].data == fake.served[0]
 
@@ -283,4 +285,4 @@ async def test_unexpected_success_body(fake: FakeHuggingFace, http: httpx.AsyncC
     )
     with pytest.raises(ProviderError) as info:
         await provider_for(fake, http).run(gen(f"hf-inference/{FLUX}"))
-    assert info.value.code == "bad_response"
+    assert (info.value.status_code, info.value.code) == (502, "invalid_upstream_response")

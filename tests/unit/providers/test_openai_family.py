@@ -29,6 +29,7 @@ from imagejobs.providers.base import (
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 from PIL import Image
 
+from tests.fakes.clock import FakeClock
 from tests.fakes.openai import (
     FakeAzureOpenAI,
     FakeNebius,
@@ -177,19 +178,19 @@ async def test_429_with_retry_after_then_success(
         )
         provider = case.build(config(case.name, fake.url, **case.overrides), http)
         attempts: list[int] = []
-        started = time.monotonic()
+        clock = FakeClock()
         result = await call_with_retries(
             provider,
             case.request(kind),
             policy=FAST,
-            deadline=started + 10,
+            deadline=clock.now() + 10,
             on_attempt=attempts.append,
+            clock=clock,
         )
-        elapsed = time.monotonic() - started
         sent = fake.requests_to(case.paths[kind])
     assert attempts == [1, 2]
     assert len(sent) == 2
-    assert elapsed >= 0.95  # Retry-After: 1 honoured, not the 10 ms backoff
+    assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
     assert [img.data for img in result.images] == fake.served
 
 

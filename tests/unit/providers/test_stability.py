@@ -23,6 +23,7 @@ from imagejobs.providers.base import (
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 from PIL import Image
 
+from tests.fakes.clock import FakeClock
 from tests.fakes.stability import FakeStability
 from tests.fakes.upstream import FakeResponse
 
@@ -241,11 +242,11 @@ async def test_429_honours_retry_after_then_succeeds(
             headers={"Retry-After": "1"},
         )
     )
-    started = time.monotonic()
+    clock = FakeClock()
     result = await call_with_retries(
-        make(fake, http), generation(), policy=FAST_RETRIES, deadline=time.monotonic() + 5
+        make(fake, http), generation(), policy=FAST_RETRIES, deadline=clock.now() + 5, clock=clock
     )
-    assert time.monotonic() - started >= 0.95
+    assert clock.sleeps == [1.0]  # Retry-After: 1 honoured, not the 10 ms backoff
     assert [img.data for img in result.images] == fake.served
 
 
