@@ -19,7 +19,9 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import struct
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -818,3 +820,25 @@ async def test_gemini_fetches_an_allowed_input_url(
     parts = gemini_fake.requests[0].json()["contents"][0]["parts"]
     assert parts[1]["inlineData"]["mimeType"] == "image/png"
     assert parts[1]["inlineData"]["data"] == base64.b64encode(IMAGE).decode()
+
+
+async def test_an_input_url_that_serves_a_decompression_bomb_is_refused(
+    client: httpx.AsyncClient, upstream: FakeUpstream, gemini_fake: FakeGemini
+) -> None:
+    """A URL-fetched input image gets the same image checks as an upload: a 74-byte PNG
+    declaring 50000 x 50000 fails the job with 400 before Gemini is called."""
+    header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IEND", b"")
+    upstream.route("GET", "/bomb", lambda _: FakeResponse(200, bomb, {"Content-Type": "image/png"}))
+    provider = gemini_with(gemini_fake, client, FetchPolicy.build(ALLOW_127_0_0_1))
+    with pytest.raises(ProviderError) as info:
+        await provider.run(with_input_url(f"{upstream.url}/bomb"))
+    err = info.value
+    assert (err.status_code, err.code, err.param) == (400, "invalid_input_image", "input_images")
+    assert "input_images[0]: image dimensions" in err.message
+    assert gemini_fake.requests == []
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
