@@ -19,7 +19,7 @@ from google.api import httpbody_pb2
 from imagejobs.api.auth import Authenticator
 from imagejobs.api.render import job_json, job_message
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
-from imagejobs.api.service import Engine
+from imagejobs.api.service import JobService as Engine
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
