@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 T = TypeVar("T")
 
 _SETTLE_ROUNDS = 100  # event-loop turns a FakeClock gives woken tasks to run (cheap)
+EPSILON_S = 1e-6  # deadlines this close count as reached (float sums of durations)
 
 
 class Clock(Protocol):
@@ -63,26 +64,28 @@ async def settle() -> None:
 
 class FakeClock:
     """A clock for tests: time stands still until `advance`. Wall and monotonic time
-    move together; `start` is the wall time it begins at (epoch seconds)."""
+    move together; `start` is the wall time it begins at (epoch seconds). Deadlines are
+    kept as elapsed seconds (small numbers), so that a deadline and the advance meant to
+    reach it are the same float."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self._now = start
         self._start = start
+        self._elapsed = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     def time(self) -> float:
-        return self._now
+        return self._start + self._elapsed
 
     def monotonic(self) -> float:
-        return self._now - self._start
+        return self._elapsed
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
         wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), wake))
+        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._order), wake))
         await wake
 
     async def wait_for(self, aw: Awaitable[T], timeout_s: float) -> T:
@@ -101,13 +104,13 @@ class FakeClock:
     async def advance(self, seconds: float) -> None:
         """Move time on by `seconds`, waking each sleeper whose deadline is passed (in
         order, letting the woken tasks run before the next one wakes)."""
-        target = self._now + seconds
+        target = self._elapsed + seconds
         await settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
+        while self._sleepers and self._sleepers[0][0] <= target + EPSILON_S:
             deadline, _, wake = heapq.heappop(self._sleepers)
-            self._now = max(self._now, deadline)
+            self._elapsed = max(self._elapsed, deadline)
             if not wake.done():
                 wake.set_result(None)
                 await settle()
-        self._now = target
+        self._elapsed = max(self._elapsed, target)
         await settle()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imagejobs.domain.jobs import Job
-from imagejobs.store.clock import Clock
+from imagejobs.store.clock import EPSILON_S, Clock
 from imagejobs.store.jetstream import queue_full_error
 from imagejobs.store.protocols import Closeable, Delivery
 from imagejobs.store.queue import first_delivery_record
@@ -30,7 +30,7 @@ class _Queued:
     data: bytes
     revision: int
     seq: int
-    available_at: float  # wall time from which it may be (re)delivered
+    available_at: float  # monotonic time from which it may be (re)delivered
     num_delivered: int = 0
 
 
@@ -93,7 +93,7 @@ class MemoryQueue:
     # --- the API's side ---------------------------------------------------------------
 
     async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
-        now = self._clock.time()
+        now = self._clock.monotonic()
         self._forget_old_ids(now)
         if job_id in self._published:
             return  # a duplicate within the window: dropped, as JetStream does
@@ -128,7 +128,7 @@ class MemoryQueue:
     async def fetch(self, batch: int, timeout_s: float) -> list[Delivery]:
         deadline = self._clock.monotonic() + timeout_s
         while True:
-            now = self._clock.time()
+            now = self._clock.monotonic()
             ready = sorted(
                 (m for m in self._messages.values() if m.available_at <= now), key=lambda m: m.seq
             )[:batch]
@@ -137,8 +137,8 @@ class MemoryQueue:
                     m.num_delivered += 1
                     m.available_at = now + self.ack_wait_s
                 return [MemoryDelivery(self, m) for m in ready]
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
+            remaining = deadline - now
+            if remaining <= EPSILON_S:
                 return []
             due = min((m.available_at for m in self._messages.values()), default=math.inf)
             self._changed.clear()
@@ -156,5 +156,5 @@ class MemoryQueue:
 
     def deliver_after(self, message: _Queued, delay_s: float) -> None:
         if message.seq in self._messages:
-            message.available_at = self._clock.time() + delay_s
+            message.available_at = self._clock.monotonic() + delay_s
             self._changed.set()
