@@ -10,7 +10,7 @@ messages on `imagejobs.cancel.<job_id>` (at most once; the heartbeat is the back
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -67,24 +67,25 @@ class JetStreamDelivery:
         return first_delivery_record(self._msg.data or b"", revision, self.num_delivered)
 
     async def ack(self) -> None:
-        with nats_errors("ack"):
-            await self._msg.ack()
+        await _settle("ack", self._msg.ack())
 
     async def ack_sync(self) -> None:
-        with nats_errors("ack"):
-            await self._msg.ack_sync()
+        await _settle("ack", self._msg.ack_sync())
 
     async def nak(self, delay_s: float = 0.0) -> None:
-        with nats_errors("nak"):
-            await self._msg.nak(delay=delay_s or None)
+        await _settle("nak", self._msg.nak(delay=delay_s or None))
 
     async def term(self) -> None:
-        with nats_errors("term"):
-            await self._msg.term()
+        await _settle("term", self._msg.term())
 
     async def in_progress(self) -> None:
-        with nats_errors("in-progress"):
-            await self._msg.in_progress()
+        await _settle("in-progress", self._msg.in_progress())
+
+
+async def _settle(what: str, reply: Awaitable[object]) -> None:
+    """Send a delivery's reply (ack, nak, ...), its NATS errors translated."""
+    with nats_errors(what):
+        await reply
 
 
 class _Unsubscribe:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,7 +28,7 @@ from imagejobs.domain import constants
 from imagejobs.domain.errors import ErrorCode, ErrorType, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, StoredError, age_limit_error
 from imagejobs.store.clock import Clock
-from imagejobs.store.protocols import Delivery, JobStore, Quotas
+from imagejobs.store.protocols import Backend, Delivery
 from imagejobs.worker.finish import job_ended
 
 log = logging.getLogger(__name__)
@@ -38,26 +39,21 @@ MIN_HEARTBEAT_S = 0.2
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """A worker's limits. `concurrency`: jobs in flight at most; `drain_s`: how long a
-    stopping worker lets them finish (s); `ack_wait_s`: the consumer's ack_wait (s), a
-    third of which is the heartbeat interval; `max_attempts`: deliveries before a job is
-    failed; `max_job_age_s`: seconds after submit a job is failed if not terminal."""
+    """A worker's limits, named as their settings. `worker_concurrency`: jobs in flight
+    at most; `worker_drain_s`: how long a stopping worker lets them finish (s);
+    `ack_wait_s`: the consumer's ack_wait (s), a third of which is the heartbeat
+    interval; `max_attempts`: deliveries before a job is failed; `max_job_age_s`: seconds
+    after submit a job not terminal is failed."""
 
-    concurrency: int = 32
-    drain_s: float = 30.0
+    worker_concurrency: int = 32
+    worker_drain_s: float = 30.0
     ack_wait_s: float = constants.ACK_WAIT_S
     max_attempts: int = constants.MAX_DELIVERIES
     max_job_age_s: float = constants.MAX_JOB_AGE_S
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
-        return cls(
-            concurrency=settings.worker_concurrency,
-            drain_s=settings.worker_drain_s,
-            ack_wait_s=settings.ack_wait_s,
-            max_attempts=settings.max_attempts,
-            max_job_age_s=settings.max_job_age_s,
-        )
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 class Runner(Protocol):
@@ -72,17 +68,10 @@ class DeliveryHandler:
     and aborts a running job when its cancel notice arrives (`abort`)."""
 
     def __init__(
-        self,
-        records: JobStore,
-        quotas: Quotas,
-        runner: Runner,
-        *,
-        worker_id: str,
-        options: WorkerOptions,
-        clock: Clock,
+        self, backend: Backend, runner: Runner, worker_id: str, options: WorkerOptions, clock: Clock
     ) -> None:
-        self._records = records
-        self._quotas = quotas
+        self._records = backend.records
+        self._quotas = backend.quotas
         self._runner = runner
         self._id = worker_id
         self._options = options

@@ -66,14 +66,7 @@ class Worker:
         self._work = backend.work
         self._options = options or WorkerOptions()
         self._clock = clock or SystemClock()
-        self._handler = DeliveryHandler(
-            backend.records,
-            backend.quotas,
-            runner,
-            worker_id=self.id,
-            options=self._options,
-            clock=self._clock,
-        )
+        self._handler = DeliveryHandler(backend, runner, self.id, self._options, self._clock)
         self._slot_freed = asyncio.Event()  # set whenever an in-flight job ends
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -92,7 +85,7 @@ class Worker:
         """Take and run jobs until `stop()`; then drain. With `burst`, return as soon as
         the queue has nothing to deliver and no job is in flight."""
         cancels = await self._work.on_cancel(self._handler.abort)
-        log.info("worker %s ready (concurrency %d)", self.id, self._options.concurrency)
+        log.info("worker %s ready (concurrency %d)", self.id, self._options.worker_concurrency)
         if ready is not None:
             ready.set()
         try:
@@ -104,7 +97,7 @@ class Worker:
             log.info("worker %s stopped", self.id)
 
     async def _loop(self, burst: bool) -> None:
-        limit = self._options.concurrency
+        limit = self._options.worker_concurrency
         while not self._stopping.is_set():
             free = limit - len(self._tasks)
             if free <= 0:  # fetch only what we can run: the rest waits in the queue
@@ -141,7 +134,7 @@ class Worker:
     async def _drain(self) -> None:
         if not self._tasks:
             return
-        drain_s = self._options.drain_s
+        drain_s = self._options.worker_drain_s
         log.info("draining %d in-flight jobs (up to %.0f s)", len(self._tasks), drain_s)
         with contextlib.suppress(TimeoutError):
             await self._clock.wait_for(asyncio.wait(set(self._tasks)), drain_s)
