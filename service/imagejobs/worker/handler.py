@@ -45,8 +45,8 @@ class WorkerOptions:
     interval; `max_attempts`: deliveries before a job is failed; `max_job_age_s`: seconds
     after submit a job not terminal is failed."""
 
-    worker_concurrency: int = 32
-    worker_drain_s: float = 30.0
+    worker_concurrency: int
+    worker_drain_s: float
     ack_wait_s: float = constants.ACK_WAIT_S
     max_attempts: int = constants.MAX_DELIVERIES
     max_job_age_s: float = constants.MAX_JOB_AGE_S

@@ -58,13 +58,13 @@ class Worker:
         backend: Backend,
         runner: Runner,
         *,
-        options: WorkerOptions | None = None,
+        options: WorkerOptions,
         clock: Clock | None = None,
         worker_id: str = "",
     ) -> None:
         self.id = worker_id or default_worker_id()
         self._work = backend.work
-        self._options = options or WorkerOptions()
+        self._options = options
         self._clock = clock or SystemClock()
         self._handler = DeliveryHandler(backend, runner, self.id, self._options, self._clock)
         self._slot_freed = asyncio.Event()  # set whenever an in-flight job ends
