@@ -17,8 +17,8 @@ from imagejobs.domain.keys import KeyPolicy
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.store import jetstream as connector
-from imagejobs.store.quotas import Quotas
-from imagejobs.store.records import JobStore
+from imagejobs.store.factory import jetstream_backend
+from imagejobs.store.protocols import JobStore, Quotas
 from imagejobs.testing import Stack, require_binary
 
 
@@ -38,9 +38,9 @@ async def quotas(nats_only: Stack, tmp_path: Path) -> AsyncIterator[tuple[Quotas
     settings = load_settings(nats_only.config_path)
     nc, js = await connector.connect(settings, "test-quotas")
     await connector.declare(js, settings)
-    store = JobStore(js)
+    backend = jetstream_backend(nc, js, settings)
     try:
-        yield Quotas(nc, js, store, slot_ttl_s=600), store
+        yield backend.quotas, backend.records
     finally:
         await nc.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 import grpc
@@ -16,25 +17,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from imagejobs.api.interceptor import ErrorInterceptor
-from imagejobs.api.service import Engine, EngineLimits
+from imagejobs.api.service import JobService, ServiceHooks, ServiceLimits
 from imagejobs.api.servicer import ImageJobServicer
 from imagejobs.config import Settings
 from imagejobs.domain import constants
+from imagejobs.domain.errors import ConfigError
+from imagejobs.domain.jobs import Job
 from imagejobs.runtime import metrics
-from imagejobs.store import jetstream as connector
-from imagejobs.store.idempotency import IdempotencyStore
-from imagejobs.store.index import JobIndex
-from imagejobs.store.notifier import Notifier
-from imagejobs.store.objects import ObjectStore
-from imagejobs.store.queue import JobQueue
-from imagejobs.store.quotas import Quotas
-from imagejobs.store.records import JobStore
+from imagejobs.store.factory import open_backend
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"].full_name
 SHUTDOWN_GRACE_S = 5.0
+FAILPOINT_BEFORE_PUBLISH = "submit.before_publish"  # the one `failpoint` setting there is
+CRASH_EXIT_CODE = 137  # what a kill -9 leaves
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -45,49 +43,74 @@ def server_options() -> list[tuple[str, int]]:
     ]
 
 
+def _die_before_publish(job: Job) -> None:
+    log.critical("failpoint %s: exiting before publishing job %s", FAILPOINT_BEFORE_PUBLISH, job.id)
+    os._exit(CRASH_EXIT_CODE)
+
+
+def hooks_for(settings: Settings) -> ServiceHooks:
+    """The service's hooks for the fault tests' `failpoint` setting (none without it):
+    `submit.before_publish` makes the process die right after a submit's record is
+    written, as a crash there would."""
+    if not settings.failpoint:
+        return ServiceHooks()
+    if settings.failpoint != FAILPOINT_BEFORE_PUBLISH:
+        raise ConfigError(
+            f"unknown failpoint {settings.failpoint!r}; the only one is {FAILPOINT_BEFORE_PUBLISH}"
+        )
+    return ServiceHooks(after_record=_die_before_publish)
+
+
 async def serve(settings: Settings, port: int, ready: asyncio.Event | None = None) -> None:
     """Run one API server on `port` until cancelled or signalled."""
-    notifiers: list[Notifier] = []
+    hooks = hooks_for(settings)
+    async with open_backend(settings, f"imagejobs-api-{port}", watch_changes=True) as backend:
+        service = JobService(backend, limits=ServiceLimits.from_settings(settings), hooks=hooks)
+        metrics_server = await metrics.start(
+            settings, metrics.api_ports(settings, port), backend.queue
+        )
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options())
+        jobs_pb2_grpc.add_ImageJobServiceServicer_to_server(
+            ImageJobServicer(service, settings), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{settings.api_host}:{port}"
+        server.add_insecure_port(address)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("api listening on %s", address)
+        _log_key_mode(settings)
+        if ready is not None:
+            ready.set()
+        try:
+            await _until_signalled()
+        finally:
+            log.info("api stopping")
+            await health_servicer.enter_graceful_shutdown()
+            # long-polls answer now and watches end (clients re-attach elsewhere); other
+            # calls get the grace period to finish
+            await backend.changes.stop()
+            await server.stop(SHUTDOWN_GRACE_S)
+            if metrics_server is not None:
+                await metrics_server.close()
+    log.info("api stopped")
 
-    def reconnected() -> None:  # changes may have been missed: waiters re-read
-        for n in notifiers:
-            n.reconnected()
 
-    nc, js = await connector.connect(settings, f"imagejobs-api-{port}", on_reconnect=reconnected)
-    await connector.declare(js, settings)
-    notifier = Notifier(nc)
-    notifiers.append(notifier)
-    await notifier.start()
-    store = JobStore(js)
-    engine = Engine(
-        store,
-        JobQueue(nc, js),
-        ObjectStore(nc, js),
-        index=JobIndex(nc, js, ttl_s=constants.PENDING_TTL_S + settings.max_ttl_s),
-        idempotency=IdempotencyStore(js, ttl_s=settings.idempotency_ttl_s),
-        notifier=notifier,
-        quotas=Quotas(nc, js, store, slot_ttl_s=int(settings.max_job_age_s) + 60),
-        limits=EngineLimits(
-            max_job_age_s=settings.max_job_age_s,
-            max_wait_s=settings.max_wait_s,
-            failpoint=settings.failpoint,
-        ),
-    )
-    metrics_server = await metrics.start(settings, metrics.api_ports(settings, port), js)
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options())
-    jobs_pb2_grpc.add_ImageJobServiceServicer_to_server(ImageJobServicer(engine, settings), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    address = f"{settings.api_host}:{port}"
-    server.add_insecure_port(address)
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("api listening on %s", address)
+
+def _log_key_mode(settings: Settings) -> None:
     if settings.virtual_keys:
         required = (
             "every call needs one"
@@ -100,24 +123,3 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
             "no virtual keys configured: running OPEN (development mode) - any caller may "
             "submit; a presented key only scopes its own jobs"
         )
-    if ready is not None:
-        ready.set()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("api stopping")
-        await health_servicer.enter_graceful_shutdown()
-        # long-polls answer now and watches end (clients re-attach elsewhere); other
-        # calls get the grace period to finish
-        await notifier.stop()
-        await server.stop(SHUTDOWN_GRACE_S)
-        if metrics_server is not None:
-            await metrics_server.close()
-        await nc.close()
-        log.info("api stopped")

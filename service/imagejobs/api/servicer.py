@@ -1,4 +1,4 @@
-"""The gRPC servicer: a thin adapter (read metadata, validate, call the engine, convert).
+"""The gRPC servicer: a thin adapter (read metadata, validate, call the job service, convert).
 
 REST requests arrive through Envoy's transcoder with their headers as metadata and their
 raw body in `http_body`; the servicer tells Envoy which HTTP status to use through the
@@ -17,9 +17,10 @@ import grpc
 from google.api import httpbody_pb2
 
 from imagejobs.api.auth import Authenticator
+from imagejobs.api.reads import Page
 from imagejobs.api.render import job_json, job_message, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
-from imagejobs.api.service import Engine, Page
+from imagejobs.api.service import JobService
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
@@ -54,8 +55,8 @@ def parse_kind(value: str) -> Kind:
 
 
 class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self._engine = engine
+    def __init__(self, service: JobService, settings: Settings) -> None:
+        self._service = service
         self._settings = settings
         self._auth = Authenticator(
             settings.key_policies(), require_key=settings.require_virtual_key
@@ -88,7 +89,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
                 f"x-request-id must be at most {MAX_REQUEST_ID_CHARS} characters",
                 param="request_id",
             )
-        job = await self._engine.submit(
+        job = await self._service.submit(
             image_request,
             ttl_s=ttl,
             request_id=request_id,
@@ -138,9 +139,9 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         if math.isnan(wait) or wait < 0:
             raise InvalidRequest("wait must be a number of seconds >= 0", param="wait")
         if wait > 0:
-            job = await self._engine.wait(kind, job_id, caller, wait)
+            job = await self._service.wait(kind, job_id, caller, wait)
         else:
-            job = await self._engine.get(kind, job_id, caller)
+            job = await self._service.get(kind, job_id, caller)
         if not job.status.terminal:
             await context.send_initial_metadata((("x-http-status", "202"),))
         return job
@@ -148,7 +149,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
         caller = self._auth.caller(md)
-        job = await self._engine.cancel(parse_kind_or_404(request.kind), request.job_id, caller)
+        job = await self._service.cancel(parse_kind_or_404(request.kind), request.job_id, caller)
         return await self._render(job, md)
 
     async def WatchJob(
@@ -157,7 +158,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         md = metadata_of(context)
         caller = self._auth.caller(md)
         kind = parse_kind_or_404(request.kind)
-        async for job in self._engine.watch(kind, request.job_id, caller):
+        async for job in self._service.watch(kind, request.job_id, caller):
             if job is not None:
                 yield await self._render(job, md)
 
@@ -168,7 +169,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         caller = self._auth.caller(md)
         kind = parse_kind_or_404(request.kind)
         number = 0
-        async for job in self._engine.watch(kind, request.job_id, caller):
+        async for job in self._service.watch(kind, request.job_id, caller):
             if job is None:
                 text = ": keep-alive\n\n"
             else:
@@ -219,7 +220,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         if request.limit < 0:
             raise InvalidRequest("limit must be between 1 and 100", param="limit")
         limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        return await self._engine.list(
+        return await self._service.list(
             caller,
             status=status,
             kind=kind,
@@ -232,7 +233,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
     ) -> jobs_pb2.GetJobImageResponse:
         md = metadata_of(context)
         caller = self._auth.caller(md)
-        obj = await self._engine.image(
+        obj = await self._service.image(
             parse_kind_or_404(request.kind), request.job_id, request.index, caller
         )
         response = jobs_pb2.GetJobImageResponse()
@@ -245,7 +246,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         if job.result is None or job.request.response_format != "b64_json":
             return None
         objects = await asyncio.gather(
-            *(self._engine.objects.get(i.ref.object_id) for i in job.result.images)
+            *(self._service.objects.get(i.ref.object_id) for i in job.result.images)
         )
         if any(o is None for o in objects):  # expired between the two reads
             raise JobNotFound()

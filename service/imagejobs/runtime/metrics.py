@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
-from nats.js import JetStreamContext
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -44,6 +43,7 @@ from imagejobs.domain.jobs import Job
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
 from imagejobs.providers.registry import KNOWN_PROVIDERS
+from imagejobs.store.protocols import QueueDepth
 
 log = logging.getLogger(__name__)
 
@@ -168,20 +168,19 @@ def timed(provider: Provider) -> Provider:
 # --- queue depth -----------------------------------------------------------------------
 
 
-async def sample_queue(js: JetStreamContext) -> None:
+async def sample_queue(queue: QueueDepth) -> None:
     """Read the work queue's depth once into the gauges."""
-    info = await js.stream_info(constants.QUEUE_STREAM)
-    QUEUE_DEPTH.set(info.state.messages)
-    consumer = await js.consumer_info(constants.QUEUE_STREAM, constants.WORKER_CONSUMER)
-    QUEUE_UNDELIVERED.set(consumer.num_pending or 0)
+    messages, undelivered = await queue.depth()
+    QUEUE_DEPTH.set(messages)
+    QUEUE_UNDELIVERED.set(undelivered)
 
 
 async def sample_queue_forever(
-    js: JetStreamContext, interval_s: float = QUEUE_SAMPLE_INTERVAL_S
+    queue: QueueDepth, interval_s: float = QUEUE_SAMPLE_INTERVAL_S
 ) -> None:
     while True:
         try:
-            await sample_queue(js)
+            await sample_queue(queue)
         except Exception as exc:  # an election, a reconnect: keep the last value, go on
             log.debug("queue depth sample failed: %r", exc)
         await asyncio.sleep(interval_s)
@@ -228,8 +227,8 @@ def worker_ports(settings: Settings) -> range:
     return range(first, first + settings.worker_processes + WORKER_PORT_SEARCH)
 
 
-async def start(settings: Settings, ports: range, js: JetStreamContext) -> MetricsServer | None:
-    """Serve `/metrics` on the first free port of `ports` and start sampling the queue;
+async def start(settings: Settings, ports: range, queue: QueueDepth) -> MetricsServer | None:
+    """Serve `/metrics` on the first free port of `ports` and start sampling `queue`;
     None when metrics are off (`metrics_port = 0`) or every port is taken (logged: a
     process does not refuse to work over its metrics)."""
     if settings.metrics_port == 0:
@@ -241,7 +240,7 @@ async def start(settings: Settings, ports: range, js: JetStreamContext) -> Metri
             server, _ = start_http_server(port, addr=settings.host, registry=REGISTRY)
         except OSError:
             continue
-        sampler = asyncio.create_task(sample_queue_forever(js))
+        sampler = asyncio.create_task(sample_queue_forever(queue))
         log.info("metrics on http://%s:%d/metrics", settings.host, port)
         return MetricsServer(port, server, sampler)
     log.error("no free metrics port in %d-%d; serving no /metrics", ports.start, ports.stop - 1)

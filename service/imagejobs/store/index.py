@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import InvalidRequest, StoreUnavailable
+from imagejobs.domain.errors import InvalidRequest
 from imagejobs.domain.kinds import Kind
+from imagejobs.store.jetstream import nats_errors
 
 ANONYMOUS = "anon"  # the subject token of callers without a key
 
@@ -37,6 +39,11 @@ class Entry:
     created_ms: int
     job_id: str
     kind: str
+
+
+def index_ttl_s(settings: Settings) -> int:
+    """How long an entry lives: longer than any job it lists."""
+    return constants.PENDING_TTL_S + settings.max_ttl_s
 
 
 def _owner_token(owner: str) -> str:
@@ -73,7 +80,21 @@ def decode_token(token: str) -> tuple[int, str]:
         raise InvalidRequest("page_token is not valid", param="page_token") from None
 
 
-class JobIndex:
+def owner_filter(owner: str, kind: Kind | None) -> str:
+    """The subject filter of an owner's entries (of one kind, or all)."""
+    token = kind.value if kind is not None else "*"
+    return f"{constants.INDEX_SUBJECT_PREFIX}.{_owner_token(owner)}.{token}.*.*"
+
+
+def newest_first(subjects: Iterable[str]) -> list[Entry]:
+    """The entries of index subjects, newest first (other subjects skipped)."""
+    found = (parse_subject(s) for s in subjects)
+    return sorted((e for e in found if e is not None), reverse=True)
+
+
+class JetStreamIndex:
+    """`JobIndex` on the JOBINDEX stream; entries live `ttl_s` seconds."""
+
     def __init__(self, nc: Client, js: JetStreamContext, ttl_s: int) -> None:
         self._nc = nc
         self._js = js
@@ -84,23 +105,16 @@ class JobIndex:
         a submit's cost otherwise): the index serves lists only, and the job itself is
         safe in the record and the queue either way."""
         subject = index_subject(owner, kind, created_s, job_id)
-        try:
+        with nats_errors("job index write"):
             await self._nc.publish(subject, b"", headers={"Nats-TTL": f"{self._ttl_s}s"})
-        except NatsError as exc:
-            raise StoreUnavailable(f"job index write failed: {type(exc).__name__}") from exc
 
     async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
         """The caller's indexed jobs (of one kind, or all), newest first."""
-        token = kind.value if kind is not None else "*"
-        subjects_filter = f"{constants.INDEX_SUBJECT_PREFIX}.{_owner_token(owner)}.{token}.*.*"
-        try:
+        with nats_errors("job index read"):
             info = await self._js.stream_info(
-                constants.INDEX_STREAM, subjects_filter=subjects_filter
+                constants.INDEX_STREAM, subjects_filter=owner_filter(owner, kind)
             )
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"job index read failed: {type(exc).__name__}") from exc
-        found = (parse_subject(s) for s in (info.state.subjects or {}))
-        return sorted((e for e in found if e is not None), reverse=True)
+        return newest_first(info.state.subjects or {})
 
 
 def after(entries: list[Entry], token: str) -> list[Entry]:

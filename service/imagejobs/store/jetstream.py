@@ -1,43 +1,164 @@
-"""Connecting to NATS and declaring the JetStream resources every process relies on.
+"""The one JetStream seam: connecting, declaring the streams every process relies on,
+translating NATS errors, and the publish (with TTL and compare-and-set) and the direct get
+that every part of the store uses.
+
+NATS errors become ours in ONE place, `nats_errors`: a wrong last sequence (a lost
+compare-and-set) is `RevisionConflict`, a full work queue is `QueueFull` where the caller
+asks for it, and anything else (timeouts, no responders, no leader, a closed connection)
+is `StoreUnavailable`. No other module catches a NATS exception.
 
 Declaring is idempotent (create, or update to the same config), so any process may do
-it at start; the first one wins and the others agree. Only here are NATS connection
-errors turned into `StoreUnavailable`.
+it at start; the first one wins and the others agree.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import StoreUnavailable
+from imagejobs.domain.errors import QueueFull, RevisionConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code: Nats-Expected-Last-Subject-Sequence failed
+MAX_MSGS_EXCEEDED = 10077  # JetStream err_code: the stream's max_msgs reached (discard new)
+MAX_BYTES_EXCEEDED = 10047
+QUEUE_FULL_RETRY_AFTER_S = 5
+DELETE_HEADERS = {"KV-Operation": "DEL"}  # how a KV client recognises a delete marker
+
+
+def queue_full_error() -> QueueFull:
+    """The error of a publish the bounded work queue refused."""
+    return QueueFull("the job queue is full; retry later", retry_after_s=QUEUE_FULL_RETRY_AFTER_S)
+
+
+@contextlib.contextmanager
+def nats_errors(what: str, *, queue_full: bool = False) -> Iterator[None]:
+    """Translate NATS errors raised in the block: RevisionConflict for a lost
+    compare-and-set; QueueFull for the work queue's limits (with `queue_full`);
+    StoreUnavailable naming `what` for anything else."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            raise RevisionConflict(f"{what}: the subject changed meanwhile") from exc
+        if queue_full and exc.err_code in (MAX_MSGS_EXCEEDED, MAX_BYTES_EXCEEDED):
+            raise queue_full_error() from exc
+        raise StoreUnavailable(f"{what} failed: {exc.description}") from exc
+    except (TimeoutError, NatsError) as exc:
+        raise StoreUnavailable(f"{what} failed: {type(exc).__name__}") from exc
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    data: bytes,
+    *,
+    what: str,
+    ttl_s: int | None = None,
+    expected: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    queue_full: bool = False,
+) -> int:
+    """Publish to a stream and wait for its acknowledgement; the stream sequence. With
+    `ttl_s` the message expires (`Nats-TTL`); with `expected` it is a compare-and-set on
+    the subject's last sequence (`Nats-Expected-Last-Subject-Sequence`, 0 = create-only)."""
+    sent = dict(headers or {})
+    if ttl_s is not None:
+        sent["Nats-TTL"] = f"{ttl_s}s"
+    if expected is not None:
+        sent["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+    with nats_errors(what, queue_full=queue_full):
+        ack = await js.publish(subject, data, headers=sent)
+    return int(ack.seq)
 
 
 async def last_on_subject(
     js: JetStreamContext, stream: str, subject: str, what: str
 ) -> tuple[bytes, int]:
     """The data and stream sequence of the last message on `subject` (a direct get),
-    or (b"", 0) when there is none. NATS trouble is StoreUnavailable naming `what`."""
-    try:
-        msg = await js.get_msg(stream, subject=subject, direct=True)
-    except NotFoundError:
-        return b"", 0
-    except (TimeoutError, NatsError) as exc:
-        raise StoreUnavailable(f"{what} failed: {type(exc).__name__}") from exc
+    or (b"", 0) when there is none."""
+    with nats_errors(what):
+        try:
+            msg = await js.get_msg(stream, subject=subject, direct=True)
+        except NotFoundError:
+            return b"", 0
     return msg.data or b"", int(msg.seq or 0)
+
+
+class StreamSubjects:
+    """`Subjects` on one stream with one message per subject and per-message TTLs."""
+
+    def __init__(self, js: JetStreamContext, stream: str, what: str) -> None:
+        self._js = js
+        self._stream = stream
+        self._what = what
+
+    async def last(self, subject: str) -> tuple[bytes, int]:
+        return await last_on_subject(self._js, self._stream, subject, f"{self._what} read")
+
+    async def put(
+        self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
+    ) -> int:
+        return await publish(
+            self._js, subject, data, what=f"{self._what} write", ttl_s=ttl_s, expected=expected
+        )
+
+    async def delete(self, subject: str, *, ttl_s: int, expected: int | None = None) -> int:
+        return await publish(
+            self._js,
+            subject,
+            b"",
+            what=f"{self._what} delete",
+            ttl_s=ttl_s,
+            expected=expected,
+            headers=DELETE_HEADERS,
+        )
+
+
+class StreamCounters:
+    """`Counters` on a stream with `allow_msg_counter`: each increment is one atomic
+    server-side `Nats-Incr`; the value is in the subject's last message."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, stream: str) -> None:
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+
+    async def incr(self, subject: str, delta: int) -> int:
+        with nats_errors("rate counter"):
+            reply = await self._nc.request(
+                subject, b"", headers={"Nats-Incr": f"{delta:+d}"}, timeout=5
+            )
+        return _counter_value(reply.data)
+
+    async def value(self, subject: str) -> int:
+        data, _ = await last_on_subject(self._js, self._stream, subject, "rate counter read")
+        return _counter_value(data) if data else 0
+
+
+def _counter_value(data: bytes) -> int:
+    """A counter message's value (`{"val": "<n>"}`); StoreUnavailable for an error
+    answer or anything unreadable."""
+    try:
+        answer = json.loads(data)
+        if "error" in answer:
+            raise StoreUnavailable(f"rate counter failed: {answer['error']}")
+        return int(answer["val"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreUnavailable(f"rate counter failed: {type(exc).__name__}") from exc
 
 
 async def connect(
@@ -70,90 +191,76 @@ async def connect(
     return nc, nc.jetstream(timeout=10)
 
 
+def _stream(settings: Settings, name: str, prefix: str, **config: Any) -> js_api.StreamConfig:
+    """A file-backed stream on `<prefix>.>`, readable with direct gets."""
+    return js_api.StreamConfig(
+        name=name,
+        subjects=[f"{prefix}.>"],
+        allow_direct=True,
+        num_replicas=settings.stream_replicas,
+        storage=js_api.StorageType.FILE,
+        **config,
+    )
+
+
 def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
     """The streams: job records (a KV bucket), the work queue, the per-caller index,
-    idempotency keys, image objects."""
-    replicas = settings.stream_replicas
+    idempotency keys, quota slots, request counters, image objects."""
     kv_prefix = f"$KV.{constants.JOBS_BUCKET}"
+    last_only = {"max_msgs_per_subject": 1, "allow_msg_ttl": True}
     return [
-        js_api.StreamConfig(
-            name=f"KV_{constants.JOBS_BUCKET}",
-            subjects=[f"{kv_prefix}.>"],
-            max_msgs_per_subject=1,
+        _stream(
+            settings,
+            f"KV_{constants.JOBS_BUCKET}",
+            kv_prefix,
             discard=js_api.DiscardPolicy.NEW,
             allow_rollup_hdrs=True,
             deny_delete=True,
-            allow_direct=True,
-            allow_msg_ttl=True,
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
             # every write is re-published for in-process waiters (wait, watch)
             republish=js_api.RePublish(
                 src=f"{kv_prefix}.>", dest=f"{constants.STATE_SUBJECT_PREFIX}.>"
             ),
+            **last_only,
         ),
-        js_api.StreamConfig(
-            name=constants.QUEUE_STREAM,
-            subjects=[f"{constants.QUEUE_SUBJECT_PREFIX}.>"],
+        _stream(
+            settings,
+            constants.QUEUE_STREAM,
+            constants.QUEUE_SUBJECT_PREFIX,
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             max_msgs=settings.queue_max_jobs,
             discard=js_api.DiscardPolicy.NEW,
             duplicate_window=constants.DUPLICATE_WINDOW_S,
-            allow_direct=True,
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
         ),
-        js_api.StreamConfig(  # list: one empty message per job, the data in its subject
-            name=constants.INDEX_STREAM,
-            subjects=[f"{constants.INDEX_SUBJECT_PREFIX}.>"],
-            max_msgs_per_subject=1,
-            allow_msg_ttl=True,
-            allow_direct=True,
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
+        # list: one empty message per job, the data in its subject
+        _stream(settings, constants.INDEX_STREAM, constants.INDEX_SUBJECT_PREFIX, **last_only),
+        # Idempotency-Key -> job id, written create-only
+        _stream(
+            settings,
+            constants.IDEMPOTENCY_STREAM,
+            constants.IDEMPOTENCY_SUBJECT_PREFIX,
+            **last_only,
         ),
-        js_api.StreamConfig(  # Idempotency-Key -> job id, written create-only
-            name=constants.IDEMPOTENCY_STREAM,
-            subjects=[f"{constants.IDEMPOTENCY_SUBJECT_PREFIX}.>"],
-            max_msgs_per_subject=1,
-            allow_msg_ttl=True,
-            allow_direct=True,
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
-        ),
-        js_api.StreamConfig(  # per-key quota state, compare-and-set
-            name=constants.LIMIT_STREAM,
-            subjects=[f"{constants.LIMIT_SUBJECT_PREFIX}.>"],
-            max_msgs_per_subject=1,
-            allow_msg_ttl=True,
-            allow_direct=True,
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
-        ),
-        js_api.StreamConfig(  # per-key request counts per minute, atomic increments
-            name=constants.RATE_STREAM,
-            subjects=[f"{constants.RATE_SUBJECT_PREFIX}.>"],
+        # per-key quota slots, compare-and-set
+        _stream(settings, constants.LIMIT_STREAM, constants.LIMIT_SUBJECT_PREFIX, **last_only),
+        # per-key request counts per minute, atomic increments; a window is needed for two
+        # minutes at most
+        _stream(
+            settings,
+            constants.RATE_STREAM,
+            constants.RATE_SUBJECT_PREFIX,
             allow_msg_counter=True,
-            allow_direct=True,
-            max_age=180.0,  # a window is needed for two minutes at most
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
+            max_age=180.0,
         ),
-        js_api.StreamConfig(
-            name=constants.OBJECT_STREAM,
-            subjects=[f"{constants.OBJECT_SUBJECT_PREFIX}.>"],
-            allow_msg_ttl=True,
-            allow_direct=True,
-            num_replicas=replicas,
-            storage=js_api.StorageType.FILE,
+        _stream(
+            settings, constants.OBJECT_STREAM, constants.OBJECT_SUBJECT_PREFIX, allow_msg_ttl=True
         ),
     ]
 
 
 def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
     """The workers' shared durable pull consumer. Deliveries are unlimited here: the job
-    record counts them and fails the job past `max_attempts` (worker.py), so no job can
-    be stranded by a missed max-deliveries advisory."""
+    record counts them and fails the job past `max_attempts` (worker/handler.py), so no
+    job can be stranded by a missed max-deliveries advisory."""
     return js_api.ConsumerConfig(
         durable_name=constants.WORKER_CONSUMER,
         ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -167,7 +274,7 @@ def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
 
 async def declare(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and the worker consumer."""
-    try:
+    with nats_errors("declaring JetStream resources"):
         for config in stream_configs(settings):
             try:
                 await js.stream_info(str(config.name))
@@ -178,5 +285,3 @@ async def declare(js: JetStreamContext, settings: Settings) -> None:
                 except BadRequestError:  # created meanwhile by another process
                     await js.update_stream(config)
         await js.add_consumer(constants.QUEUE_STREAM, consumer_config(settings))
-    except (TimeoutError, NatsError) as exc:
-        raise StoreUnavailable(f"cannot declare JetStream resources: {exc}") from exc

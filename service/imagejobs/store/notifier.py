@@ -1,14 +1,16 @@
 """State-change notifications for waiters (long-poll `wait`, WatchJob, SSE).
 
-The JOBS bucket republishes every write to `imagejobs.state.<job_id>` with the record as
-its body and its revision in `Nats-Sequence`. Each API process holds ONE subscription to
-`imagejobs.state.>` and fans the messages out in-process to the waiters of that job; a
-message for a job nobody waits on costs a dict lookup. A waiter registers before it
-reads the store, so no change between its read and its wait can be missed.
+Every write of a job record is announced with the record and its revision; `Notifier`
+fans the announcements out in-process to the waiters of that job (a change of a job
+nobody waits on costs a dict lookup). A waiter registers before it reads the store, so
+no change between its read and its wait can be missed.
 
-Core NATS is at-most-once: after a reconnect (changes may have been missed) every
-waiter is woken to re-read the store once. Shutdown wakes every waiter for good, so
-long-polls answer and streams end at once.
+With JetStream the JOBS bucket republishes every write to `imagejobs.state.<job_id>`
+(the record as its body, its revision in `Nats-Sequence`), and each API process holds ONE
+subscription to `imagejobs.state.>` (`JetStreamNotifier`). Core NATS is at-most-once:
+after a reconnect (changes may have been missed) every waiter is woken to re-read the
+store once. Shutdown wakes every waiter for good, so long-polls answer and streams end
+at once. The in-memory store announces its writes to a plain `Notifier`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nats.aio.subscription import Subscription
 
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
+from imagejobs.store.jetstream import nats_errors
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +43,16 @@ class Listener:
 
 
 class Notifier:
-    def __init__(self, nc: Client) -> None:
-        self._nc = nc
-        self._listeners: dict[str, set[Listener]] = {}
-        self._sub: Subscription | None = None
-        self.closed = asyncio.Event()
+    """`StateChanges`: the in-process fan-out of record writes to waiters."""
 
-    async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            f"{constants.STATE_SUBJECT_PREFIX}.>", cb=self._on_message, pending_msgs_limit=-1
-        )
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[Listener]] = {}
+        self.closed = asyncio.Event()
 
     async def stop(self) -> None:
         """Wake every waiter for good (shutdown)."""
         self.closed.set()
         self.reconnected()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
 
     def reconnected(self) -> None:
         """Changes may have been missed while disconnected: everyone re-reads."""
@@ -65,14 +60,14 @@ class Notifier:
             for listener in listeners:
                 listener.queue.put_nowait(STALE)
 
-    async def _on_message(self, msg: Msg) -> None:
-        job_id = msg.subject.rsplit(".", 1)[-1]
+    def announce(self, job_id: str, revision: int, data: bytes) -> None:
+        """Record `data` (a JSON job, or b"" for an expiry or a delete marker) was
+        written at `revision`: pass it to the job's waiters."""
         listeners = self._listeners.get(job_id)
-        if not listeners or not msg.data:  # nobody waits, or an expiry/delete marker
+        if not listeners or not data:  # nobody waits, or an expiry/delete marker
             return
         try:
-            job = Job.loads(msg.data)
-            revision = int((msg.headers or {}).get("Nats-Sequence", "0"))
+            job = Job.loads(data)
         except ValueError:
             log.warning("unreadable state change for job %s", job_id)
             return
@@ -92,3 +87,33 @@ class Notifier:
                 listeners.discard(listener)
                 if not listeners:
                     del self._listeners[job_id]
+
+
+class JetStreamNotifier(Notifier):
+    """A `Notifier` fed by one subscription to the bucket's republished writes."""
+
+    def __init__(self, nc: Client) -> None:
+        super().__init__()
+        self._nc = nc
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        with nats_errors("state-change subscribe"):
+            self._sub = await self._nc.subscribe(
+                f"{constants.STATE_SUBJECT_PREFIX}.>", cb=self._on_message, pending_msgs_limit=-1
+            )
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # closing anyway: nothing to tell
+                await self._sub.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[-1]
+        try:
+            revision = int((msg.headers or {}).get("Nats-Sequence", "0"))
+        except ValueError:
+            log.warning("unreadable state change for job %s", job_id)
+            return
+        self.announce(job_id, revision, msg.data or b"")

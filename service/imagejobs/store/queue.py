@@ -2,23 +2,30 @@
 published with `Nats-Msg-Id = job id` so a repeated publish (a retried submit, a repair)
 is dropped by the server inside the duplicate window. The stream is bounded: when it is
 full, publish raises QueueFull and the submit answers 429.
+
+Workers share one durable pull consumer (explicit ack); cancel notices are core NATS
+messages on `imagejobs.cancel.<job_id>` (at most once; the heartbeat is the backstop).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+
 from nats.aio.client import Client
-from nats.errors import Error as NatsError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 
 from imagejobs.domain import constants
-from imagejobs.domain.errors import QueueFull, StoreUnavailable
-from imagejobs.store.jetstream import last_on_subject
+from imagejobs.domain.jobs import Job, Status
+from imagejobs.store.jetstream import last_on_subject, nats_errors, publish
+from imagejobs.store.protocols import Closeable, Delivery
 
-_MAX_MSGS_EXCEEDED = 10077  # JetStream err_code: maximum messages exceeded
-_MAX_BYTES_EXCEEDED = 10047
-QUEUE_FULL_RETRY_AFTER_S = 5
+log = logging.getLogger(__name__)
+
 RECORD_REVISION_HEADER = "Imagejobs-Revision"  # the revision of the record a message carries
+SHORTEST_FETCH_S = 0.05  # nats-py refuses a fetch without a timeout
 
 
 def run_subject(job_id: str) -> str:
@@ -33,10 +40,87 @@ def cancel_subject(job_id: str) -> str:
     return f"{constants.CANCEL_SUBJECT_PREFIX}.{job_id}"
 
 
-class JobQueue:
+def first_delivery_record(data: bytes, revision: str, num_delivered: int) -> tuple[Job, int] | None:
+    """The record a first delivery carries (as submitted) with its revision; None for a
+    redelivery (the record has moved on since) or a message without one."""
+    if not revision or not data or num_delivered != 1:
+        return None
+    try:
+        job = Job.loads(data)
+    except ValueError:
+        return None
+    if job.status is not Status.PENDING:
+        return None
+    return job, int(revision)
+
+
+class JetStreamDelivery:
+    """`Delivery` of one JetStream message."""
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.job_id = job_id_of(msg.subject)
+        self.num_delivered = int(msg.metadata.num_delivered or 0)
+
+    def record(self) -> tuple[Job, int] | None:
+        revision = (self._msg.headers or {}).get(RECORD_REVISION_HEADER, "")
+        return first_delivery_record(self._msg.data or b"", revision, self.num_delivered)
+
+    async def ack(self) -> None:
+        await _settle("ack", self._msg.ack())
+
+    async def ack_sync(self) -> None:
+        await _settle("ack", self._msg.ack_sync())
+
+    async def nak(self, delay_s: float = 0.0) -> None:
+        await _settle("nak", self._msg.nak(delay=delay_s or None))
+
+    async def term(self) -> None:
+        await _settle("term", self._msg.term())
+
+    async def in_progress(self) -> None:
+        await _settle("in-progress", self._msg.in_progress())
+
+
+async def _settle(what: str, reply: Awaitable[object]) -> None:
+    """Send a delivery's reply (ack, nak, ...), its NATS errors translated."""
+    with nats_errors(what):
+        await reply
+
+
+class _Unsubscribe:
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def close(self) -> None:
+        with nats_errors("unsubscribe"):
+            await self._sub.unsubscribe()
+
+
+class JetStreamQueue:
+    """`JobQueue` (the API's side) and `WorkQueue` (the workers' side) on JOBQ."""
+
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    # --- the API's side ---------------------------------------------------------------
+
+    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+        """Enqueue the job (idempotent per job id within the duplicate window). With the
+        record as just written and its revision, a worker can claim it without a read."""
+        headers = {"Nats-Msg-Id": job_id}
+        if record and revision:
+            headers[RECORD_REVISION_HEADER] = str(revision)
+        await publish(
+            self._js,
+            run_subject(job_id),
+            record,
+            what="queue publish",
+            headers=headers,
+            queue_full=True,
+        )
 
     async def contains(self, job_id: str) -> bool:
         """Whether the job's message is in the queue (waiting or being worked on)."""
@@ -48,25 +132,37 @@ class JobQueue:
     async def announce_cancel(self, job_id: str) -> None:
         """Tell whichever worker runs the job to abort it (best effort: a worker that
         misses this finds the job terminal at its next heartbeat)."""
-        try:
+        with nats_errors("cancel notice"):
             await self._nc.publish(cancel_subject(job_id), b"")
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"cancel notice failed: {type(exc).__name__}") from exc
 
-    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
-        """Enqueue the job (idempotent per job id within the duplicate window). With the
-        record as just written and its revision, a worker can claim it without a read."""
-        headers = {"Nats-Msg-Id": job_id}
-        if record and revision:
-            headers[RECORD_REVISION_HEADER] = str(revision)
-        try:
-            await self._js.publish(run_subject(job_id), record, headers=headers)
-        except APIError as exc:
-            if exc.err_code in (_MAX_MSGS_EXCEEDED, _MAX_BYTES_EXCEEDED):
-                raise QueueFull(
-                    "the job queue is full; retry later",
-                    retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
-                ) from exc
-            raise StoreUnavailable(f"queue publish failed: {exc.description}") from exc
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"queue publish failed: {type(exc).__name__}") from exc
+    async def depth(self) -> tuple[int, int]:
+        with nats_errors("queue depth"):
+            info = await self._js.stream_info(constants.QUEUE_STREAM)
+            consumer = await self._js.consumer_info(
+                constants.QUEUE_STREAM, constants.WORKER_CONSUMER
+            )
+        return int(info.state.messages), int(consumer.num_pending or 0)
+
+    # --- the workers' side ------------------------------------------------------------
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Delivery]:
+        with nats_errors("queue fetch"):
+            if self._sub is None:
+                self._sub = await self._js.pull_subscribe_bind(
+                    durable=constants.WORKER_CONSUMER, stream=constants.QUEUE_STREAM
+                )
+            try:
+                msgs = await self._sub.fetch(batch=batch, timeout=max(timeout_s, SHORTEST_FETCH_S))
+            except TimeoutError:  # nothing came: not an error
+                return []
+        return [JetStreamDelivery(m) for m in msgs]
+
+    async def on_cancel(self, callback: Callable[[str], None]) -> Closeable:
+        async def on_message(msg: Msg) -> None:
+            callback(job_id_of(msg.subject))
+
+        with nats_errors("cancel subscribe"):
+            sub = await self._nc.subscribe(
+                f"{constants.CANCEL_SUBJECT_PREFIX}.>", cb=on_message, pending_msgs_limit=-1
+            )
+        return _Unsubscribe(sub)

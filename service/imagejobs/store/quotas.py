@@ -1,39 +1,40 @@
-"""Per-key quotas, enforced across every API process through JetStream:
+"""Per-key quotas, enforced across every API process through the store:
 
-- rate: a sliding one-minute window per key, from JetStream counters (the RATES stream,
-  `allow_msg_counter`) at `imagejobs.rate.<key>.<minute>`: one atomic server-side
-  increment per submit, exact under any concurrency;
-- concurrency (the LIMITS stream, one message per subject, compare-and-set writes):
-  `max_concurrent_jobs` numbered slots per key at
+- rate: a sliding one-minute window per key, from atomic counters (with JetStream, the
+  RATES stream with `allow_msg_counter`) at `imagejobs.rate.<key>.<minute>`: one
+  server-side increment per submit, exact under any concurrency;
+- concurrency (with JetStream, the LIMITS stream: one message per subject,
+  compare-and-set writes): `max_concurrent_jobs` numbered slots per key at
   `imagejobs.limit.slot.<key>.<n>`, each holding the id of the job in it (empty = free).
   A submit takes a free slot with a create-only/compare-and-set write, so two API
   processes can never fill one slot twice; whoever writes the job's terminal state
-  (worker, cancel, expiry) frees it. A slot whose job is terminal or gone (its releaser
-  crashed) is reclaimed when the key is at its limit, so slots never leak.
+  (worker, cancel, expiry: `worker/finish.py`) frees it. A slot whose job is terminal or
+  gone (its releaser crashed) is reclaimed when the key is at its limit, so slots never
+  leak.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import random
-import time
 
-from nats.aio.client import Client
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.errors import APIError
-
+from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import RateLimited, RevisionConflict, StoreUnavailable
 from imagejobs.domain.keys import KeyPolicy
-from imagejobs.store.jetstream import WRONG_LAST_SEQUENCE, last_on_subject
-from imagejobs.store.records import JobStore
+from imagejobs.store.clock import Clock
+from imagejobs.store.protocols import Counters, JobStore, Subjects
 
 CONCURRENCY_RETRY_AFTER_S = 2
-_MARKER_TTL_S = 60
+_MARKER_TTL_S = 60  # a freed slot's empty marker
+_PAST_CACHE_MAX = 10_000
+
+
+def slot_ttl_s(settings: Settings) -> int:
+    """How long a concurrency slot lives at most: longer than any job may hold it."""
+    return int(settings.max_job_age_s) + 60
 
 
 def rate_subject(key_id: str, window: int) -> str:
@@ -44,59 +45,35 @@ def slot_subject(key_id: str, n: int) -> str:
     return f"{constants.LIMIT_SUBJECT_PREFIX}.slot.{key_id}.{n}"
 
 
-class Quotas:
-    def __init__(self, nc: Client, js: JetStreamContext, store: JobStore, slot_ttl_s: int) -> None:
-        self._nc = nc
-        self._js = js
-        self._past: dict[tuple[str, int], int] = {}
-        self._store = store
+class KeyQuotas:
+    """`Quotas` on `Subjects` (the slots) and `Counters` (the per-minute counts); a slot
+    lives `slot_ttl_s` seconds at most, so a leaked one frees itself."""
+
+    def __init__(
+        self,
+        slots: Subjects,
+        counters: Counters,
+        records: JobStore,
+        *,
+        slot_ttl_s: int,
+        clock: Clock,
+    ) -> None:
+        self._slots = slots
+        self._counters = counters
+        self._records = records
         self._slot_ttl_s = slot_ttl_s
-
-    # --- primitives -------------------------------------------------------------------
-
-    async def _get(self, subject: str) -> tuple[bytes, int]:
-        """The subject's last message data (b'' if none) and sequence (0 if none)."""
-        return await last_on_subject(self._js, constants.LIMIT_STREAM, subject, "quota read")
-
-    async def _put(self, subject: str, data: bytes, expected: int, ttl_s: int) -> None:
-        headers = {"Nats-TTL": f"{ttl_s}s", "Nats-Expected-Last-Subject-Sequence": str(expected)}
-        try:
-            await self._js.publish(subject, data, headers=headers)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise RevisionConflict(subject) from exc
-            raise StoreUnavailable(f"quota write failed: {exc.description}") from exc
-        except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailable(f"quota write failed: {type(exc).__name__}") from exc
+        self._clock = clock
+        self._past: dict[tuple[str, int], int] = {}
 
     # --- rate -------------------------------------------------------------------------
-
-    async def _incr(self, subject: str, delta: int) -> int:
-        """Add `delta` to a JetStream counter; its new value (atomic on the server)."""
-        try:
-            reply = await self._nc.request(
-                subject, b"", headers={"Nats-Incr": f"{delta:+d}"}, timeout=5
-            )
-            answer = json.loads(reply.data)
-        except (TimeoutError, NatsError, ValueError) as exc:
-            raise StoreUnavailable(f"rate counter failed: {type(exc).__name__}") from exc
-        if "error" in answer:
-            raise StoreUnavailable(f"rate counter failed: {answer['error']}")
-        return int(answer["val"])
 
     async def _previous(self, key_id: str, window: int) -> int:
         """A past window's final count (cached: a past window no longer changes)."""
         cached = self._past.get((key_id, window))
         if cached is not None:
             return cached
-        data, _ = await last_on_subject(
-            self._js, constants.RATE_STREAM, rate_subject(key_id, window), "rate counter read"
-        )
-        try:
-            value = int(json.loads(data)["val"]) if data else 0
-        except ValueError as exc:
-            raise StoreUnavailable(f"rate counter read failed: {type(exc).__name__}") from exc
-        if len(self._past) > 10_000:
+        value = await self._counters.value(rate_subject(key_id, window))
+        if len(self._past) > _PAST_CACHE_MAX:
             self._past.clear()
         self._past[(key_id, window)] = value
         return value
@@ -109,17 +86,16 @@ class Quotas:
         rpm = policy.requests_per_minute
         if not rpm:
             return
-        now = time.time()
-        window, into = divmod(now, 60.0)
+        window, into = divmod(self._clock.time(), 60.0)
         subject = rate_subject(policy.id, int(window))
-        current = await self._incr(subject, +1)
+        current = await self._counters.incr(subject, +1)
         previous = await self._previous(policy.id, int(window) - 1)
         left_of_window = 60.0 - into
         estimate = previous * left_of_window / 60.0 + current
         if estimate <= rpm:
             return
         with contextlib.suppress(StoreUnavailable):
-            await self._incr(subject, -1)
+            await self._counters.incr(subject, -1)
         # the previous minute's share shrinks by previous/60 per second; failing that,
         # the count starts over when this minute ends
         wait = (estimate - rpm) * 60.0 / previous if previous else left_of_window
@@ -137,7 +113,7 @@ class Quotas:
         if not limit:
             return ""
         subjects = [slot_subject(policy.id, n) for n in range(limit)]
-        states = await asyncio.gather(*(self._get(s) for s in subjects))
+        states = await asyncio.gather(*(self._slots.last(s) for s in subjects))
         free = [n for n, (data, _) in enumerate(states) if not data]
         random.shuffle(free)  # concurrent submits spread out instead of colliding
         for n in free:
@@ -145,7 +121,7 @@ class Quotas:
                 return f"{policy.id}.{n}"
         # all taken: reclaim slots whose job has finished or gone (a crashed releaser)
         held = [(n, data.decode(), seq) for n, (data, seq) in enumerate(states) if data]
-        records = await asyncio.gather(*(self._store.get(j) for _, j, _ in held))
+        records = await asyncio.gather(*(self._records.get(j) for _, j, _ in held))
         for (n, _, seq), record in zip(held, records, strict=True):
             if (record is None or record[0].status.terminal) and await self._take(
                 policy.id, n, seq, job_id
@@ -159,7 +135,9 @@ class Quotas:
 
     async def _take(self, key_id: str, n: int, expected: int, job_id: str) -> bool:
         try:
-            await self._put(slot_subject(key_id, n), job_id.encode(), expected, self._slot_ttl_s)
+            await self._slots.put(
+                slot_subject(key_id, n), job_id.encode(), ttl_s=self._slot_ttl_s, expected=expected
+            )
         except RevisionConflict:
             return False
         return True
@@ -171,8 +149,8 @@ class Quotas:
             return
         key_id, _, n = slot.rpartition(".")
         subject = slot_subject(key_id, int(n))
-        data, seq = await self._get(subject)
+        data, seq = await self._slots.last(subject)
         if data.decode() != job_id:
             return
         with contextlib.suppress(RevisionConflict):  # changed meanwhile: not ours any more
-            await self._put(subject, b"", seq, _MARKER_TTL_S)
+            await self._slots.delete(subject, ttl_s=_MARKER_TTL_S, expected=seq)

@@ -27,7 +27,7 @@ from imagejobs.providers.base import (
 )
 from imagejobs.providers.registry import build_provider
 from imagejobs.runtime import metrics
-from imagejobs.store.objects import ObjectStore
+from imagejobs.store.protocols import ObjectStore
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)

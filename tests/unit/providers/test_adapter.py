@@ -23,7 +23,7 @@ from imagejobs.providers.base import (
     UnsupportedOperation,
     WeightedKey,
 )
-from imagejobs.store.objects import ObjectStore
+from imagejobs.store.protocols import ObjectStore
 from imagejobs.worker.runner import JobRunner
 
 from tests.fakes.upstream import FakeRequest, FakeResponse, FakeUpstream

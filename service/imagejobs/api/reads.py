@@ -1,0 +1,224 @@
+"""The read side of the job service: one job, one result image, a long-poll wait, a watch
+of every change, and the caller's list.
+
+Reads also repair, lazily: a job not terminal `max_job_age_s` after submit is failed on
+its next read, whatever happened to it (workers check the same on delivery); a pending
+job older than `REPAIR_AFTER_S` whose queue message is missing (its API died between the
+record and the publish) is published by the read that finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from imagejobs.api.auth import Caller
+from imagejobs.config import Settings
+from imagejobs.domain import constants
+from imagejobs.domain.errors import JobNotFound, RevisionConflict
+from imagejobs.domain.jobs import Job, Status, age_limit_error, is_job_id
+from imagejobs.domain.kinds import Kind
+from imagejobs.store.clock import Clock, SystemClock
+from imagejobs.store.index import Entry, after, encode_token
+from imagejobs.store.protocols import Backend, StoredObject
+from imagejobs.worker.finish import job_ended
+
+log = logging.getLogger(__name__)
+
+REPAIR_CHECK_EVERY_S = 10.0  # per job and process: how often an orphan check may run
+REPAIR_CHECKS_KEPT = 10_000
+LIST_BATCH_MIN = 16  # records read at once while filling a page
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """`max_job_age_s`: a job not terminal this long after submit is failed (s);
+    `max_wait_s`: the cap of a long-poll (s)."""
+
+    max_job_age_s: float = constants.MAX_JOB_AGE_S
+    max_wait_s: float = constants.MAX_WAIT_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServiceLimits:
+        return cls(max_job_age_s=settings.max_job_age_s, max_wait_s=settings.max_wait_s)
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_page_token: str
+
+
+class JobReader:
+    """Reads jobs for callers: a caller sees its own jobs and public (anonymous) ones;
+    anything else is JobNotFound, as an expired or unknown job is (no leaks)."""
+
+    def __init__(
+        self, backend: Backend, *, limits: ServiceLimits | None = None, clock: Clock | None = None
+    ) -> None:
+        self.records = backend.records
+        self.queue = backend.queue
+        self.objects = backend.objects
+        self.index = backend.index
+        self.quotas = backend.quotas
+        self.changes = backend.changes
+        self.limits = limits or ServiceLimits()
+        self._clock = clock or SystemClock()
+        self._repair_checked: dict[str, float] = {}
+
+    async def _read(self, kind: Kind, job_id: str, caller: Caller) -> tuple[Job, int]:
+        """The job of that kind and its revision, if the caller may see it."""
+        found = await self.records.get(job_id) if is_job_id(job_id) else None
+        if found is None:
+            raise JobNotFound()
+        job, revision = found
+        if (
+            job.kind is not kind
+            or not caller.can_access(job.owner)
+            or job.expired(self._clock.time())
+        ):
+            raise JobNotFound()
+        return await self._maintain(job, revision)
+
+    async def get(self, kind: Kind, job_id: str, caller: Caller) -> Job:
+        return (await self._read(kind, job_id, caller))[0]
+
+    async def _maintain(self, job: Job, revision: int) -> tuple[Job, int]:
+        """Enforce the age limit and repair an orphan, lazily, on read."""
+        if job.status.terminal:
+            return job, revision
+        now = self._clock.time()
+        if now - job.created_at > self.limits.max_job_age_s:
+            return await self._expire(job, revision, now)
+        if job.status is Status.PENDING and now - job.created_at > constants.REPAIR_AFTER_S:
+            await self._repair(job, revision, now)
+        return job, revision
+
+    async def _expire(self, job: Job, revision: int, now: float) -> tuple[Job, int]:
+        """Fail a job past its age limit (and abort it wherever it runs)."""
+        failed = job.fail(age_limit_error(self.limits.max_job_age_s), now)
+        try:
+            revision = await self.records.update(failed, revision)
+        except RevisionConflict:  # it moved meanwhile: report what it is now
+            found = await self.records.get(job.id)
+            if found is None:
+                raise JobNotFound() from None
+            return found
+        await job_ended(failed, self.quotas, announce_to=self.queue)
+        return failed, revision
+
+    async def _repair(self, job: Job, revision: int, now: float) -> None:
+        """Publish a pending job that has no queue message (its API died in between)."""
+        job_id = job.id
+        if now - self._repair_checked.get(job_id, 0.0) < REPAIR_CHECK_EVERY_S:
+            return
+        if len(self._repair_checked) > REPAIR_CHECKS_KEPT:
+            self._repair_checked.clear()
+        self._repair_checked[job_id] = now
+        if not await self.queue.contains(job_id):
+            log.warning("job %s was recorded but never queued; publishing it now", job_id)
+            await self.queue.publish(job_id, job.dumps(), revision)
+
+    async def image(self, kind: Kind, job_id: str, index: int, caller: Caller) -> StoredObject:
+        """One result image's bytes; JobNotFound when there is none (or it expired)."""
+        job = await self.get(kind, job_id, caller)
+        if job.result is None or not 0 <= index < len(job.result.images):
+            raise JobNotFound()
+        obj = await self.objects.get(job.result.images[index].ref.object_id)
+        if obj is None:
+            raise JobNotFound()
+        return obj
+
+    # --- wait and watch -------------------------------------------------------------
+
+    async def wait(self, kind: Kind, job_id: str, caller: Caller, wait_s: float) -> Job:
+        """The job once terminal, or as it is after `wait_s` seconds (capped at
+        `max_wait_s`), whichever is first."""
+        wait_s = min(max(wait_s, 0.0), self.limits.max_wait_s)
+        deadline = self._clock.monotonic() + wait_s
+        with self.changes.listen(job_id) as listener:  # before the read: nothing missed
+            job, revision = await self._read(kind, job_id, caller)
+            while not job.status.terminal and not self.changes.closed.is_set():
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await self._clock.wait_for(listener.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if item is None:
+                    job, revision = await self._read(kind, job_id, caller)
+                elif item[0] > revision:
+                    revision, job = item
+        return job
+
+    async def watch(self, kind: Kind, job_id: str, caller: Caller) -> AsyncIterator[Job | None]:
+        """The job now, then every change until it is terminal. Yields None when nothing
+        happened for WATCH_KEEPALIVE_S (after a safety re-read), for keep-alives."""
+        with self.changes.listen(job_id) as listener:
+            job, revision = await self._read(kind, job_id, caller)
+            yield job
+            while not job.status.terminal and not self.changes.closed.is_set():
+                try:
+                    item = await self._clock.wait_for(
+                        listener.queue.get(), constants.WATCH_KEEPALIVE_S
+                    )
+                except TimeoutError:
+                    item = None
+                if item is None:  # missed changes possible, or idle: re-read
+                    new_job, new_revision = await self._read(kind, job_id, caller)
+                else:
+                    new_revision, new_job = item
+                if new_revision > revision:
+                    job, revision = new_job, new_revision
+                    yield job
+                elif item is None:
+                    yield None
+
+    # --- list -----------------------------------------------------------------------
+
+    async def _listed(
+        self, batch: list[Entry], caller: Caller, status: Status | None
+    ) -> list[Job | None]:
+        """Each entry's job if the page shows it (the caller's, live, of `status`)."""
+        found = await asyncio.gather(*(self.records.get(e.job_id) for e in batch))
+        now = self._clock.time()
+        return [
+            record[0]
+            if record is not None
+            and record[0].owner == caller.owner
+            and not record[0].expired(now)
+            and (status is None or record[0].status is status)
+            else None
+            for record in found
+        ]
+
+    async def list(
+        self,
+        caller: Caller,
+        *,
+        status: Status | None,
+        kind: Kind | None,
+        limit: int,
+        page_token: str,
+    ) -> Page:
+        """The caller's own jobs (never another's, public or not), newest first, `limit`
+        per page."""
+        entries = after(await self.index.entries(caller.owner, kind), page_token)
+        jobs: list[Job] = []
+        last = -1
+        position = 0
+        while position < len(entries) and len(jobs) < limit:
+            batch = entries[position : position + max(limit, LIST_BATCH_MIN)]
+            for offset, job in enumerate(await self._listed(batch, caller, status)):
+                if job is None:
+                    continue
+                jobs.append(job)
+                last = position + offset
+                if len(jobs) == limit:
+                    break
+            position += len(batch)
+        more = len(jobs) == limit and last + 1 < len(entries)
+        return Page(jobs=jobs, next_page_token=encode_token(entries[last]) if more else "")

@@ -1,0 +1,199 @@
+"""The in-memory twin of the JetStream store, for unit tests (as procrastinate's
+`InMemoryConnector` is of its Postgres connector): the same Protocols, driven by an
+injectable clock, so that the service and the worker run in one process, in
+microseconds, with time moved by the test (`FakeClock.advance`).
+
+What it keeps of JetStream's semantics (the conformance suite in
+`tests/e2e/test_store_contract.py` runs the same checks against both):
+
+- one message per subject with a stream-wide sequence; each written message has its own
+  TTL, a write without one lives forever; an expired message leaves nothing behind;
+- compare-and-set on the subject's last sequence (0 = create-only), RevisionConflict
+  otherwise; a delete marker is a message (with its own TTL) like any other, so a
+  create-only write over it fails until it expires;
+- every record write announced to the state-change notifier (the bucket's republish);
+- atomic counters that expire with the stream's max age;
+- the work queue (`store/memory_queue.py`): msg-id dedupe within the duplicate window, a
+  bound (QueueFull), ack_wait redelivery counting deliveries, nak with delay, term,
+  in_progress, cancel notices.
+
+Job records, idempotency keys and quota slots are the very classes the JetStream store
+uses (`JobRecords`, `IdempotencyClaims`, `KeyQuotas`), on `MemorySubjects` instead of a
+stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imagejobs.config import Settings
+from imagejobs.domain import constants
+from imagejobs.domain.errors import RevisionConflict
+from imagejobs.domain.kinds import Kind
+from imagejobs.store.clock import Clock
+from imagejobs.store.idempotency import IdempotencyClaims
+from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
+from imagejobs.store.memory_queue import MemoryQueue
+from imagejobs.store.notifier import Notifier
+from imagejobs.store.protocols import Backend, StoredObject
+from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
+from imagejobs.store.records import JobRecords, job_id_of_record
+
+RATE_MAX_AGE_S = 180.0  # as the RATES stream's max_age
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a final `>` one or more."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+@dataclass
+class _Message:
+    data: bytes
+    seq: int
+    expires_at: float | None  # None: lives forever
+
+
+class MemorySubjects:
+    """`Subjects` in a dict; `on_write(subject, seq, data)` sees every write."""
+
+    def __init__(
+        self, clock: Clock, on_write: Callable[[str, int, bytes], None] | None = None
+    ) -> None:
+        self._clock = clock
+        self._on_write = on_write
+        self._messages: dict[str, _Message] = {}
+        self._seq = 0
+
+    def _live(self, subject: str) -> _Message | None:
+        message = self._messages.get(subject)
+        expires_at = message.expires_at if message is not None else None
+        if expires_at is not None and self._clock.time() >= expires_at:
+            del self._messages[subject]
+            return None
+        return message
+
+    async def last(self, subject: str) -> tuple[bytes, int]:
+        message = self._live(subject)
+        return (message.data, message.seq) if message is not None else (b"", 0)
+
+    async def put(
+        self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
+    ) -> int:
+        if expected is not None:
+            message = self._live(subject)
+            if (message.seq if message is not None else 0) != expected:
+                raise RevisionConflict(f"{subject}: the subject changed meanwhile")
+        self._seq += 1
+        self._messages[subject] = _Message(data, self._seq, self._clock.time() + ttl_s)
+        if self._on_write is not None:
+            self._on_write(subject, self._seq, data)
+        return self._seq
+
+    async def delete(self, subject: str, *, ttl_s: int, expected: int | None = None) -> int:
+        return await self.put(subject, b"", ttl_s=ttl_s, expected=expected)
+
+    def subjects(self, pattern: str) -> list[str]:
+        """The live subjects matching a NATS subject filter."""
+        return [s for s in list(self._messages) if subject_matches(pattern, s) and self._live(s)]
+
+
+class MemoryCounters:
+    """`Counters` in a dict; a counter not written for `max_age_s` is gone."""
+
+    def __init__(self, clock: Clock, max_age_s: float = RATE_MAX_AGE_S) -> None:
+        self._clock = clock
+        self._max_age_s = max_age_s
+        self._values: dict[str, tuple[int, float]] = {}  # subject -> (value, last write)
+
+    async def incr(self, subject: str, delta: int) -> int:
+        value = await self.value(subject) + delta
+        self._values[subject] = (value, self._clock.time())
+        return value
+
+    async def value(self, subject: str) -> int:
+        value, written = self._values.get(subject, (0, 0.0))
+        if self._clock.time() - written >= self._max_age_s:
+            self._values.pop(subject, None)
+            return 0
+        return value
+
+
+class MemoryObjects:
+    """`ObjectStore` in a dict, each object with its TTL."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._subjects = MemorySubjects(clock)
+        self._types: dict[str, str] = {}
+
+    async def put(self, object_id: str, data: bytes, content_type: str, ttl_s: int) -> int:
+        self._types[object_id] = content_type
+        await self._subjects.put(object_id, data, ttl_s=ttl_s)
+        return len(data)
+
+    async def get(self, object_id: str) -> StoredObject | None:
+        data, seq = await self._subjects.last(object_id)
+        if not seq:
+            return None
+        return StoredObject(data=data, content_type=self._types[object_id])
+
+
+class MemoryIndex:
+    """`JobIndex` as subjects in a dict (the same subjects JetStream's index writes)."""
+
+    def __init__(self, clock: Clock, ttl_s: int) -> None:
+        self._subjects = MemorySubjects(clock)
+        self._ttl_s = ttl_s
+
+    async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
+        await self._subjects.put(
+            index_subject(owner, kind, created_s, job_id), b"", ttl_s=self._ttl_s
+        )
+
+    async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
+        return newest_first(self._subjects.subjects(owner_filter(owner, kind)))
+
+
+def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
+    """A complete in-memory `Backend`, its limits (queue bound, ack_wait, TTLs) taken
+    from `settings` as the JetStream one takes them."""
+    settings = settings or Settings()
+    changes = Notifier()
+
+    def republish(subject: str, seq: int, data: bytes) -> None:
+        job_id = job_id_of_record(subject)
+        if job_id is not None:
+            changes.announce(job_id, seq, data)
+
+    records = JobRecords(MemorySubjects(clock, on_write=republish))
+    queue = MemoryQueue(
+        clock,
+        max_jobs=settings.queue_max_jobs,
+        ack_wait_s=settings.ack_wait_s,
+        duplicate_window_s=constants.DUPLICATE_WINDOW_S,
+    )
+    return Backend(
+        records=records,
+        queue=queue,
+        work=queue,
+        objects=MemoryObjects(clock),
+        index=MemoryIndex(clock, ttl_s=index_ttl_s(settings)),
+        idempotency=IdempotencyClaims(
+            MemorySubjects(clock), ttl_s=settings.idempotency_ttl_s, clock=clock
+        ),
+        quotas=KeyQuotas(
+            MemorySubjects(clock),
+            MemoryCounters(clock),
+            records,
+            slot_ttl_s=slot_ttl_s(settings),
+            clock=clock,
+        ),
+        changes=changes,
+    )

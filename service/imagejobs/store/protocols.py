@@ -1,0 +1,260 @@
+"""What the API service and the worker need from the job store, as Protocols, and the
+`Backend` bundle that carries one implementation of each.
+
+Two implementations sit behind them: JetStream (`store/factory.py` builds it on one NATS
+connection) and the in-memory twin for unit tests (`store/memory.py`). The conformance
+suite `tests/e2e/test_store_contract.py` runs the same checks against both.
+
+Two primitives carry the keyed state (records, idempotency keys, quota slots and
+counters), so that the logic on top of them is written once for both implementations:
+
+- `Subjects`: the last message per subject, each with its own TTL, written
+  unconditionally or as a compare-and-set on the subject's last sequence (0 = create-only);
+- `Counters`: atomic per-subject counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from imagejobs.domain.jobs import Job
+from imagejobs.domain.keys import KeyPolicy
+from imagejobs.domain.kinds import Kind
+
+if TYPE_CHECKING:  # the value types live with their JetStream implementation
+    from imagejobs.store.idempotency import Claim
+    from imagejobs.store.index import Entry
+    from imagejobs.store.notifier import Listener
+
+
+# --- primitives ------------------------------------------------------------------------
+
+
+class Subjects(Protocol):
+    """One stream holding the last message of each subject (records, keys, slots)."""
+
+    async def last(self, subject: str) -> tuple[bytes, int]:
+        """The subject's last message data and sequence: (b"", 0) when there is none
+        (never written, or expired); data b"" with a sequence for a delete marker."""
+        ...
+
+    async def put(
+        self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
+    ) -> int:
+        """Write `data`, living `ttl_s` seconds; with `expected`, only if the subject's
+        last sequence is `expected` (0: only if there is none), else RevisionConflict.
+        Returns the new sequence."""
+        ...
+
+    async def delete(self, subject: str, *, ttl_s: int, expected: int | None = None) -> int:
+        """Write a delete marker (empty data) living `ttl_s` seconds; `expected` as in
+        `put`. Returns its sequence."""
+        ...
+
+
+class Counters(Protocol):
+    """Atomic per-subject counters (per-minute request counts)."""
+
+    async def incr(self, subject: str, delta: int) -> int:
+        """Add `delta` (may be negative); the new value."""
+        ...
+
+    async def value(self, subject: str) -> int:
+        """The current value; 0 for a counter never written or expired."""
+        ...
+
+
+# --- what the service and the worker use ---------------------------------------------
+
+
+class JobStore(Protocol):
+    """Job records. Every write states the revision it replaces."""
+
+    async def create(self, job: Job) -> int:
+        """Write a new record; RevisionConflict if the id exists. Its revision."""
+        ...
+
+    async def update(self, job: Job, expected_revision: int) -> int:
+        """Replace revision `expected_revision`; RevisionConflict if it is not the latest."""
+        ...
+
+    async def delete(self, job_id: str) -> None:
+        """Remove a record (a submit that was not accepted after all)."""
+        ...
+
+    async def get(self, job_id: str) -> tuple[Job, int] | None:
+        """The record and its revision, or None when absent, deleted or expired."""
+        ...
+
+
+class QueueDepth(Protocol):
+    async def depth(self) -> tuple[int, int]:
+        """(messages in the queue, of those not yet handed to any worker)."""
+        ...
+
+
+class JobQueue(QueueDepth, Protocol):
+    """The work queue as the API uses it."""
+
+    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+        """Enqueue the job, once per job id within the duplicate window (a repeat is
+        dropped); QueueFull when the queue is at its bound. With the record as written
+        and its revision, the first delivery carries them (`Delivery.record`)."""
+        ...
+
+    async def contains(self, job_id: str) -> bool:
+        """Whether the job's message is in the queue (waiting or being worked on)."""
+        ...
+
+    async def announce_cancel(self, job_id: str) -> None:
+        """Tell whichever worker runs the job to abort it (at most once: a worker that
+        misses it finds the job terminal at its next heartbeat)."""
+        ...
+
+
+class Delivery(Protocol):
+    """One delivery of a job's message to a worker."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def num_delivered(self) -> int:
+        """1 for the first delivery, 2 for the first redelivery, …"""
+        ...
+
+    def record(self) -> tuple[Job, int] | None:
+        """The pending record (and revision) a first delivery carries; None otherwise."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: remove the message (not waiting for the server's confirmation)."""
+        ...
+
+    async def ack_sync(self) -> None:
+        """Done, confirmed by the server."""
+        ...
+
+    async def nak(self, delay_s: float = 0.0) -> None:
+        """Not done: deliver it again after `delay_s` seconds."""
+        ...
+
+    async def term(self) -> None:
+        """Never deliver it again (its job is gone)."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Still working: restart the ack_wait timer."""
+        ...
+
+
+class Closeable(Protocol):
+    async def close(self) -> None: ...
+
+
+class WorkQueue(QueueDepth, Protocol):
+    """The work queue as a worker uses it: one shared consumer; a delivery not acked
+    within ack_wait is delivered again, to any worker."""
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Delivery]:
+        """Up to `batch` deliveries, waiting up to `timeout_s` for the first (0: only
+        what is there now; JetStream waits at least a moment); [] when none came."""
+        ...
+
+    async def on_cancel(self, callback: Callable[[str], None]) -> Closeable:
+        """Call `callback(job_id)` for every cancel notice until closed."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """Image bytes, each object expiring on its own TTL."""
+
+    async def put(self, object_id: str, data: bytes, content_type: str, ttl_s: int) -> int:
+        """Store `data` for `ttl_s` seconds; its size in bytes."""
+        ...
+
+    async def get(self, object_id: str) -> StoredObject | None:
+        """The object, or None when absent or expired."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    content_type: str
+
+
+class JobIndex(Protocol):
+    """Each caller's jobs, for the list."""
+
+    async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
+        """Index a job (`created_s` in epoch seconds)."""
+        ...
+
+    async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
+        """The owner's indexed jobs (of one kind, or all), newest first."""
+        ...
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, owner: str, key: str, job_id: str, fp: str) -> Claim | None:
+        """Bind the caller's key to `job_id` (request fingerprint `fp`): None if this
+        call did, else the binding that exists."""
+        ...
+
+    async def release(self, owner: str, key: str) -> None:
+        """Unbind a key whose submit was not accepted."""
+        ...
+
+
+class Quotas(Protocol):
+    """Per-virtual-key rate and concurrency limits, shared by every API process."""
+
+    async def take_request(self, policy: KeyPolicy) -> None:
+        """Count one request against the per-minute limit; RateLimited over it."""
+        ...
+
+    async def acquire(self, policy: KeyPolicy, job_id: str) -> str:
+        """A concurrency slot for the job ('' when the key has none); RateLimited when
+        every slot holds a live job."""
+        ...
+
+    async def release(self, slot: str, job_id: str) -> None:
+        """Free the job's slot if it still holds it."""
+        ...
+
+
+class StateChanges(Protocol):
+    """Wakes waiters (long-poll, watch) on every write of a job's record."""
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set at shutdown: waiters answer at once."""
+        ...
+
+    def listen(self, job_id: str) -> AbstractContextManager[Listener]:
+        """Receive the job's changes for the duration of the block."""
+        ...
+
+    async def stop(self) -> None:
+        """Wake every waiter for good (shutdown)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of each part, as the API service and the worker receive it.
+    `queue` and `work` are the two sides of the same work queue."""
+
+    records: JobStore
+    queue: JobQueue
+    work: WorkQueue
+    objects: ObjectStore
+    index: JobIndex
+    idempotency: IdempotencyStore
+    quotas: Quotas
+    changes: StateChanges

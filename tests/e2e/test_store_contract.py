@@ -1,0 +1,340 @@
+"""The store contract: the semantics the service and the worker rely on, checked against
+BOTH implementations of the store Protocols: JetStream on a real nats-server (started
+here on a free loopback port, its streams declared afresh for every test) and the
+in-memory twin the unit tests use (`store/memory.py`, on a fake clock).
+
+Time: `elapse(s)` advances the fake clock, or really sleeps on JetStream (TTLs, ack_wait
+and nak delays are server timers there). `eventually` polls a check with a deadline on
+JetStream, where some writes (the index, cancel notices) are fire-and-forget; the twin
+applies them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from imagejobs.config import Settings
+from imagejobs.domain.errors import QueueFull, RateLimited, RevisionConflict
+from imagejobs.domain.jobs import Job, StoredRequest
+from imagejobs.domain.keys import KeyPolicy
+from imagejobs.domain.kinds import Kind
+from imagejobs.domain.models import ModelRef
+from imagejobs.store import jetstream
+from imagejobs.store.clock import FakeClock, settle
+from imagejobs.store.factory import jetstream_backend
+from imagejobs.store.memory import memory_backend
+from imagejobs.store.notifier import JetStreamNotifier
+from imagejobs.store.protocols import Backend, Delivery
+from imagejobs.testing import Stack, require_binary
+
+ACK_WAIT_S = 1.5
+QUEUE_MAX = 3
+SHORT_S = 0.1  # a fetch that should find nothing
+
+
+@dataclass
+class Store:
+    """A backend under test and how time passes for it."""
+
+    backend: Backend
+    elapse: Callable[[float], Awaitable[None]]
+    now: Callable[[], float]
+    real: bool  # JetStream
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Delivery]:
+        """A fetch that may wait `timeout_s`: on the fake clock, that time is made to pass."""
+        fetching = asyncio.ensure_future(self.backend.work.fetch(batch, timeout_s))
+        if not self.real:
+            await settle()
+            if not fetching.done():
+                await self.elapse(timeout_s)
+        return await fetching
+
+    async def eventually(self, check: Callable[[], Awaitable[Any]], timeout_s: float = 5) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            result = await check()
+            if result or not self.real:
+                return result
+            if time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(0.02)
+
+
+def settings_for(nats_port: int = 4222) -> Settings:
+    return Settings(nats_port=nats_port, ack_wait_s=ACK_WAIT_S, queue_max_jobs=QUEUE_MAX)
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_binary("nats-server")
+    s = Stack(tmp_path_factory.mktemp("contract"), workers=0)
+    try:
+        s.start_nats()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(params=["memory", "jetstream"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        clock = FakeClock()
+        yield Store(memory_backend(clock, settings_for()), clock.advance, clock.time, real=False)
+        return
+    server: Stack = request.getfixturevalue("nats_server")
+    settings = settings_for(server.nats_port)
+    nc, js = await jetstream.connect(settings, "test-contract")
+    for config in jetstream.stream_configs(settings):  # a clean slate for every test
+        with contextlib.suppress(Exception):  # absent before the first test
+            await js.delete_stream(str(config.name))
+    await jetstream.declare(js, settings)
+    notifier = JetStreamNotifier(nc)
+    await notifier.start()
+    try:
+        yield Store(
+            jetstream_backend(nc, js, settings, notifier), asyncio.sleep, time.time, real=True
+        )
+    finally:
+        await nc.close()
+
+
+def new_job(store: Store, *, ttl_s: int = 60, owner: str = "") -> Job:
+    return Job(
+        id=str(uuid.uuid4()),
+        kind=Kind.GENERATION,
+        request_id="r",
+        owner=owner,
+        created_at=store.now(),
+        ttl_s=ttl_s,
+        request=StoredRequest(model=ModelRef.parse("mock/m"), prompt="p"),
+    )
+
+
+# --- records ---------------------------------------------------------------------------
+
+
+async def test_records_create_only_and_compare_and_set(store: Store) -> None:
+    records = store.backend.records
+    job = new_job(store)
+    first = await records.create(job)
+    assert await records.get(job.id) == (job, first)
+    with pytest.raises(RevisionConflict):
+        await records.create(job)
+    claimed = job.claim("w", store.now())
+    second = await records.update(claimed, first)
+    assert second > first
+    with pytest.raises(RevisionConflict):
+        await records.update(claimed.cancel(store.now()), first)  # stale revision
+    assert await records.get(job.id) == (claimed, second)
+    assert await records.get(str(uuid.uuid4())) is None
+
+
+async def test_a_deleted_record_is_gone_and_its_marker_blocks_a_create(store: Store) -> None:
+    records = store.backend.records
+    job = new_job(store)
+    await records.create(job)
+    await records.delete(job.id)
+    assert await records.get(job.id) is None
+    with pytest.raises(RevisionConflict):
+        await records.create(job)
+
+
+async def test_terminal_record_and_objects_expire_on_their_ttl(store: Store) -> None:
+    records, objects = store.backend.records, store.backend.objects
+    job = new_job(store, ttl_s=1)
+    revision = await records.create(job)
+    await records.update(job.cancel(store.now()), revision)  # terminal: lives ttl_s
+    big = bytes(range(256)) * 5000  # 1.28 MB: several chunks on JetStream
+    assert await objects.put("obj-short", big, "image/png", ttl_s=1) == len(big)
+    await objects.put("obj-long", b"kept", "image/webp", ttl_s=60)
+    got = await objects.get("obj-short")
+    assert got is not None and got.data == big and got.content_type == "image/png"
+    await store.elapse(2.0)
+    assert await records.get(job.id) is None
+    await records.create(job)  # nothing left behind: the id is free again
+    assert await objects.get("obj-short") is None
+    kept = await objects.get("obj-long")
+    assert kept is not None and kept.data == b"kept"
+    assert await objects.get("never-written") is None
+
+
+async def test_every_record_write_is_announced_in_order(store: Store) -> None:
+    records, changes = store.backend.records, store.backend.changes
+    job = new_job(store)
+    with changes.listen(job.id) as listener:
+        r1 = await records.create(job)
+        claimed = job.claim("w", store.now())
+        r2 = await records.update(claimed, r1)
+        got = [await asyncio.wait_for(listener.queue.get(), 5) for _ in range(2)]
+    assert got == [(r1, job), (r2, claimed)]
+
+
+# --- the work queue --------------------------------------------------------------------
+
+
+async def test_first_delivery_carries_the_record_and_ack_removes_it(store: Store) -> None:
+    queue = store.backend.queue
+    job = new_job(store)
+    await queue.publish(job.id, job.dumps(), 7)
+    assert await queue.contains(job.id)
+    assert await queue.depth() == (1, 1)
+    [delivery] = await store.fetch(5, 2.0)
+    assert (delivery.job_id, delivery.num_delivered) == (job.id, 1)
+    assert delivery.record() == (job, 7)
+    assert await queue.depth() == (1, 0)
+    await delivery.ack_sync()
+    assert not await queue.contains(job.id)
+    assert await store.fetch(5, SHORT_S) == []
+
+
+async def test_publish_is_deduplicated_by_job_id_within_the_window(store: Store) -> None:
+    queue = store.backend.queue
+    job = new_job(store)
+    await queue.publish(job.id)
+    await queue.publish(job.id)
+    deliveries = await store.fetch(5, 2.0)
+    assert [d.job_id for d in deliveries] == [job.id]
+    assert deliveries[0].record() is None  # published without the record
+    await deliveries[0].ack_sync()
+    await queue.publish(job.id)  # still within the window: dropped although consumed
+    assert not await queue.contains(job.id)
+
+
+async def test_a_full_queue_refuses_new_jobs_but_not_duplicates(store: Store) -> None:
+    queue = store.backend.queue
+    ids = [str(uuid.uuid4()) for _ in range(QUEUE_MAX)]
+    for job_id in ids:
+        await queue.publish(job_id)
+    with pytest.raises(QueueFull) as info:
+        await queue.publish(str(uuid.uuid4()))
+    assert info.value.retry_after_s == jetstream.QUEUE_FULL_RETRY_AFTER_S
+    await queue.publish(ids[0])  # a repeat is dropped before the bound is checked
+    assert await queue.depth() == (QUEUE_MAX, QUEUE_MAX)
+
+
+async def test_an_unacked_delivery_comes_back_after_ack_wait(store: Store) -> None:
+    queue = store.backend.queue
+    job = new_job(store)
+    await queue.publish(job.id, job.dumps(), 3)
+    [first] = await store.fetch(1, 2.0)
+    assert await store.fetch(1, SHORT_S) == []  # held by the first delivery
+    await store.elapse(ACK_WAIT_S + 0.5)
+    [again] = await store.fetch(1, 2.0)
+    assert (again.job_id, again.num_delivered) == (job.id, 2)
+    assert again.record() is None  # only a first delivery carries the record
+    await first.ack_sync()  # the old delivery still settles the message
+    assert not await queue.contains(job.id)
+
+
+async def test_in_progress_restarts_ack_wait(store: Store) -> None:
+    queue = store.backend.queue
+    await queue.publish(str(uuid.uuid4()))
+    [delivery] = await store.fetch(1, 2.0)
+    await store.elapse(ACK_WAIT_S * 0.55)
+    await delivery.in_progress()
+    await store.elapse(ACK_WAIT_S * 0.65)  # past the first ack_wait, not the second
+    assert await store.fetch(1, SHORT_S) == []
+    await delivery.ack_sync()
+
+
+async def test_nak_delays_the_redelivery_and_term_ends_it(store: Store) -> None:
+    queue = store.backend.queue
+    job_id = str(uuid.uuid4())
+    await queue.publish(job_id)
+    [delivery] = await store.fetch(1, 2.0)
+    await delivery.nak(1.0)
+    assert await store.fetch(1, SHORT_S) == []
+    await store.elapse(1.5)
+    [again] = await store.fetch(1, 2.0)
+    assert again.num_delivered == 2
+    await again.term()  # fire-and-forget, like ack
+
+    async def gone() -> bool:
+        return not await queue.contains(job_id)
+
+    assert await store.eventually(gone)
+    await store.elapse(ACK_WAIT_S + 0.5)
+    assert await store.fetch(1, SHORT_S) == []
+
+
+async def test_cancel_notices_reach_subscribers(store: Store) -> None:
+    queue = store.backend.queue
+    heard: list[str] = []
+    subscription = await store.backend.work.on_cancel(heard.append)
+    job_id = str(uuid.uuid4())
+    await queue.announce_cancel(job_id)
+
+    async def arrived() -> bool:
+        await asyncio.sleep(0)
+        return heard == [job_id]
+
+    assert await store.eventually(arrived)
+    await subscription.close()
+
+
+# --- index, idempotency, quotas --------------------------------------------------------
+
+
+async def test_the_index_lists_an_owners_jobs_newest_first(store: Store) -> None:
+    index = store.backend.index
+    now = store.now()
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    await index.add("alice", Kind.GENERATION, now - 3, ids[0])
+    await index.add("alice", Kind.EDIT, now - 2, ids[1])
+    await index.add("alice", Kind.GENERATION, now - 1, ids[2])
+    await index.add("bob", Kind.GENERATION, now, str(uuid.uuid4()))
+
+    async def alices() -> list[str]:
+        return [e.job_id for e in await index.entries("alice", None)]
+
+    assert await store.eventually(lambda: _equal(alices(), ids[::-1])) == ids[::-1]
+    generations = await index.entries("alice", Kind.GENERATION)
+    assert [e.job_id for e in generations] == [ids[2], ids[0]]
+    assert [e.job_id for e in await index.entries("", None)] == []
+
+
+async def _equal(value: Awaitable[list[str]], expected: list[str]) -> list[str] | None:
+    got = await value
+    return got if got == expected else None
+
+
+async def test_an_idempotency_key_binds_once_per_owner(store: Store) -> None:
+    keys = store.backend.idempotency
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    results = await asyncio.gather(*(keys.claim("alice", "k", a, "fp") for _ in range(8)))
+    assert results.count(None) == 1
+    assert {(c.job_id, c.fingerprint) for c in results if c is not None} == {(a, "fp")}
+    assert await keys.claim("bob", "k", b, "fp") is None  # per owner
+    await keys.release("alice", "k")
+    assert await keys.claim("alice", "k", b, "fp2") is None  # free again after a release
+    again = await keys.claim("alice", "k", a, "fp")
+    assert again is not None and again.job_id == b
+
+
+async def test_concurrency_slots_and_the_per_minute_rate(store: Store) -> None:
+    quotas, records = store.backend.quotas, store.backend.records
+    policy = KeyPolicy(id=f"k{uuid.uuid4().hex[:8]}", max_concurrent_jobs=2, requests_per_minute=3)
+    jobs = [new_job(store) for _ in range(3)]
+    revisions = [await records.create(j) for j in jobs]
+    slots = [await quotas.acquire(policy, j.id) for j in jobs[:2]]
+    assert len(set(slots)) == 2
+    with pytest.raises(RateLimited) as info:
+        await quotas.acquire(policy, jobs[2].id)
+    assert info.value.code == "concurrency_limited"
+    await records.update(jobs[0].cancel(store.now()), revisions[0])  # ended, not released
+    assert await quotas.acquire(policy, jobs[2].id) == slots[0]  # reclaimed
+    await quotas.release(slots[1], jobs[1].id)
+    assert await quotas.acquire(policy, jobs[0].id) == slots[1]
+    for _ in range(3):
+        await quotas.take_request(policy)
+    with pytest.raises(RateLimited) as info:
+        await quotas.take_request(policy)
+    assert info.value.retry_after_s is not None and 1 <= info.value.retry_after_s <= 60
