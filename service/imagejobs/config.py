@@ -49,8 +49,8 @@ class ProviderSettings(BaseModel):
     keys: tuple[KeySetting, ...] = ()
     base_url: str = ""
     timeout_s: float = Field(default=constants.PROVIDER_TIMEOUT_S, gt=0)
-    max_retries: int = Field(default=3, ge=0, le=10)
-    concurrency: int = Field(default=16, ge=1)
+    max_retries: int = Field(default=constants.PROVIDER_MAX_RETRIES, ge=0, le=10)
+    concurrency: int = Field(default=constants.PROVIDER_CONCURRENCY, ge=1)
     region: str = ""
     project: str = ""
     api_version: str = ""
@@ -86,9 +86,9 @@ class FetchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     allow_networks: tuple[str, ...] = ()
-    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
-    timeout_s: float = Field(default=30.0, gt=0)  # the whole fetch, redirects included
-    max_redirects: int = Field(default=3, ge=0, le=10)
+    max_bytes: int = Field(default=constants.FETCH_MAX_BYTES, ge=1)
+    timeout_s: float = Field(default=constants.FETCH_TIMEOUT_S, gt=0)  # redirects included
+    max_redirects: int = Field(default=constants.FETCH_MAX_REDIRECTS, ge=0, le=10)
 
     @field_validator("allow_networks")
     @classmethod
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=constants.JOB_TIMEOUT_S, gt=0)
     max_attempts: int = Field(default=constants.MAX_DELIVERIES, ge=1)
     ack_wait_s: float = Field(default=constants.ACK_WAIT_S, gt=0)
-    queue_max_jobs: int = Field(default=100_000, ge=1)
+    queue_max_jobs: int = Field(default=constants.QUEUE_MAX_JOBS, ge=1)
     max_job_age_s: float = Field(default=constants.MAX_JOB_AGE_S, gt=0)
     idempotency_ttl_s: int = Field(default=constants.IDEMPOTENCY_TTL_S, ge=1)
     max_wait_s: float = Field(default=constants.MAX_WAIT_S, ge=0)
@@ -140,12 +140,12 @@ class Settings(BaseSettings):
 
     # workers
     worker_processes: int = Field(default=1, ge=1)
-    worker_concurrency: int = Field(default=32, ge=1)
-    worker_drain_s: float = Field(default=30.0, ge=0)  # SIGTERM: finish in-flight jobs this long
+    worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
+    worker_drain_s: float = Field(default=constants.WORKER_DRAIN_S, ge=0)
 
     # request limits
-    max_body_bytes: int = Field(default=53 * 1024 * 1024, ge=1024)  # a 50 MiB file + form
-    max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=constants.MAX_BODY_BYTES, ge=1024)
+    max_file_bytes: int = Field(default=constants.MAX_FILE_BYTES, ge=1024)
 
     providers: dict[str, ProviderSettings] = Field(
         default_factory=lambda: {"mock": ProviderSettings()}

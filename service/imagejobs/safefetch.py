@@ -14,7 +14,8 @@ forgery.
   (resolution, every hop, the body) has `timeout_s`.
 
 Every failure is a `FetchError` with a `code` (`input_url_forbidden` for refusals); the
-caller turns it into its own error. Of imagejobs it imports only the error tree.
+caller turns it into its own error. Of imagejobs it imports only the error tree and the
+defaults (domain/).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from imagejobs.domain import constants
 from imagejobs.domain.errors import ErrorCode, FetchError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -99,18 +101,18 @@ class FetchPolicy:
     though `check_address` would refuse them (an internal image host, a test server)."""
 
     allow_networks: tuple[IPNetwork, ...] = ()
-    max_bytes: int = 50 * 1024 * 1024
-    timeout_s: float = 30.0  # the whole fetch, all redirects included
-    max_redirects: int = 3
+    max_bytes: int = constants.FETCH_MAX_BYTES
+    timeout_s: float = constants.FETCH_TIMEOUT_S  # the whole fetch, all redirects included
+    max_redirects: int = constants.FETCH_MAX_REDIRECTS
 
     @classmethod
     def build(
         cls,
         allow_networks: Iterable[str] = (),
         *,
-        max_bytes: int = 50 * 1024 * 1024,
-        timeout_s: float = 30.0,
-        max_redirects: int = 3,
+        max_bytes: int = constants.FETCH_MAX_BYTES,
+        timeout_s: float = constants.FETCH_TIMEOUT_S,
+        max_redirects: int = constants.FETCH_MAX_REDIRECTS,
     ) -> FetchPolicy:
         """A policy from CIDR strings (`10.1.0.0/16`, `fd00::/8`; host bits are ignored).
         Raises ValueError for a string that is not a network."""

@@ -55,9 +55,7 @@ def parse_body(kind: Kind, content_type: str, body: bytes, limits: Limits) -> Im
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime == "multipart/form-data":
         if kind is Kind.GENERATION:
-            raise InvalidRequest(
-                "invalid request format: generations take a JSON body", code="invalid_request"
-            )
+            raise InvalidRequest("invalid request format: generations take a JSON body")
         fields, files = parse_multipart(content_type, body)
         masks = files.get("mask", [])
         images = files.get("image[]", []) + files.get("image", [])
@@ -141,8 +139,8 @@ class Limits:
     max_prompt_chars: int = constants.DEFAULT_MAX_PROMPT_CHARS
     max_n: int = constants.MAX_N
     max_images: int = constants.MAX_IMAGES
-    max_file_bytes: int = 50 * 1024 * 1024
-    max_total_bytes: int = 64 * 1024 * 1024
+    max_file_bytes: int = constants.MAX_FILE_BYTES
+    max_total_bytes: int = constants.MAX_BODY_BYTES
     max_json_depth: int = constants.MAX_JSON_DEPTH
     max_fallbacks: int = constants.MAX_FALLBACKS
 

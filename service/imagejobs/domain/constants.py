@@ -10,6 +10,9 @@ DELETE_MARKER_TTL_S = 300  # a deleted record's marker (and a released key) ling
 CHUNK_EXTRA_TTL_S = 60  # image chunks outlive their meta record by this much
 
 PROVIDER_TIMEOUT_S = 300.0  # one upstream call: image models take minutes
+PROVIDER_MAX_RETRIES = 3  # retries of one provider call after the first attempt
+PROVIDER_CONCURRENCY = 16  # calls in flight to one provider, per worker process
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # one result image a vendor links to
 JOB_TIMEOUT_S = 900.0  # a whole job incl. retries and fallbacks
 ACK_WAIT_S = 30.0  # JetStream redelivers an un-acked job after this
 MAX_DELIVERIES = 5  # deliveries of one job before it is failed for good
@@ -19,6 +22,16 @@ REPAIR_AFTER_S = 10.0  # a pending job this old with no queue message is re-publ
 IDEMPOTENCY_TTL_S = 24 * 3600  # an Idempotency-Key maps to its job this long
 MAX_WAIT_S = 60.0  # cap of a long-poll (`?wait=`)
 WATCH_KEEPALIVE_S = 15.0  # SSE comment / safety re-read interval of an idle watch
+
+QUEUE_MAX_JOBS = 100_000  # the work queue's bound; a submit beyond it is 429
+WORKER_CONCURRENCY = 32  # jobs in flight per worker process
+WORKER_DRAIN_S = 30.0  # SIGTERM: a worker finishes in-flight jobs this long
+
+MAX_FILE_BYTES = 50 * 1024 * 1024  # one uploaded image
+MAX_BODY_BYTES = 53 * 1024 * 1024  # one request body: a 50 MiB file and its form
+FETCH_MAX_BYTES = 50 * 1024 * 1024  # a caller-given input image URL's body
+FETCH_TIMEOUT_S = 30.0  # fetching one such URL, redirects included
+FETCH_MAX_REDIRECTS = 3
 
 CHUNK_BYTES = 512 * 1024  # object-store chunk size, well under nats-server's 1 MiB max_payload
 MAX_GRPC_MESSAGE_BYTES = 128 * 1024 * 1024  # uploads and b64 results of several MB

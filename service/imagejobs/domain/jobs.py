@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from imagejobs.domain.errors import InvalidTransition, new_event_id
+from imagejobs.domain.errors import ErrorCode, ErrorType, InvalidTransition, new_event_id
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelField
 
@@ -211,7 +211,10 @@ class Job(BaseModel):
 
     def cancel(self, now: float) -> Job:
         error = StoredError(
-            status_code=499, type="cancelled", code="cancelled", message="job cancelled"
+            status_code=499,
+            type=ErrorType.CANCELLED,
+            code=ErrorCode.CANCELLED,
+            message="job cancelled",
         )
         return self._move(
             Status.CANCELLED,
@@ -227,8 +230,8 @@ def age_limit_error(max_age_s: float) -> StoredError:
     of a read or a delivery finds it first)."""
     return StoredError(
         status_code=500,
-        type="timeout_error",
-        code="job_expired",
+        type=ErrorType.TIMEOUT,
+        code=ErrorCode.JOB_EXPIRED,
         message=f"job did not finish within {max_age_s:g} s of its submit",
     )
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+from imagejobs.domain import constants
 from imagejobs.domain.errors import (
     BadUpstreamResponse,
     ErrorCode,
@@ -60,9 +61,9 @@ class ProviderConfig:
     name: str
     keys: tuple[WeightedKey, ...] = ()
     base_url: str = ""  # '' = the vendor's public default
-    timeout_s: float = 300.0  # one upstream call; image models take minutes
-    max_retries: int = 3
-    concurrency: int = 16
+    timeout_s: float = constants.PROVIDER_TIMEOUT_S
+    max_retries: int = constants.PROVIDER_MAX_RETRIES
+    concurrency: int = constants.PROVIDER_CONCURRENCY
     region: str = ""  # bedrock, vertex
     project: str = ""  # vertex
     api_version: str = ""  # azure
@@ -71,7 +72,7 @@ class ProviderConfig:
     aws_secret_access_key: str = field(default="", repr=False)  # bedrock; key id in `keys`
     aws_session_token: str = field(default="", repr=False)
     poll_interval_s: float = 0.0  # replicate/bfl: seconds between task polls; 0 = default
-    max_download_bytes: int = 64 * 1024 * 1024
+    max_download_bytes: int = constants.MAX_DOWNLOAD_BYTES
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # caller-given input image URLs
 
     def pick_key(self) -> str:

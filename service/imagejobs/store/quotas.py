@@ -22,7 +22,7 @@ import random
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import RateLimited, RevisionConflict, StoreUnavailable
+from imagejobs.domain.errors import ErrorCode, RateLimited, RevisionConflict, StoreUnavailable
 from imagejobs.domain.keys import KeyPolicy
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Counters, JobStore, Subjects
@@ -129,7 +129,7 @@ class KeyQuotas:
                 return f"{policy.id}.{n}"
         raise RateLimited(
             f"concurrency limit of {limit} jobs in flight reached for this virtual key",
-            code="concurrency_limited",
+            code=ErrorCode.CONCURRENCY_LIMITED,
             retry_after_s=CONCURRENCY_RETRY_AFTER_S,
         )
 

@@ -17,6 +17,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 from tenacity.wait import wait_exponential_jitter
 
+from imagejobs.domain import constants
 from imagejobs.providers.base import (
     SYSTEM_CLOCK,
     Clock,
@@ -31,7 +32,7 @@ from imagejobs.providers.base import (
 class RetryPolicy:
     """How hard to try one provider before giving up (or falling back)."""
 
-    max_retries: int = 3  # retries after the first attempt
+    max_retries: int = constants.PROVIDER_MAX_RETRIES  # retries after the first attempt
     initial_delay_s: float = 0.5
     max_delay_s: float = 30.0
     jitter_s: float = 0.5

@@ -13,7 +13,7 @@ import time
 import httpx
 
 from imagejobs.config import Settings
-from imagejobs.domain.errors import StoreError
+from imagejobs.domain.errors import ErrorCode, ErrorType, StoreError
 from imagejobs.domain.jobs import Job, ObjectRef, ResultImage, StoredError, StoredResult
 from imagejobs.domain.models import ModelRef
 from imagejobs.providers.adapter import scrub
@@ -90,8 +90,8 @@ class JobRunner:
                 failed_model = model
                 error = ProviderError(
                     f"job did not finish within {self._settings.job_timeout_s:g} s",
-                    type="timeout_error",
-                    code="job_timeout",
+                    type=ErrorType.TIMEOUT,
+                    code=ErrorCode.JOB_TIMEOUT,
                 )
                 break
             latency_ms = int((time.monotonic() - started) * 1000)
@@ -154,7 +154,7 @@ class JobRunner:
         fallback tried, when every candidate failed)."""
         return StoredError(
             status_code=error.status_code or 500,
-            type=error.type or "upstream_error",
+            type=error.type or ErrorType.UPSTREAM,
             code=error.code or "",
             message=self._scrub(error.message),
             param=error.param or "",
