@@ -1,0 +1,13 @@
+"""The API side: the gRPC server Envoy transcodes REST onto. It validates, records and
+enqueues jobs and reads them back; it never calls a provider.
+
+    server.py       the API process (grpc.aio server, health, reflection, shutdown)
+    servicer.py     the thin gRPC adapter: metadata -> validated request -> service -> wire
+    interceptor.py  the one place errors meet the wire (google.rpc.Status + ErrorResponse)
+    auth.py         who is calling (virtual keys) and which jobs they may see
+    requests.py     JSON / multipart / typed bodies -> one validated ImageRequest
+    uploads.py      multipart parsing and uploaded images
+    service.py      JobService: submit (the order that makes a 202 safe) and cancel
+    reads.py        JobReader: get, image, wait, watch, list, lazy expiry and orphan repair
+    render.py       records -> the `Job` message and the REST JSON (jobs, lists, errors)
+"""

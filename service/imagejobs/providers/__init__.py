@@ -1,1 +1,13 @@
-"""Image providers: one module per vendor, all behind the `Provider` protocol in `base`."""
+"""Image providers: one module per vendor (plus the mock), all behind the `Provider`
+protocol. Only workers call them.
+
+    base.py       the seam: ProviderConfig, ProviderRequest, ProviderResult, Provider, Clock
+    adapter.py    the one adapter base (operation check, configuration check, the one
+                  scrubber) and each vendor's defaults (Vendor)
+    upstream.py   one HTTP exchange: send, read an error response, download a result URL
+    polling.py    following an asynchronous upstream task (Replicate, BFL)
+    normalize.py  size / aspect ratio / resolution and mask conventions
+    registry.py   the one table of vendors
+    <vendor>.py   openai, openai_compatible, azure, xai, nebius, gemini, vertex
+                  (google_common), bedrock, huggingface, replicate, stability, bfl, mock
+"""
