@@ -32,9 +32,9 @@ from imagejobs.domain import constants
 from imagejobs.domain.errors import RevisionConflict
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock
+from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.idempotency import IdempotencyClaims
 from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
-from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
 from imagejobs.store.protocols import Backend, StoredObject

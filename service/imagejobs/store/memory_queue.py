@@ -27,7 +27,6 @@ from imagejobs.store.jetstream import queue_full_error
 from imagejobs.store.protocols import Closeable, Delivery, OutboxMessage
 from imagejobs.store.queue import first_delivery_record
 
-
 OUTBOX_BOUND = 1_000_000  # the outbox has no bound of its own; this stands for none
 
 

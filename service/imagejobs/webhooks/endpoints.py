@@ -137,14 +137,14 @@ class WebhookSettings(BaseModel):
     def backoff_s(self, retry: int, rng: random.Random) -> float:
         """Seconds before retry number `retry` (1 = the first retry): `initial_backoff_s`
         doubling per retry, +-20 % jitter, never above MAX_BACKOFF_S."""
-        nominal = self.initial_backoff_s * 2 ** min(retry - 1, 32)
+        nominal = self.initial_backoff_s * 2.0 ** min(retry - 1, 32)
         return min(nominal * rng.uniform(1 - JITTER, 1 + JITTER), MAX_BACKOFF_S)
 
     def retry_window_s(self) -> float:
         """The longest a delivery can stay owed once tried: every attempt's timeout and
         every backoff at its longest (Retry-After may stretch a wait up to the cap)."""
         waits = sum(
-            max(min(self.initial_backoff_s * 2**i * (1 + JITTER), MAX_BACKOFF_S), 0.0)
+            min(self.initial_backoff_s * 2.0**i * (1 + JITTER), MAX_BACKOFF_S)
             for i in range(self.max_retries)
         )
         return waits + (self.max_retries + 1) * self.timeout_s

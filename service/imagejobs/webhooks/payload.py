@@ -70,7 +70,12 @@ def poll_url(base_url: str, job: Job) -> str:
 
 
 async def build_body(
-    job: Job, event: Event, settings: WebhookSettings, objects: ObjectStore, base_url: str, now: float
+    job: Job,
+    event: Event,
+    settings: WebhookSettings,
+    objects: ObjectStore,
+    base_url: str,
+    now: float,
 ) -> str:
     """The payload for `job`'s `event` as JSON text (compact, UTF-8), as of `now` (epoch
     s). Reads the result's images only to inline a small enough b64_json response."""
