@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
 from imagejobs.domain.kinds import Kind
 from imagejobs.webhooks.endpoints import MAX_BACKOFF_S, Event, WebhookSettings
@@ -195,11 +196,11 @@ class DeliveryRecord(BaseModel):
         return self.status is not DeliveryStatus.PENDING
 
     def ttl_s(self, settings: WebhookSettings | None, now: float) -> int:
-        """How long the record must live from `now`: the job's remaining TTL plus what is
-        left of the retry window (the longest schedule; a held or waiting delivery adds
-        its wait), plus a margin."""
+        """How long the record must live from `now`: the job's remaining TTL plus the
+        retry window (the longest schedule), plus a margin. While pending, at least as
+        long as an outbox message may live, so that a message (delivered late after an
+        outage of every dispatcher) always finds its record, and its body."""
         remaining = max((self.job_expires_at or now) - now, 0.0)
         window = settings.retry_window_s() if settings is not None else MAX_BACKOFF_S
-        if self.next_attempt_at is not None:
-            window += max(self.next_attempt_at - now, 0.0)
-        return math.ceil(remaining + window) + HISTORY_MARGIN_S
+        ttl = math.ceil(remaining + window) + HISTORY_MARGIN_S
+        return ttl if self.finished else max(ttl, constants.OUTBOX_MAX_AGE_S + HISTORY_MARGIN_S)
