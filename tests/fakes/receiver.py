@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tests.fakes.upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
 
 
-@dataclass(frozen=True)
+@dataclass
 class Received:
     endpoint: str
     webhook_id: str
@@ -26,6 +26,7 @@ class Received:
     verified_by: tuple[int, ...]  # indexes of the endpoint's secrets whose signature verifies
     at: float  # time.monotonic() on arrival
     attempt: int  # 1 for the first request with this webhook-id, 2 for the next, ...
+    answered: int = 0  # the status the receiver answered
 
     def payload(self) -> Any:
         return json.loads(self.body)
@@ -67,7 +68,9 @@ class WebhookReceiver(VendorFake):
             )
             self.received.append(received)
         answer = self.answers.get(endpoint)
-        return answer(received) if answer is not None else FakeResponse(200)
+        response = answer(received) if answer is not None else FakeResponse(200)
+        received.answered = response.status
+        return response
 
     def to(self, endpoint: str) -> list[Received]:
         with self._lock:
