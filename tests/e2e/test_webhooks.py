@@ -18,6 +18,7 @@ from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from imagejobs.webhooks.signing import new_secret
 
 from tests.conftest import assert_error_body, mock_request
+from tests.e2e.test_openapi import validate
 from tests.fakes.receiver import Received, WebhookReceiver
 from tests.fakes.upstream import FakeResponse
 
@@ -145,6 +146,7 @@ def test_completed_failed_and_cancelled_jobs_are_delivered_signed(
         assert got.headers["content-type"] == "application/json"
         assert abs(int(got.headers["webhook-timestamp"]) - time.time()) < 60
         payload = got.payload()
+        validate(payload, "WebhookPayload")  # as openapi/openapi.yaml documents it
         data = payload["data"]
         assert payload["event"] == event and data["job_id"] == job_id
         assert data["status"] == status and data["status_code"] == code
@@ -157,6 +159,7 @@ def test_completed_failed_and_cancelled_jobs_are_delivered_signed(
         else:
             assert data["error"]["status_code"] == code and data["error_omitted"] is False
         record = settled(api, job_id, "delivered")
+        validate(record, "WebhookDelivery")
         assert record["webhook_id"] == f"{job_id}.{event}" and record["endpoint"] == "main"
         assert [a["status_code"] for a in record["attempts"]] == [200]
 
