@@ -32,6 +32,7 @@ from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
 from imagejobs.domain.kinds import Kind
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
+from imagejobs.webhooks.delivery import DeliveryRecord
 
 SSE_CONTENT_TYPE = "text/event-stream"
 
@@ -275,18 +276,23 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
     async def ListDeliveries(
         self, request: jobs_pb2.ListDeliveriesRequest, context: Context
     ) -> jobs_pb2.ListDeliveriesResponse:
-        caller = self._auth.caller(metadata_of(context))
-        kind = parse_kind_or_404(request.kind)
-        records = await self._service.webhooks.list(kind, request.job_id, caller)
+        records = await self._deliveries(request, context)
         return jobs_pb2.ListDeliveriesResponse(deliveries=[delivery_message(r) for r in records])
 
     async def ListDeliveriesJson(
         self, request: jobs_pb2.ListDeliveriesJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
+        records = await self._deliveries(request, context)
+        return httpbody_pb2.HttpBody(content_type="application/json", data=deliveries_json(records))
+
+    async def _deliveries(
+        self,
+        request: jobs_pb2.ListDeliveriesRequest | jobs_pb2.ListDeliveriesJsonRequest,
+        context: Context,
+    ) -> list[DeliveryRecord]:
         caller = self._auth.caller(metadata_of(context))
         kind = parse_kind_or_404(request.kind)
-        records = await self._service.webhooks.list(kind, request.job_id, caller)
-        return httpbody_pb2.HttpBody(content_type="application/json", data=deliveries_json(records))
+        return await self._service.webhooks.list(kind, request.job_id, caller)
 
     async def Redeliver(
         self, request: jobs_pb2.RedeliverRequest, context: Context
