@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from imagejobs.testing import Stack, free_port, require_binary, wait_until
+from imagejobs.testing import Stack, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from imagejobs.webhooks.signing import new_secret
 
@@ -336,4 +336,3 @@ def test_grpc_submit_list_and_redeliver_with_the_same_webhook_id(
         f"{hooks_stack.url}/v1/async/images/edits/{job.id}/deliveries", headers=dict(key)
     )
     assert wrong_kind.status_code == 404
-    assert free_port()  # (the stack keeps running for the other tests)

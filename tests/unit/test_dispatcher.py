@@ -16,7 +16,7 @@ from imagejobs.api.auth import Caller
 from imagejobs.api.service import JobService, ServiceLimits
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobConflict, JobNotFound, StoreUnavailable
-from imagejobs.domain.jobs import Job, Status
+from imagejobs.domain.jobs import Job, Status, StoredError
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock
 from imagejobs.store.protocols import Backend
@@ -407,7 +407,5 @@ async def test_the_history_outlives_the_job(rig: Rig) -> None:
         await rig.service.webhooks.list(GEN, job.id, ALICE)
 
 
-def _error() -> Any:
-    from imagejobs.domain.jobs import StoredError
-
+def _error() -> StoredError:
     return StoredError(status_code=500, type="api_error", message="upstream broke")

@@ -17,7 +17,14 @@ import httpx
 import pytest
 from imagejobs.config import Settings
 from imagejobs.domain.errors import ConfigError
-from imagejobs.domain.jobs import Job, ObjectRef, ResultImage, StoredRequest, StoredResult
+from imagejobs.domain.jobs import (
+    Job,
+    ObjectRef,
+    ResultImage,
+    StoredError,
+    StoredRequest,
+    StoredResult,
+)
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.safefetch import IPAddress
@@ -324,8 +331,6 @@ async def test_the_payload_inlines_a_small_response_and_omits_a_large_one() -> N
 
 
 async def test_a_failed_jobs_error_is_inlined_in_the_contracts_shape() -> None:
-    from imagejobs.domain.jobs import StoredError
-
     job = done_job()
     failed = job.model_copy(
         update={
