@@ -27,6 +27,8 @@ from imagejobs.providers.adapter import VENDOR_OPTIONS
 from imagejobs.providers.base import ProviderConfig, WeightedKey
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.safefetch import FetchPolicy
+from imagejobs.webhooks.endpoints import Endpoint, WebhookSettings
+from imagejobs.webhooks.signing import parse_secret
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -143,6 +145,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=constants.WORKER_CONCURRENCY, ge=1)
     worker_drain_s: float = Field(default=constants.WORKER_DRAIN_S, ge=0)
 
+    # webhook dispatchers (`[[webhooks]]` below): processes `imagejobs up` starts when any
+    # endpoint is configured, and deliveries in flight per process (10 per endpoint at most)
+    dispatcher_processes: int = Field(default=1, ge=1)
+    dispatcher_concurrency: int = Field(default=64, ge=1)
+
     # request limits
     max_body_bytes: int = Field(default=constants.MAX_BODY_BYTES, ge=1024)
     max_file_bytes: int = Field(default=constants.MAX_FILE_BYTES, ge=1024)
@@ -151,6 +158,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"mock": ProviderSettings()}
     )
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    webhooks: tuple[WebhookSettings, ...] = ()
     log_level: str = "INFO"
     virtual_keys: dict[str, VirtualKeySettings] = Field(default_factory=dict)
     # with keys configured, refuse calls without one (401); else they are anonymous
@@ -182,6 +190,14 @@ class Settings(BaseSettings):
             )
             for key_id, vk in self.virtual_keys.items()
         }
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> Settings:
+        names = [w.name for w in self.webhooks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two [[webhooks]] are named {name}")
+        return self
 
     @model_validator(mode="after")
     def _known_providers(self) -> Settings:
@@ -242,6 +258,25 @@ class Settings(BaseSettings):
             **options,
         )
 
+    def webhook(self, name: str) -> WebhookSettings | None:
+        """The `[[webhooks]]` endpoint called `name`, or None."""
+        return next((w for w in self.webhooks if w.name == name), None)
+
+    def webhook_endpoints(self) -> dict[str, Endpoint]:
+        """Every enabled endpoint with its signing keys, read from the environment
+        variables it names (`secret_env`, then `previous_secret_env` during a rotation).
+        ConfigError naming the endpoint and the variable when one is unset or not a
+        `whsec_` secret (the secret itself is never quoted)."""
+        endpoints: dict[str, Endpoint] = {}
+        for hook in self.webhooks:
+            if hook.disabled:
+                continue
+            keys = [_webhook_secret(hook.name, hook.secret_env)]
+            if hook.previous_secret_env:
+                keys.append(_webhook_secret(hook.name, hook.previous_secret_env))
+            endpoints[hook.name] = Endpoint(settings=hook, secrets=tuple(keys))
+        return endpoints
+
     def all_secrets(self) -> tuple[str, ...]:
         """Every configured provider secret, for scrubbing text before it leaves us."""
         found: list[str] = []
@@ -263,6 +298,16 @@ def _resolve_keys(section: ProviderSettings, default_env: str) -> tuple[Weighted
         if value:
             resolved.append(WeightedKey(value=value, weight=key.weight))
     return tuple(resolved)
+
+
+def _webhook_secret(name: str, variable: str) -> bytes:
+    value = os.environ.get(variable, "")
+    if not value:
+        raise ConfigError(f"webhooks.{name}: environment variable {variable} is not set")
+    try:
+        return parse_secret(value)
+    except ValueError as exc:
+        raise ConfigError(f"webhooks.{name}: {variable} is not a webhook secret: {exc}") from None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

@@ -16,6 +16,9 @@ forgery.
 Every failure is a `FetchError` with a `code` (`input_url_forbidden` for refusals); the
 caller turns it into its own error. Of imagejobs it imports only the error tree and the
 defaults (domain/).
+
+`send_pinned` is the guarded single request underneath (any method, no redirects); webhook
+deliveries POST through it, checked and pinned on every attempt.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 """`resolver(host, port)` -> the addresses `host` resolves to; raises OSError on failure."""
 
 SCHEMES = frozenset({"http", "https"})
+INPUT_URL = "input URL"  # how messages name the URL fetched (webhooks name theirs)
+GET_HEADERS = {
+    "Accept": "image/*,*/*;q=0.8",
+    "Accept-Encoding": "identity",  # no decompression bombs
+}
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 # FetchError codes
@@ -204,7 +212,9 @@ async def _fetch(
     current = _parse(url)
     for _hop in range(policy.max_redirects + 1):
         hop = current
-        response = await _get(http, hop, policy, resolver)
+        response = await send_pinned(
+            http, "GET", hop, policy, headers=GET_HEADERS, resolver=resolver
+        )
         try:
             status = response.status_code
             if status in REDIRECT_STATUSES:
@@ -232,19 +242,19 @@ async def _fetch(
     )
 
 
-def _parse(url: str | httpx.URL) -> httpx.URL:
+def _parse(url: str | httpx.URL, label: str = INPUT_URL) -> httpx.URL:
     """`url` if it is an absolute http(s) URL with a host, else FetchError."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise FetchError("input URL is not a valid URL", INVALID) from exc
+        raise FetchError(f"{label} is not a valid URL", INVALID) from exc
     if parsed.scheme not in SCHEMES:
         scheme = parsed.scheme or "(none)"
-        raise FetchError(f"input URL scheme {scheme} is not allowed; use http or https", FORBIDDEN)
+        raise FetchError(f"{label} scheme {scheme} is not allowed; use http or https", FORBIDDEN)
     if not parsed.raw_host:
-        raise FetchError("input URL has no host", INVALID)
+        raise FetchError(f"{label} has no host", INVALID)
     if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise FetchError("input URL has an invalid port", INVALID)
+        raise FetchError(f"{label} has an invalid port", INVALID)
     return parsed
 
 
@@ -255,7 +265,9 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-async def _addresses(url: httpx.URL, policy: FetchPolicy, resolver: Resolver) -> list[IPAddress]:
+async def _addresses(
+    url: httpx.URL, policy: FetchPolicy, resolver: Resolver, label: str
+) -> list[IPAddress]:
     """Where `url`'s host may be reached: every address checked, none refused."""
     host = url.raw_host.decode("ascii")
     literal = _literal(host)
@@ -266,31 +278,42 @@ async def _addresses(url: httpx.URL, policy: FetchPolicy, resolver: Resolver) ->
         try:
             addresses = list(await resolver(host, port))
         except (OSError, UnicodeError) as exc:
-            raise FetchError(f"input URL host {host} cannot be resolved", UNREACHABLE) from exc
+            raise FetchError(f"{label} host {host} cannot be resolved", UNREACHABLE) from exc
         if not addresses:
-            raise FetchError(f"input URL host {host} cannot be resolved", UNREACHABLE)
+            raise FetchError(f"{label} host {host} cannot be resolved", UNREACHABLE)
     for ip in addresses:
         why = check_address(ip, policy)
         if why is not None:
             raise FetchError(
-                f"input URL host {host} is {why}; fetching it is not allowed"
+                f"{label} host {host} is {why}; fetching it is not allowed"
                 if literal is not None
-                else f"input URL host {host} resolves to {why}; fetching it is not allowed",
+                else f"{label} host {host} resolves to {why}; fetching it is not allowed",
                 FORBIDDEN,
             )
     return addresses
 
 
-async def _get(
-    http: httpx.AsyncClient, url: httpx.URL, policy: FetchPolicy, resolver: Resolver
+async def send_pinned(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str | httpx.URL,
+    policy: FetchPolicy,
+    *,
+    headers: dict[str, str],
+    content: bytes | None = None,
+    resolver: Resolver | None = None,
+    label: str = INPUT_URL,
 ) -> httpx.Response:
-    """One GET of `url`, connecting to a checked address of its host; a streamed response."""
-    addresses = await _addresses(url, policy, resolver)
+    """One request to `url` (http or https) under `policy`'s address rules, connecting
+    to a checked address of its host (the `Host` header and TLS name kept), redirects
+    NOT followed: a streamed response, which the caller closes. Raises FetchError, its
+    message starting with `label` and naming the host, never the address."""
+    url = _parse(url, label)
+    addresses = await _addresses(url, policy, resolver or system_resolver, label)
     host = url.raw_host.decode("ascii")
-    headers = {
+    sent = {
+        **headers,
         "Host": url.netloc.decode("ascii"),
-        "Accept": "image/*,*/*;q=0.8",
-        "Accept-Encoding": "identity",  # no decompression bombs
         "Connection": "close",  # never pool a connection pinned to an IP + SNI
     }
     extensions = {"sni_hostname": host} if url.scheme == "https" and not _literal(host) else {}
@@ -298,20 +321,25 @@ async def _get(
     for ip in addresses:
         pinned = url.copy_with(host=str(ip), username=None, password=None, fragment=None)
         request = http.build_request(
-            "GET", pinned, headers=headers, extensions=extensions, timeout=policy.timeout_s
+            method,
+            pinned,
+            headers=sent,
+            content=content,
+            extensions=extensions,
+            timeout=policy.timeout_s,
         )
         try:
             return await http.send(request, stream=True, follow_redirects=False)
         except httpx.ConnectError as exc:  # try the next address
             failure = exc
         except httpx.TimeoutException as exc:
-            raise FetchError(f"input URL host {host} did not answer in time", TIMEOUT) from exc
+            raise FetchError(f"{label} host {host} did not answer in time", TIMEOUT) from exc
         except httpx.HTTPError as exc:
             raise FetchError(
-                f"input URL host {host} could not be fetched: {type(exc).__name__}", UNREACHABLE
+                f"{label} host {host} could not be fetched: {type(exc).__name__}", UNREACHABLE
             ) from exc
     raise FetchError(
-        f"input URL host {host} could not be reached: {type(failure).__name__}", UNREACHABLE
+        f"{label} host {host} could not be reached: {type(failure).__name__}", UNREACHABLE
     ) from failure
 
 

@@ -174,6 +174,7 @@ class Stack:
         *,
         workers: int = 1,
         apis: int = 1,
+        dispatchers: int | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
@@ -198,7 +199,11 @@ class Stack:
         self.config_path.write_text(to_toml(values))
         self.settings: Settings = load_settings(self.config_path)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._worker_seq = 0
+        self._seq: dict[str, int] = {}  # workers and dispatchers started, by command
+        # webhook dispatchers: one when endpoints are configured, unless told otherwise
+        self.dispatcher_count = (
+            dispatchers if dispatchers is not None else (1 if self.settings.webhooks else 0)
+        )
 
     # --- processes ------------------------------------------------------------------
 
@@ -250,9 +255,20 @@ class Stack:
         self, extra_env: dict[str, str] | None = None
     ) -> tuple[str, subprocess.Popen[bytes]]:
         """One more worker, `worker-<n>`, returned once its log says it is ready."""
-        self._worker_seq += 1
-        name = f"worker-{self._worker_seq}"
-        proc = self.spawn(name, imagejobs_command("worker"), extra_env)
+        return self._start_numbered("worker", extra_env)
+
+    def start_dispatcher(
+        self, extra_env: dict[str, str] | None = None
+    ) -> tuple[str, subprocess.Popen[bytes]]:
+        """One more webhook dispatcher, `dispatcher-<n>`, returned once it is ready."""
+        return self._start_numbered("dispatcher", extra_env)
+
+    def _start_numbered(
+        self, command: str, extra_env: dict[str, str] | None
+    ) -> tuple[str, subprocess.Popen[bytes]]:
+        self._seq[command] = self._seq.get(command, 0) + 1
+        name = f"{command}-{self._seq[command]}"
+        proc = self.spawn(name, imagejobs_command(command), extra_env)
         wait_until(
             lambda: "ready" in self.log(name) or proc.poll() is not None, START_TIMEOUT_S, name
         )
@@ -282,13 +298,15 @@ class Stack:
         return http_ok(f"{self.url}/health")
 
     def start(self) -> Stack:
-        """nats-server, then the APIs, then the workers, then Envoy; each one ready before
-        the next starts. A test should call stop() even when start() raised."""
+        """nats-server, then the APIs, then the workers and dispatchers, then Envoy; each
+        one ready before the next starts. A test should call stop() even when start() raised."""
         self.start_nats()
         for port in self.api_ports:
             self.start_api(port)
         for _ in range(self.worker_count):
             self.start_worker()
+        for _ in range(self.dispatcher_count):
+            self.start_dispatcher()
         self.start_gateway()
         return self
 

@@ -88,7 +88,7 @@ def _spec_paths() -> set[tuple[str, str]]:
 
 def test_every_proto_binding_is_in_the_spec_and_nothing_else() -> None:
     bindings = _binding_paths()
-    assert len(bindings) == 16  # 3 submits, 3 x (get, delete, image, events), list
+    assert len(bindings) == 19  # 3 submits, 3 x (get, delete, image, events, deliveries), list
     assert _spec_paths() - {("GET", "/health")} == bindings
 
 
@@ -120,6 +120,11 @@ def _resolve(node: dict[str, Any]) -> dict[str, Any]:
             target = target[part.replace("~1", "/").replace("~0", "~")]
         node = target
     return node
+
+
+def validate(data: Any, schema: str) -> None:
+    """Assert `data` is valid against the spec's `components/schemas/<schema>`."""
+    _validate(data, f"/components/schemas/{schema}")
 
 
 def _validate(data: Any, pointer: str) -> None:
@@ -295,6 +300,42 @@ def test_list_empty_and_full(api: httpx.Client) -> None:
     bad = api.get("/v1/async/images/jobs", params={"status": "nope"})
     assert bad.status_code == 400
     check(bad, "GET", "/v1/async/images/jobs")
+
+
+def test_deliveries_of_a_job_without_a_webhook_and_of_an_unknown_job(api: httpx.Client) -> None:
+    job = check(submit(api, GEN), "POST", GENERATIONS)
+    path = "/v1/async/images/{kind}/{job_id}/deliveries"
+    r = api.get(f"/v1/async/images/generations/{job['id']}/deliveries")
+    assert r.status_code == 200
+    assert check(r, "GET", path) == {"deliveries": []}
+    missing = api.get(f"/v1/async/images/generations/{uuid.uuid4()}/deliveries")
+    assert missing.status_code == 404
+    check(missing, "GET", path)
+    unknown = submit(api, GEN, **{"x-bf-async-webhook": "nosuch"})
+    assert unknown.status_code == 400
+    assert check(unknown, "POST", GENERATIONS)["error"]["code"] == "webhook_not_found"
+
+
+def test_the_delivery_schema_holds_its_presence_rules() -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    base = {
+        "webhook_id": "j.async_job.completed",
+        "endpoint": "orders",
+        "event": "async_job.completed",
+        "created_at": now,
+        "endpoint_gone": False,
+        "total_attempts": 1,
+        "round": 0,
+        "attempts": [
+            {"attempted_at": now, "status_code": 200, "duration_ms": 3, "outcome": "delivered"}
+        ],
+    }
+    validate({**base, "status": "delivered"}, "WebhookDelivery")
+    validate({**base, "status": "pending", "next_attempt_at": now}, "WebhookDelivery")
+    with pytest.raises(AssertionError):  # only a pending delivery has a next attempt
+        validate({**base, "status": "delivered", "next_attempt_at": now}, "WebhookDelivery")
+    with pytest.raises(AssertionError):
+        validate({**base, "status": "lost"}, "WebhookDelivery")
 
 
 def test_envoys_own_errors_and_health(api: httpx.Client, stack: Any) -> None:

@@ -1,7 +1,7 @@
-"""The store contract: the semantics the service and the worker rely on, checked against
-BOTH implementations of the store Protocols: JetStream on a real nats-server (started
-here on a free loopback port, its streams declared afresh for every test) and the
-in-memory twin the unit tests use (`store/memory.py`, on a fake clock).
+"""The store contract: the semantics the service, the worker and the webhook dispatcher
+rely on, checked against BOTH implementations of the store Protocols: JetStream on a real
+nats-server (started here on a free loopback port, its streams declared afresh for every
+test) and the in-memory twin the unit tests use (`store/memory.py`, on a fake clock).
 
 Time: `elapse(s)` advances the fake clock, or really sleeps on JetStream (TTLs, ack_wait
 and nak delays are server timers there). `eventually` polls a check with a deadline on
@@ -28,11 +28,14 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.store import jetstream
 from imagejobs.store.clock import FakeClock, settle
+from imagejobs.store.deliveries import GoneMarker
 from imagejobs.store.factory import jetstream_backend
 from imagejobs.store.memory import memory_backend
 from imagejobs.store.notifier import JetStreamNotifier
-from imagejobs.store.protocols import Backend, Delivery
+from imagejobs.store.protocols import Backend, Delivery, OutboxMessage
 from imagejobs.testing import Stack, require_binary
+from imagejobs.webhooks.delivery import DeliveryRecord
+from imagejobs.webhooks.endpoints import Event
 
 ACK_WAIT_S = 1.5
 QUEUE_MAX = 3
@@ -338,3 +341,77 @@ async def test_concurrency_slots_and_the_per_minute_rate(store: Store) -> None:
     with pytest.raises(RateLimited) as info:
         await quotas.take_request(policy)
     assert info.value.retry_after_s is not None and 1 <= info.value.retry_after_s <= 60
+
+
+# --- the webhook outbox and delivery records ---------------------------------------------
+
+
+async def test_the_outbox_dedupes_by_message_id_per_endpoint(store: Store) -> None:
+    outbox, work = store.backend.outbox, store.backend.outbox_work
+    await work.open("a", ACK_WAIT_S)
+    await work.open("b", ACK_WAIT_S)
+    job_id = str(uuid.uuid4())
+    await outbox.publish("a", f"{job_id}.async_job.completed", job_id, b"one")
+    await outbox.publish("a", f"{job_id}.async_job.completed", job_id, b"one again")  # dropped
+    await outbox.publish("b", f"{job_id}.async_job.failed", job_id, b"other")
+    assert await work.owed("a") == 1 and await work.owed("b") == 1
+    [message] = await _fetch_outbox(store, "a")
+    assert message.data == b"one"
+    assert [m.data for m in await _fetch_outbox(store, "b")] == [b"other"]  # its own queue
+    assert await work.owed("a") == 1  # in flight is still owed
+    await message.ack_sync()
+    assert await work.owed("a") == 0
+    assert await _fetch_outbox(store, "a", SHORT_S) == []
+
+
+async def test_an_outbox_message_waits_out_its_nak_and_comes_back_after_ack_wait(
+    store: Store,
+) -> None:
+    outbox, work = store.backend.outbox, store.backend.outbox_work
+    await work.open("a", ACK_WAIT_S)
+    job_id = str(uuid.uuid4())
+    await outbox.publish("a", job_id, job_id, b"x")
+    [message] = await _fetch_outbox(store, "a")
+    await message.nak(1.0)  # a retry, waiting for its backoff
+    assert await _fetch_outbox(store, "a", SHORT_S) == []
+    assert await work.owed("a") == 1
+    await store.elapse(1.5)
+    [again] = await _fetch_outbox(store, "a")  # a dispatcher that takes it and dies:
+    assert again.data == b"x"
+    await store.elapse(ACK_WAIT_S + 0.5)
+    [third] = await _fetch_outbox(store, "a")  # ... is replaced after ack_wait
+    await third.ack_sync()
+    assert await work.owed("a") == 0
+
+
+async def _fetch_outbox(store: Store, endpoint: str, timeout_s: float = 2.0) -> list[OutboxMessage]:
+    fetching = asyncio.ensure_future(store.backend.outbox_work.fetch(endpoint, 5, timeout_s))
+    if not store.real:
+        await settle()
+        if not fetching.done():
+            await store.elapse(timeout_s)
+    return await fetching
+
+
+async def test_delivery_records_are_compare_and_set_with_a_ttl_and_gone_markers(
+    store: Store,
+) -> None:
+    deliveries = store.backend.deliveries
+    job = new_job(store, owner="alice").model_copy(update={"webhook": "a"})
+    record = DeliveryRecord.owed(job.cancel(store.now()), Event.CANCELLED, '{"b":1}')
+    first = await deliveries.put(record, ttl_s=1, expected=0)
+    with pytest.raises(RevisionConflict):
+        await deliveries.put(record, ttl_s=1, expected=0)
+    assert await deliveries.get(job.id) == (record, first)
+    moved = record.redelivered(1, store.now())
+    second = await deliveries.put(moved, ttl_s=1, expected=first)
+    with pytest.raises(RevisionConflict):
+        await deliveries.put(moved, ttl_s=1, expected=first)
+    assert await deliveries.get(job.id) == (moved, second)
+    assert await deliveries.gone("a") is None
+    marker = GoneMarker(fingerprint="f", at=store.now(), webhook_id=record.webhook_id)
+    await deliveries.mark_gone("a", marker)
+    assert await deliveries.gone("a") == marker
+    await store.elapse(2.0)
+    assert await deliveries.get(job.id) is None
+    assert await deliveries.gone("a") == marker

@@ -76,14 +76,15 @@ Handler = Callable[[FakeRequest], FakeResponse]
 
 
 class FakeUpstream:
-    """Start with `with FakeUpstream() as up:`; `up.url` is `http://127.0.0.1:<port>`."""
+    """Start with `with FakeUpstream() as up:`; `up.url` is `http://127.0.0.1:<port>`
+    (`port` 0: a free one; a given port lets a test bring a server back where it was)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[FakeRequest] = []
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._overrides: list[FakeResponse] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -1,10 +1,10 @@
 """`imagejobs up` as a user runs it: the whole stack from one command, on free ports.
 
 It passes `--config FILE` to every process it starts (a setting only the API can honour
-and a key policy only the API enforces, both seen through the gateway); it stops
-everything on Ctrl-C; and when a child dies while starting (Envoy on a busy admin port)
-it fails at once, naming the child and showing its last log lines, and leaves nothing
-running.
+and a key policy only the API enforces, both seen through the gateway); it starts a
+webhook dispatcher when endpoints are configured; it stops everything on Ctrl-C; and
+when a child dies while starting (Envoy on a busy admin port) it fails at once, naming
+the child and showing its last log lines, and leaves nothing running.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from imagejobs.testing import (
     to_toml,
     wait_until,
 )
+from imagejobs.webhooks.signing import new_secret
 
 from tests.conftest import assert_error_body, mock_request, submit, wait_terminal
+from tests.fakes.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -225,3 +227,42 @@ def test_up_fails_at_once_naming_a_child_that_died_while_starting(
     wait_until(lambda: not processes_mentioning(str(data_dir)), 5, "no child left running")
     for port in ports.values():
         assert not tcp_open(port)
+
+
+def test_up_with_webhooks_starts_a_dispatcher_that_delivers(
+    tmp_path: Path, launch: Callable[..., Up]
+) -> None:
+    for binary in ("nats-server", "envoy"):
+        require_binary(binary)
+    secret = new_secret()
+    gateway_port = free_port()
+    with WebhookReceiver({"orders": [secret]}) as receiver:
+        config = tmp_path / "hooks.toml"
+        hook = {
+            "name": "orders",
+            "url": f"{receiver.url}/orders",
+            "secret_env": "ORDERS_SECRET",
+            "allow_private_network": True,
+        }
+        settings = {
+            "gateway_port": gateway_port,
+            "gateway_admin_port": free_port(),
+            "api_port": free_port(),
+            "nats_port": free_port(),
+            "data_dir": str(tmp_path / "d"),
+            "webhooks": [hook],
+        }
+        config.write_text(to_toml(settings))
+        up = launch(["--config", str(config), "up"], {"ORDERS_SECRET": secret})
+        try:
+            up.wait_ready()
+            with httpx.Client(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as client:
+                r = submit(client, mock_request("hooked"), **{"x-bf-async-webhook": "orders"})
+                assert r.status_code == 202, r.text
+                webhook_id = f"{r.json()['id']}.async_job.completed"
+                [got] = wait_until(lambda: receiver.of(webhook_id), 30, webhook_id)
+            assert got.verified_by == (0,)
+            assert (tmp_path / "d" / "logs" / "dispatcher-1.log").exists()
+        finally:
+            up.proc.send_signal(signal.SIGINT)
+            assert up.proc.wait(timeout=60) == 0, up.output()

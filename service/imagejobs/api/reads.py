@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from imagejobs.api.auth import Caller
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import JobNotFound, RevisionConflict
+from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, Status, age_limit_error, is_job_id
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock, SystemClock
@@ -64,6 +64,7 @@ class JobReader:
         self.index = backend.index
         self.quotas = backend.quotas
         self.changes = backend.changes
+        self.outbox = backend.outbox
         self.limits = limits or ServiceLimits()
         self._clock = clock or SystemClock()
         self._repair_checked: dict[str, float] = {}
@@ -99,6 +100,7 @@ class JobReader:
     async def _expire(self, job: Job, revision: int, now: float) -> tuple[Job, int]:
         """Fail a job past its age limit (and abort it wherever it runs)."""
         failed = job.fail(age_limit_error(self.limits.max_job_age_s), now)
+        await self._keep_message(job, revision)
         try:
             revision = await self.records.update(failed, revision)
         except RevisionConflict:  # it moved meanwhile: report what it is now
@@ -106,8 +108,25 @@ class JobReader:
             if found is None:
                 raise JobNotFound() from None
             return found
-        await job_ended(failed, self.quotas, announce_to=self.queue)
+        await self._ended(failed)
         return failed, revision
+
+    async def _keep_message(self, job: Job, revision: int) -> None:
+        """Before this process makes a job with a webhook terminal: make sure the job's
+        work-queue message exists (a pending job whose submit died before publishing has
+        none; a processing job's message stays until its worker acks it, which it does
+        only after publishing the intent). That message is the backstop of the intent."""
+        if job.webhook and job.status is Status.PENDING and not await self.queue.contains(job.id):
+            await self.queue.publish(job.id, job.dumps(), revision)
+
+    async def _ended(self, job: Job) -> None:
+        """The steps after the API's own terminal write (cancel, expiry). An intent that
+        cannot be published now is not an error for the caller: the job's work-queue
+        message (see `_keep_message`) makes the worker that gets it publish it."""
+        try:
+            await job_ended(job, self.quotas, self.outbox, announce_to=self.queue)
+        except StoreError as exc:
+            log.warning("job %s: webhook intent left to its queue message: %s", job.id, exc)
 
     async def _repair(self, job: Job, revision: int, now: float) -> None:
         """Publish a pending job that has no queue message (its API died in between)."""

@@ -1,4 +1,5 @@
-"""Job records -> the wire's `Job` message (and so, through Envoy, the contract's JSON)."""
+"""Job records -> the wire's `Job` message (and so, through Envoy, the contract's JSON);
+webhook delivery records -> `WebhookDelivery` and its REST JSON."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from imagejobs.domain.errors import ErrorBody
 from imagejobs.domain.jobs import Job, Status, rfc3339
 from imagejobs.v1 import jobs_pb2
+from imagejobs.webhooks.delivery import DeliveryRecord
 
 
 def _timestamp(epoch_s: float) -> timestamp_pb2.Timestamp:
@@ -170,3 +172,69 @@ def list_json(jobs: list[bytes], next_page_token: str) -> bytes:
     with both keys always present; `jobs` are `job_json` renderings (with `links`)."""
     token = json.dumps(next_page_token).encode()
     return b'{"jobs":[' + b",".join(jobs) + b'],"next_page_token":' + token + b"}"
+
+
+# --- webhook deliveries ----------------------------------------------------------------
+
+
+def delivery_dict(record: DeliveryRecord) -> dict[str, Any]:
+    """A delivery as REST prints it (`ListDeliveriesJson`): the `WebhookDelivery` fields,
+    status and outcome as the lowercase words, `next_attempt_at` only while pending, an
+    attempt's `status_code` only when an answer came and `error` only when one did not.
+    The stored body is never shown (the job's own read has everything in it)."""
+    doc: dict[str, Any] = {
+        "webhook_id": record.webhook_id,
+        "endpoint": record.endpoint,
+        "event": record.event.value,
+        "status": record.status.value,
+        "created_at": rfc3339(record.created_at),
+    }
+    if not record.finished and record.next_attempt_at is not None:
+        doc["next_attempt_at"] = rfc3339(record.next_attempt_at)
+    doc["endpoint_gone"] = record.gone
+    doc["total_attempts"] = record.total_attempts
+    doc["round"] = record.round
+    attempts = []
+    for attempt in record.attempts:
+        item: dict[str, Any] = {"attempted_at": rfc3339(attempt.at)}
+        if attempt.status_code is not None:
+            item["status_code"] = attempt.status_code
+        if attempt.error:
+            item["error"] = attempt.error
+        item["duration_ms"] = attempt.duration_ms
+        item["outcome"] = attempt.outcome.value
+        attempts.append(item)
+    doc["attempts"] = attempts
+    return doc
+
+
+def deliveries_json(records: list[DeliveryRecord]) -> bytes:
+    """`{"deliveries": [...]}`, the key always present."""
+    doc = {"deliveries": [delivery_dict(r) for r in records]}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def delivery_message(record: DeliveryRecord) -> jobs_pb2.WebhookDelivery:
+    """A delivery as the `WebhookDelivery` message."""
+    msg = jobs_pb2.WebhookDelivery(
+        webhook_id=record.webhook_id,
+        endpoint=record.endpoint,
+        event=record.event.value,
+        status=jobs_pb2.WebhookDelivery.Status.Value(f"STATUS_{record.status.name}"),
+        created_at=_timestamp(record.created_at),
+        endpoint_gone=record.gone,
+        total_attempts=record.total_attempts,
+        round=record.round,
+    )
+    if not record.finished and record.next_attempt_at is not None:
+        msg.next_attempt_at.CopyFrom(_timestamp(record.next_attempt_at))
+    for attempt in record.attempts:
+        item = msg.attempts.add(
+            attempted_at=_timestamp(attempt.at),
+            error=attempt.error,
+            duration_ms=attempt.duration_ms,
+            outcome=jobs_pb2.WebhookAttempt.Outcome.Value(f"OUTCOME_{attempt.outcome.name}"),
+        )
+        if attempt.status_code is not None:
+            item.status_code = attempt.status_code
+    return msg

@@ -338,8 +338,9 @@ def _check_images(
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
-def fingerprint(request: ImageRequest) -> str:
-    """A stable hash of everything that makes the job what it is."""
+def fingerprint(request: ImageRequest, webhook: str = "") -> str:
+    """A stable hash of everything that makes the job what it is (the webhook endpoint it
+    names included; a request without one hashes as it always did)."""
 
     def digest(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
@@ -353,6 +354,8 @@ def fingerprint(request: ImageRequest) -> str:
         "images": [digest(u.data) for u in request.images],
         "mask": digest(request.mask.data) if request.mask is not None else None,
     }
+    if webhook:
+        doc["webhook"] = webhook
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return digest(text.encode())
 

@@ -65,7 +65,12 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
     """Run one API server on `port` until cancelled or signalled."""
     hooks = hooks_for(settings)
     async with open_backend(settings, f"imagejobs-api-{port}", watch_changes=True) as backend:
-        service = JobService(backend, limits=ServiceLimits.from_settings(settings), hooks=hooks)
+        service = JobService(
+            backend,
+            limits=ServiceLimits.from_settings(settings),
+            hooks=hooks,
+            webhooks={w.name: w for w in settings.webhooks},
+        )
         metrics_server = await metrics.start(
             settings, metrics.api_ports(settings, port), backend.queue
         )

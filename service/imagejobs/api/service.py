@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from imagejobs.api.auth import Caller
@@ -28,7 +28,8 @@ from imagejobs.domain.jobs import Job, ObjectRef, StoredRequest
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend
-from imagejobs.worker.finish import job_ended
+from imagejobs.webhooks.endpoints import WebhookSettings
+from imagejobs.webhooks.history import WebhookService
 
 __all__ = ["JobService", "Page", "ServiceHooks", "ServiceLimits"]
 
@@ -61,10 +62,18 @@ class JobService(JobReader):
     the job is told to abort it. A worker's result that arrives later loses its own
     compare-and-set and is discarded, so a cancel and a completion never both win.
 
+    A job submitted with a webhook owes its delivery from its terminal write on. A cancel
+    (or expiry) cannot lose it: before its write, the job's work-queue message is made
+    sure to exist (a pending orphan's is published); after it, the intent is published.
+    If the API dies in between, that message is still in the queue, and the worker that
+    gets it (at once for a pending job; at its next heartbeat or after ack_wait for a
+    processing one) finds the job terminal and publishes the intent before it acks.
+
     :param backend: the store (JetStream in the API process, in-memory in unit tests).
     :param limits: the job age limit and the long-poll cap.
     :param hooks: test hooks (`ServiceHooks`); none in production.
     :param clock: time for records and deadlines (a fake one in tests).
+    :param webhooks: the configured `[[webhooks]]` endpoints by name.
     """
 
     def __init__(
@@ -74,10 +83,12 @@ class JobService(JobReader):
         limits: ServiceLimits | None = None,
         hooks: ServiceHooks | None = None,
         clock: Clock | None = None,
+        webhooks: Mapping[str, WebhookSettings] | None = None,
     ) -> None:
         super().__init__(backend, limits=limits, clock=clock)
         self.idempotency = backend.idempotency
         self.hooks = hooks or ServiceHooks()
+        self.webhooks = WebhookService(backend, webhooks or {}, self._clock)
 
     # --- submit ---------------------------------------------------------------------
 
@@ -89,11 +100,15 @@ class JobService(JobReader):
         request_id: str,
         caller: Caller,
         idempotency_key: str = "",
+        webhook: str = "",
     ) -> Job:
         """Record and enqueue a job; returns it `pending` (or, for a repeated
-        Idempotency-Key, the job that key already made, in its current state). A virtual
-        key's policy applies first: models (403), TTL cap, rate and concurrency (429)."""
+        Idempotency-Key, the job that key already made, in its current state). The
+        webhook endpoint it names is checked first (400), then a virtual key's policy:
+        models (403), TTL cap, rate and concurrency (429)."""
         job_id = str(uuid.uuid4())
+        if webhook:
+            await self.webhooks.check(webhook)
         policy = caller.policy
         if policy is not None:
             policy.check_models(request.model, request.fallbacks)
@@ -101,12 +116,15 @@ class JobService(JobReader):
             await self.quotas.take_request(policy)
         key = check_key(idempotency_key) if idempotency_key else ""
         if key:
-            job_id, existing = await self._claim_key(request, caller, key, job_id)
+            fp = fingerprint(request, webhook)
+            job_id, existing = await self._claim_key(request, fp, caller, key, job_id)
             if existing is not None:
                 return existing
         slot = await self.quotas.acquire(policy, job_id) if policy is not None else ""
         try:
-            job, revision = await self._record(job_id, request, ttl_s, request_id, caller, slot)
+            job, revision = await self._record(
+                job_id, request, ttl_s, request_id, caller, slot, webhook
+            )
         except BaseException:
             await self._release(slot, job_id)
             raise
@@ -123,11 +141,11 @@ class JobService(JobReader):
         return job
 
     async def _claim_key(
-        self, request: ImageRequest, caller: Caller, key: str, job_id: str
+        self, request: ImageRequest, fp: str, caller: Caller, key: str, job_id: str
     ) -> tuple[str, Job | None]:
-        """Claim the Idempotency-Key for `job_id`. (the job id to record, None) when this
-        submit goes ahead; (its id, the job) when the key already made one."""
-        fp = fingerprint(request)
+        """Claim the Idempotency-Key for `job_id` (request fingerprint `fp`). (the job id
+        to record, None) when this submit goes ahead; (its id, the job) when the key
+        already made one."""
         claim = await self.idempotency.claim(caller.owner, key, job_id, fp)
         if claim is None:
             return job_id, None
@@ -155,6 +173,7 @@ class JobService(JobReader):
         request_id: str,
         caller: Caller,
         slot: str,
+        webhook: str,
     ) -> tuple[Job, int]:
         """Upload, then create and index the record. (job, its revision) if this call
         created it; (the existing job, 0) if an idempotent duplicate did first."""
@@ -170,6 +189,7 @@ class JobService(JobReader):
             request_id=request_id or str(uuid.uuid4()),
             owner=caller.owner,
             slot=slot,
+            webhook=webhook,
             created_at=self._clock.time(),
             ttl_s=ttl_s,
             request=StoredRequest(
@@ -236,10 +256,11 @@ class JobService(JobReader):
                     code=ErrorCode.JOB_NOT_CANCELLABLE,
                 )
             cancelled = job.cancel(self._clock.time())
+            await self._keep_message(job, revision)
             try:
                 await self.records.update(cancelled, revision)
             except RevisionConflict:
                 continue  # a worker moved it meanwhile: decide again on the new state
-            await job_ended(cancelled, self.quotas, announce_to=self.queue)
+            await self._ended(cancelled)
             return cancelled
         raise StoreUnavailable(f"job {job_id} kept changing while being cancelled")

@@ -18,7 +18,13 @@ from google.api import httpbody_pb2
 
 from imagejobs.api.auth import Authenticator
 from imagejobs.api.reads import Page
-from imagejobs.api.render import job_json, job_message, list_json
+from imagejobs.api.render import (
+    deliveries_json,
+    delivery_message,
+    job_json,
+    job_message,
+    list_json,
+)
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
 from imagejobs.api.service import JobService
 from imagejobs.config import Settings
@@ -26,6 +32,7 @@ from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
 from imagejobs.domain.kinds import Kind
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
+from imagejobs.webhooks.delivery import DeliveryRecord
 
 SSE_CONTENT_TYPE = "text/event-stream"
 
@@ -33,6 +40,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 IDEMPOTENCY_HEADER = "idempotency-key"
+WEBHOOK_HEADER = "x-bf-async-webhook"
 MAX_REQUEST_ID_CHARS = 256
 LARGE_RESULT_BYTES = 1024 * 1024  # results above this are rendered in a thread
 DEFAULT_PAGE_SIZE = 20
@@ -95,6 +103,7 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             request_id=request_id,
             caller=caller,
             idempotency_key=md.get(IDEMPOTENCY_HEADER) or request.idempotency_key,
+            webhook=(md.get(WEBHOOK_HEADER) or request.webhook).strip(),
         )
         # REST: the gateway answers every successful submit with 202 (rest.lua), which
         # spares an initial-metadata message per submit here
@@ -261,6 +270,38 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             # base64 and JSON of MBs of images is CPU work: off the event loop
             return await asyncio.to_thread(job_json, job, images, self._base_url(md))
         return job_json(job, images, self._base_url(md))
+
+    # --- webhooks -----------------------------------------------------------------------
+
+    async def ListDeliveries(
+        self, request: jobs_pb2.ListDeliveriesRequest, context: Context
+    ) -> jobs_pb2.ListDeliveriesResponse:
+        records = await self._deliveries(request, context)
+        return jobs_pb2.ListDeliveriesResponse(deliveries=[delivery_message(r) for r in records])
+
+    async def ListDeliveriesJson(
+        self, request: jobs_pb2.ListDeliveriesJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        records = await self._deliveries(request, context)
+        return httpbody_pb2.HttpBody(content_type="application/json", data=deliveries_json(records))
+
+    async def _deliveries(
+        self,
+        request: jobs_pb2.ListDeliveriesRequest | jobs_pb2.ListDeliveriesJsonRequest,
+        context: Context,
+    ) -> list[DeliveryRecord]:
+        caller = self._auth.caller(metadata_of(context))
+        kind = parse_kind_or_404(request.kind)
+        return await self._service.webhooks.list(kind, request.job_id, caller)
+
+    async def Redeliver(
+        self, request: jobs_pb2.RedeliverRequest, context: Context
+    ) -> jobs_pb2.WebhookDelivery:
+        caller = self._auth.caller(metadata_of(context))
+        kind = parse_kind_or_404(request.kind)
+        return delivery_message(
+            await self._service.webhooks.redeliver(kind, request.job_id, caller)
+        )
 
 
 def parse_kind_or_404(value: str) -> Kind:

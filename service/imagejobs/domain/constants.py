@@ -52,6 +52,12 @@ RATE_SUBJECT_PREFIX = "imagejobs.rate"  # .<key>.<minute since the epoch>
 IDEMPOTENCY_SUBJECT_PREFIX = "imagejobs.idem"  # .<owner>.<sha256(key)>
 OBJECT_STREAM = "IMAGES"
 OBJECT_SUBJECT_PREFIX = "imagejobs.obj"  # .meta.<id> and .chunk.<id>
+OUTBOX_STREAM = "HOOKQ"  # WorkQueue stream of owed webhook deliveries (the outbox)
+OUTBOX_SUBJECT_PREFIX = "imagejobs.hookq"  # .<endpoint>.<job_id>
+OUTBOX_CONSUMER_PREFIX = "hooks-"  # one durable consumer per endpoint: hooks-<endpoint>
+OUTBOX_MAX_AGE_S = 7 * 24 * 3600  # an owed delivery no dispatcher took this long is dropped
+DELIVERY_STREAM = "HOOKS"  # delivery records (history) and 410-disabled endpoint markers
+DELIVERY_SUBJECT_PREFIX = "imagejobs.hooks"  # .delivery.<job_id>, .gone.<endpoint>
 
 DEFAULT_MAX_PROMPT_CHARS = 32_000  # prompt and negative_prompt, in characters
 MAX_N = 10  # images per request

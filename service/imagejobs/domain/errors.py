@@ -134,6 +134,11 @@ class ErrorCode(enum.StrEnum):
     INPUT_URL_TOO_LARGE = "input_url_too_large"
     INPUT_URL_TOO_MANY_REDIRECTS = "input_url_too_many_redirects"
     INPUT_URL_BAD_STATUS = "input_url_bad_status"
+    # webhooks
+    WEBHOOK_NOT_FOUND = "webhook_not_found"
+    WEBHOOK_DISABLED = "webhook_disabled"
+    DELIVERY_IN_PROGRESS = "delivery_in_progress"
+    NO_WEBHOOK_DELIVERY = "no_webhook_delivery"
 
 
 class ErrorContext(TypedDict, total=False):

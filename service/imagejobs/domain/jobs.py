@@ -131,6 +131,7 @@ class Job(BaseModel):
     request_id: str
     owner: str = ""  # virtual-key id; '' = anonymous
     slot: str = ""  # the key's concurrency slot it holds until terminal ('' = none)
+    webhook: str = ""  # the endpoint its end is delivered to (`x-bf-async-webhook`; '' = none)
     created_at: float
     ttl_s: int
     request: StoredRequest

@@ -1,5 +1,6 @@
-"""The `imagejobs` command: `up` runs the whole local stack; `api`, `worker`, `gateway`
-and `nats` run one component each (for real deployments, e.g. docker-compose.yml)."""
+"""The `imagejobs` command: `up` runs the whole local stack; `api`, `worker`,
+`dispatcher`, `gateway` and `nats` run one component each (for real deployments, e.g.
+docker-compose.yml)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,20 @@ def worker(ctx: click.Context) -> None:
     _run(worker_module.serve(_settings(ctx)))
 
 
+@main.command()
+@click.pass_context
+def dispatcher(ctx: click.Context) -> None:
+    """Run one webhook dispatcher process (delivers to the [[webhooks]] endpoints)."""
+    from imagejobs.webhooks import dispatcher as dispatcher_module
+
+    settings = _settings(ctx)
+    try:
+        settings.webhook_endpoints()  # every enabled endpoint's secret, before anything
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _run(dispatcher_module.serve(settings))
+
+
 @main.command(name="gateway")
 @click.option("--api", "apis", multiple=True, help="host:port of an API server (repeatable).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None)
@@ -158,6 +173,15 @@ def new_key(key_id: str) -> None:
     key = "sk-bf-" + secrets.token_urlsafe(32)
     click.echo(f"key: {key}", err=True)
     click.echo(f'[virtual_keys.{key_id}]\nkey_sha256 = "{key_hash(key)}"')
+
+
+@main.command(name="new-webhook-secret")
+def new_webhook_secret() -> None:
+    """Print a new random webhook signing secret (whsec_...): put it in the environment
+    variable an endpoint's secret_env names, and give it to the receiver."""
+    from imagejobs.webhooks.signing import new_secret
+
+    click.echo(new_secret())
 
 
 @main.command(name="hash-key")

@@ -11,12 +11,20 @@ CPU and memory). What is recorded, and where:
     imagejobs_jobs_in_flight                    worker messages held right now
     imagejobs_queue_depth                       both  JOBQ messages not yet acked
     imagejobs_queue_undelivered                 both  of those, not yet handed to a worker
+    imagejobs_webhook_attempts_total{endpoint,outcome}   dispatcher  one delivery attempt:
+                                                      delivered, retry, failed or gone
+    imagejobs_webhook_deliveries_total{endpoint,outcome} dispatcher  a delivery finished:
+                                                      delivered or failed
+    imagejobs_webhook_attempt_seconds{endpoint} dispatcher  one attempt (histogram)
+    imagejobs_webhook_owed{endpoint}            dispatcher  deliveries still owed (sampled)
+    imagejobs_webhook_endpoint_disabled{endpoint} dispatcher  1 while a 410 disables it
 
 Ports (`metrics_port`, 0 = no endpoint): API process i (its place in `api_ports`) serves
 on `metrics_port + i`; a worker takes the first free port from
-`metrics_port + len(api_ports)` on, so `imagejobs up` with several of each needs no
-per-process setting. One process per host (containers) simply uses `metrics_port`. A
-process that cannot tell its place takes the first free port; each logs its port.
+`metrics_port + len(api_ports)` on, and a webhook dispatcher the first free port after
+the workers', so `imagejobs up` with several of each needs no per-process setting. One
+process per host (containers) simply uses `metrics_port`. A process that cannot tell its
+place takes the first free port; each logs its port.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -99,6 +107,41 @@ QUEUE_UNDELIVERED = Gauge(
 )
 
 
+WEBHOOK_ATTEMPTS = Counter(
+    "imagejobs_webhook_attempts",
+    "Webhook delivery attempts by endpoint and outcome (delivered, retry, failed, gone).",
+    ["endpoint", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "imagejobs_webhook_deliveries",
+    "Webhook deliveries finished, by endpoint and outcome (delivered, failed).",
+    ["endpoint", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_SECONDS = Histogram(
+    "imagejobs_webhook_attempt_seconds",
+    "One webhook delivery attempt, from sending to the answer (or the error).",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+WEBHOOK_OWED = Gauge(
+    "imagejobs_webhook_owed",
+    "Webhook deliveries an endpoint still owes (waiting, in flight or waiting to retry); "
+    f"sampled every {QUEUE_SAMPLE_INTERVAL_S:g} s.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+WEBHOOK_DISABLED = Gauge(
+    "imagejobs_webhook_endpoint_disabled",
+    "1 while the endpoint is disabled because it answered 410 Gone (until its settings "
+    "change; its deliveries are held), else 0.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+
+
 # --- recording -----------------------------------------------------------------------------
 
 
@@ -123,6 +166,23 @@ def finished(job: Job, now: float | None = None) -> None:
     COMPLETIONS.labels(job.status.value, provider_label(provider)).inc()
     end = job.completed_at or now or time.time()
     JOB_SECONDS.labels(job.kind.value, job.status.value).observe(max(end - job.created_at, 0.0))
+
+
+def webhook_attempted(endpoint: str, outcome: str, seconds: float) -> None:
+    WEBHOOK_ATTEMPTS.labels(endpoint, outcome).inc()
+    WEBHOOK_SECONDS.labels(endpoint).observe(seconds)
+
+
+def webhook_finished(endpoint: str, outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(endpoint, outcome).inc()
+
+
+def webhook_disabled(endpoint: str, disabled: bool) -> None:
+    WEBHOOK_DISABLED.labels(endpoint).set(1.0 if disabled else 0.0)
+
+
+def webhook_owed(endpoint: str, owed: int) -> None:
+    WEBHOOK_OWED.labels(endpoint).set(owed)
 
 
 def track_in_flight(count: Callable[[], int]) -> None:
@@ -175,14 +235,21 @@ async def sample_queue(queue: QueueDepth) -> None:
     QUEUE_UNDELIVERED.set(undelivered)
 
 
+Sampler = Callable[[], Awaitable[None]]
+
+
 async def sample_queue_forever(
-    queue: QueueDepth, interval_s: float = QUEUE_SAMPLE_INTERVAL_S
+    queue: QueueDepth, interval_s: float = QUEUE_SAMPLE_INTERVAL_S, also: Sampler | None = None
 ) -> None:
+    """Sample the work queue (and `also`, a process's own gauges) every `interval_s`."""
     while True:
-        try:
-            await sample_queue(queue)
-        except Exception as exc:  # an election, a reconnect: keep the last value, go on
-            log.debug("queue depth sample failed: %r", exc)
+        for sample in (lambda: sample_queue(queue), also):
+            if sample is None:
+                continue
+            try:
+                await sample()
+            except Exception as exc:  # an election, a reconnect: keep the last value, go on
+                log.debug("queue depth sample failed: %r", exc)
         await asyncio.sleep(interval_s)
 
 
@@ -227,10 +294,17 @@ def worker_ports(settings: Settings) -> range:
     return range(first, first + settings.worker_processes + WORKER_PORT_SEARCH)
 
 
-async def start(settings: Settings, ports: range, queue: QueueDepth) -> MetricsServer | None:
-    """Serve `/metrics` on the first free port of `ports` and start sampling `queue`;
-    None when metrics are off (`metrics_port = 0`) or every port is taken (logged: a
-    process does not refuse to work over its metrics)."""
+def dispatcher_ports(settings: Settings) -> range:
+    first = settings.metrics_port + len(settings.all_api_ports) + settings.worker_processes
+    return range(first, first + settings.dispatcher_processes + WORKER_PORT_SEARCH)
+
+
+async def start(
+    settings: Settings, ports: range, queue: QueueDepth, also: Sampler | None = None
+) -> MetricsServer | None:
+    """Serve `/metrics` on the first free port of `ports` and start sampling `queue`
+    (and `also`); None when metrics are off (`metrics_port = 0`) or every port is taken
+    (logged: a process does not refuse to work over its metrics)."""
     if settings.metrics_port == 0:
         return None
     for port in ports:
@@ -240,7 +314,7 @@ async def start(settings: Settings, ports: range, queue: QueueDepth) -> MetricsS
             server, _ = start_http_server(port, addr=settings.host, registry=REGISTRY)
         except OSError:
             continue
-        sampler = asyncio.create_task(sample_queue_forever(queue))
+        sampler = asyncio.create_task(sample_queue_forever(queue, also=also))
         log.info("metrics on http://%s:%d/metrics", settings.host, port)
         return MetricsServer(port, server, sampler)
     log.error("no free metrics port in %d-%d; serving no /metrics", ports.start, ports.stop - 1)

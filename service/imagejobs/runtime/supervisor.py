@@ -5,7 +5,8 @@ Start order; each child is ready before the next one starts:
 1. nats-server        ready when it accepts TCP on `nats_port`
 2. API process(es)    all spawned at once; each ready when it accepts TCP on its port
 3. worker process(es) one at a time; ready when its log says "ready"
-4. Envoy (gateway)    ready when its /health answers 200 (it checks the APIs)
+4. webhook dispatcher(s), when `[[webhooks]]` are configured: as workers
+5. Envoy (gateway)    ready when its /health answers 200 (it checks the APIs)
 
 While waiting, a child that has exited fails the start at once (`StartFailed`, naming
 it and showing its last log lines) instead of waiting out READY_TIMEOUT_S. Every child
@@ -14,8 +15,9 @@ providers and quotas. Each child's output goes to `<data_dir>/logs/<name>.log` a
 prefixed with its name, to the console.
 
 Stop order is the reverse, one child at a time, each given SIGTERM and its own grace
-period (STOP_GRACE_S) before SIGKILL: Envoy (no new requests), workers (they finish
-their in-flight jobs while NATS is still up), APIs, nats-server last. Ctrl-C or SIGTERM
+period (STOP_GRACE_S) before SIGKILL: Envoy (no new requests), dispatchers (their
+in-flight attempts end; waiting retries stay in the outbox), workers (they finish their
+in-flight jobs while NATS is still up), APIs, nats-server last. Ctrl-C or SIGTERM
 stops the stack; so does a child that dies on its own.
 """
 
@@ -46,7 +48,7 @@ READY_TIMEOUT_S = 30.0  # one child, from spawn to ready
 READY_POLL_S = 0.1
 PUMP_DRAIN_S = 2.0  # to copy a dead child's last output into its log
 LAST_LINES = 20  # of a dead child's log, in the error
-STOP_GRACE_S = {"gateway": 5.0, "api": 10.0, "worker": 40.0, "nats": 10.0}
+STOP_GRACE_S = {"gateway": 5.0, "api": 10.0, "worker": 40.0, "dispatcher": 20.0, "nats": 10.0}
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -222,6 +224,9 @@ class Supervisor:
         await self._start_apis()
         for i in range(self.settings.worker_processes):
             await self._start_worker(f"worker-{i + 1}")
+        if self.settings.webhooks:
+            for i in range(self.settings.dispatcher_processes):
+                await self._start_worker(f"dispatcher-{i + 1}", "dispatcher")
         await self._start_gateway()
 
     async def _start_nats(self) -> None:
@@ -242,8 +247,9 @@ class Supervisor:
             ready = tcp_accepts(self.settings.api_host, port)
             await self.wait_ready(api, ready, f"no API on port {port}")
 
-    async def _start_worker(self, name: str) -> None:
-        worker = await self.spawn(Child(name, "worker", imagejobs_command("worker")))
+    async def _start_worker(self, name: str, role: str = "worker") -> None:
+        """A worker or a dispatcher (`role`, its command): ready when its log says so."""
+        worker = await self.spawn(Child(name, role, imagejobs_command(role)))
         ready = log_contains(self.log_path(worker), "ready")
         await self.wait_ready(worker, ready, f"{name} not ready")
 

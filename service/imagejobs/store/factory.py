@@ -13,10 +13,12 @@ from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.store import jetstream
 from imagejobs.store.clock import Clock, SystemClock
+from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.idempotency import IdempotencyClaims
 from imagejobs.store.index import JetStreamIndex, index_ttl_s
 from imagejobs.store.notifier import JetStreamNotifier, Notifier
 from imagejobs.store.objects import JetStreamObjects
+from imagejobs.store.outbox import JetStreamOutbox
 from imagejobs.store.protocols import Backend
 from imagejobs.store.queue import JetStreamQueue
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
@@ -35,6 +37,7 @@ def jetstream_backend(
     clock = clock or SystemClock()
     records = JobRecords(jetstream.StreamSubjects(js, JOBS_STREAM, "job store"))
     queue = JetStreamQueue(nc, js)
+    outbox = JetStreamOutbox(js)
     return Backend(
         records=records,
         queue=queue,
@@ -54,6 +57,11 @@ def jetstream_backend(
             clock=clock,
         ),
         changes=changes or Notifier(),
+        outbox=outbox,
+        outbox_work=outbox,
+        deliveries=DeliveryRecords(
+            jetstream.StreamSubjects(js, constants.DELIVERY_STREAM, "webhook deliveries")
+        ),
     )
 
 

@@ -205,7 +205,8 @@ def _stream(settings: Settings, name: str, prefix: str, **config: Any) -> js_api
 
 def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
     """The streams: job records (a KV bucket), the work queue, the per-caller index,
-    idempotency keys, quota slots, request counters, image objects."""
+    idempotency keys, quota slots, request counters, image objects, the webhook outbox
+    and the webhook delivery records."""
     kv_prefix = f"$KV.{constants.JOBS_BUCKET}"
     last_only = {"max_msgs_per_subject": 1, "allow_msg_ttl": True}
     return [
@@ -253,6 +254,19 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
         ),
         _stream(
             settings, constants.OBJECT_STREAM, constants.OBJECT_SUBJECT_PREFIX, allow_msg_ttl=True
+        ),
+        # the webhook outbox: owed deliveries, one consumer per endpoint (store/outbox.py)
+        _stream(
+            settings,
+            constants.OUTBOX_STREAM,
+            constants.OUTBOX_SUBJECT_PREFIX,
+            retention=js_api.RetentionPolicy.WORK_QUEUE,
+            duplicate_window=constants.DUPLICATE_WINDOW_S,
+            max_age=float(constants.OUTBOX_MAX_AGE_S),
+        ),
+        # webhook delivery records (history) and 410 markers, compare-and-set, TTL'd
+        _stream(
+            settings, constants.DELIVERY_STREAM, constants.DELIVERY_SUBJECT_PREFIX, **last_only
         ),
     ]
 

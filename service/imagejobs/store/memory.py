@@ -15,11 +15,11 @@ What it keeps of JetStream's semantics (the conformance suite in
 - atomic counters that expire with the stream's max age;
 - the work queue (`store/memory_queue.py`): msg-id dedupe within the duplicate window, a
   bound (QueueFull), ack_wait redelivery counting deliveries, nak with delay, term,
-  in_progress, cancel notices.
+  in_progress, cancel notices; the webhook outbox as one such queue per endpoint.
 
-Job records, idempotency keys and quota slots are the very classes the JetStream store
-uses (`JobRecords`, `IdempotencyClaims`, `KeyQuotas`), on `MemorySubjects` instead of a
-stream.
+Job records, idempotency keys, quota slots and webhook delivery records are the very
+classes the JetStream store uses (`JobRecords`, `IdempotencyClaims`, `KeyQuotas`,
+`DeliveryRecords`), on `MemorySubjects` instead of a stream.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from imagejobs.domain import constants
 from imagejobs.domain.errors import RevisionConflict
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock
+from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.idempotency import IdempotencyClaims
 from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
-from imagejobs.store.memory_queue import MemoryQueue
+from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
 from imagejobs.store.protocols import Backend, StoredObject
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
@@ -179,6 +180,7 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         ack_wait_s=settings.ack_wait_s,
         duplicate_window_s=constants.DUPLICATE_WINDOW_S,
     )
+    outbox = MemoryOutbox(clock, duplicate_window_s=constants.DUPLICATE_WINDOW_S)
     return Backend(
         records=records,
         queue=queue,
@@ -196,4 +198,7 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
             clock=clock,
         ),
         changes=changes,
+        outbox=outbox,
+        outbox_work=outbox,
+        deliveries=DeliveryRecords(MemorySubjects(clock)),
     )

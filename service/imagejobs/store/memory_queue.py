@@ -7,6 +7,9 @@ window (even if that message is gone since); the queue holds `max_jobs` messages
 `in_progress`) is delivered again, to any fetcher, with `num_delivered` counting; `nak`
 redelivers after its delay; `ack` and `term` remove the message. Cancel notices reach
 every subscriber on a later turn of the event loop, as a core NATS message would.
+
+The webhook outbox (`MemoryOutbox`) is one such queue per endpoint, as JetStream has one
+consumer per endpoint.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
 from imagejobs.store.clock import EPSILON_S, Clock
 from imagejobs.store.jetstream import queue_full_error
-from imagejobs.store.protocols import Closeable, Delivery
+from imagejobs.store.protocols import Closeable, Delivery, OutboxMessage
 from imagejobs.store.queue import first_delivery_record
+
+OUTBOX_BOUND = 1_000_000  # the outbox has no bound of its own; this stands for none
 
 
 @dataclass
@@ -42,6 +48,10 @@ class MemoryDelivery:
         self._message = message
         self.job_id = message.job_id
         self.num_delivered = message.num_delivered
+
+    @property
+    def data(self) -> bytes:
+        return self._message.data
 
     def record(self) -> tuple[Job, int] | None:
         m = self._message
@@ -126,6 +136,10 @@ class MemoryQueue:
     # --- the workers' side ------------------------------------------------------------
 
     async def fetch(self, batch: int, timeout_s: float) -> list[Delivery]:
+        return list(await self.deliveries(batch, timeout_s))
+
+    async def deliveries(self, batch: int, timeout_s: float) -> list[MemoryDelivery]:
+        """`fetch`, typed as what it makes."""
         deadline = self._clock.monotonic() + timeout_s
         while True:
             now = self._clock.monotonic()
@@ -158,3 +172,36 @@ class MemoryQueue:
         if message.seq in self._messages:
             message.available_at = self._clock.monotonic() + delay_s
             self._changed.set()
+
+
+class MemoryOutbox:
+    """`Outbox` and `OutboxWork` in memory: one `MemoryQueue` per endpoint (its consumer),
+    keyed by the message id for deduplication; `open` sets the endpoint's ack_wait."""
+
+    def __init__(self, clock: Clock, duplicate_window_s: float) -> None:
+        self._clock = clock
+        self._window_s = duplicate_window_s
+        self._queues: dict[str, MemoryQueue] = {}
+
+    def _queue(self, endpoint: str) -> MemoryQueue:
+        queue = self._queues.get(endpoint)
+        if queue is None:
+            queue = self._queues[endpoint] = MemoryQueue(
+                self._clock,
+                max_jobs=OUTBOX_BOUND,
+                ack_wait_s=constants.ACK_WAIT_S,
+                duplicate_window_s=self._window_s,
+            )
+        return queue
+
+    async def publish(self, endpoint: str, msg_id: str, job_id: str, data: bytes) -> None:
+        await self._queue(endpoint).publish(msg_id, data, 1)
+
+    async def open(self, endpoint: str, ack_wait_s: float) -> None:
+        self._queue(endpoint).ack_wait_s = ack_wait_s
+
+    async def fetch(self, endpoint: str, batch: int, timeout_s: float) -> list[OutboxMessage]:
+        return list(await self._queue(endpoint).deliveries(batch, timeout_s))
+
+    async def owed(self, endpoint: str) -> int:
+        return (await self._queue(endpoint).depth())[0]

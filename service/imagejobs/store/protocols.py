@@ -26,9 +26,11 @@ from imagejobs.domain.keys import KeyPolicy
 from imagejobs.domain.kinds import Kind
 
 if TYPE_CHECKING:  # the value types live with their JetStream implementation
+    from imagejobs.store.deliveries import GoneMarker
     from imagejobs.store.idempotency import Claim
     from imagejobs.store.index import Entry
     from imagejobs.store.notifier import Listener
+    from imagejobs.webhooks.delivery import DeliveryRecord
 
 
 # --- primitives ------------------------------------------------------------------------
@@ -116,20 +118,8 @@ class JobQueue(QueueDepth, Protocol):
         ...
 
 
-class Delivery(Protocol):
-    """One delivery of a job's message to a worker."""
-
-    @property
-    def job_id(self) -> str: ...
-
-    @property
-    def num_delivered(self) -> int:
-        """1 for the first delivery, 2 for the first redelivery, …"""
-        ...
-
-    def record(self) -> tuple[Job, int] | None:
-        """The pending record (and revision) a first delivery carries; None otherwise."""
-        ...
+class Settle(Protocol):
+    """The replies to one delivered message of a work queue (jobs, or the outbox)."""
 
     async def ack(self) -> None:
         """Done: remove the message (not waiting for the server's confirmation)."""
@@ -149,6 +139,22 @@ class Delivery(Protocol):
 
     async def in_progress(self) -> None:
         """Still working: restart the ack_wait timer."""
+        ...
+
+
+class Delivery(Settle, Protocol):
+    """One delivery of a job's message to a worker."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def num_delivered(self) -> int:
+        """1 for the first delivery, 2 for the first redelivery, …"""
+        ...
+
+    def record(self) -> tuple[Job, int] | None:
+        """The pending record (and revision) a first delivery carries; None otherwise."""
         ...
 
 
@@ -245,10 +251,69 @@ class StateChanges(Protocol):
         ...
 
 
+# --- webhooks ---------------------------------------------------------------------------
+
+
+class OutboxMessage(Settle, Protocol):
+    """One delivery of an outbox message (a webhook intent) to a dispatcher."""
+
+    @property
+    def data(self) -> bytes: ...
+
+
+class Outbox(Protocol):
+    """Owed webhook deliveries, as terminal writers (workers, the API) publish them."""
+
+    async def publish(self, endpoint: str, msg_id: str, job_id: str, data: bytes) -> None:
+        """Owe a delivery to `endpoint`, confirmed by the store; a repeat of `msg_id`
+        within the duplicate window is dropped."""
+        ...
+
+
+class OutboxWork(Protocol):
+    """The outbox as dispatchers take from it: one shared consumer per endpoint, so that
+    a slow endpoint cannot hold up another; a message not settled within the endpoint's
+    ack_wait is delivered again, to any dispatcher."""
+
+    async def open(self, endpoint: str, ack_wait_s: float) -> None:
+        """Make (or update) the endpoint's consumer."""
+        ...
+
+    async def fetch(self, endpoint: str, batch: int, timeout_s: float) -> list[OutboxMessage]:
+        """Up to `batch` messages for `endpoint`, waiting up to `timeout_s` for the first."""
+        ...
+
+    async def owed(self, endpoint: str) -> int:
+        """Messages the endpoint still owes (waiting, in flight or waiting to retry)."""
+        ...
+
+
+class DeliveryStore(Protocol):
+    """Each job's delivery record (its history) and the endpoints a 410 disabled."""
+
+    async def get(self, job_id: str) -> tuple[DeliveryRecord, int] | None:
+        """The job's delivery record and its revision, or None."""
+        ...
+
+    async def put(self, record: DeliveryRecord, *, ttl_s: int, expected: int) -> int:
+        """Write the record, living `ttl_s` seconds, if its revision is `expected` (0:
+        only if there is none), else RevisionConflict. The new revision."""
+        ...
+
+    async def gone(self, endpoint: str) -> GoneMarker | None:
+        """Why the endpoint is disabled by a 410, if it is (for its settings then)."""
+        ...
+
+    async def mark_gone(self, endpoint: str, marker: GoneMarker) -> None:
+        """Disable the endpoint (until its settings change)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of each part, as the API service and the worker receive it.
-    `queue` and `work` are the two sides of the same work queue."""
+    """One implementation of each part, as the API service, the worker and the webhook
+    dispatcher receive it. `queue` and `work` are the two sides of the same work queue;
+    `outbox` and `outbox_work` those of the webhook outbox."""
 
     records: JobStore
     queue: JobQueue
@@ -258,3 +323,6 @@ class Backend:
     idempotency: IdempotencyStore
     quotas: Quotas
     changes: StateChanges
+    outbox: Outbox
+    outbox_work: OutboxWork
+    deliveries: DeliveryStore

@@ -62,6 +62,10 @@ class JetStreamDelivery:
         self.job_id = job_id_of(msg.subject)
         self.num_delivered = int(msg.metadata.num_delivered or 0)
 
+    @property
+    def data(self) -> bytes:
+        return self._msg.data or b""
+
     def record(self) -> tuple[Job, int] | None:
         revision = (self._msg.headers or {}).get(RECORD_REVISION_HEADER, "")
         return first_delivery_record(self._msg.data or b"", revision, self.num_delivered)
@@ -88,6 +92,31 @@ async def _settle(what: str, reply: Awaitable[object]) -> None:
         await reply
 
 
+class PullConsumer:
+    """Fetches from a durable pull consumer of `stream` (bound on first use); NATS errors
+    translated, naming `what`."""
+
+    def __init__(self, js: JetStreamContext, stream: str, durable: str, what: str) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._what = what
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[JetStreamDelivery]:
+        """Up to `batch` deliveries, waiting up to `timeout_s` for the first; [] if none."""
+        with nats_errors(self._what):
+            if self._sub is None:
+                self._sub = await self._js.pull_subscribe_bind(
+                    durable=self._durable, stream=self._stream
+                )
+            try:
+                msgs = await self._sub.fetch(batch=batch, timeout=max(timeout_s, SHORTEST_FETCH_S))
+            except TimeoutError:  # nothing came: not an error
+                return []
+        return [JetStreamDelivery(m) for m in msgs]
+
+
 class _Unsubscribe:
     def __init__(self, sub: Subscription) -> None:
         self._sub = sub
@@ -103,7 +132,9 @@ class JetStreamQueue:
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._pull = PullConsumer(
+            js, constants.QUEUE_STREAM, constants.WORKER_CONSUMER, "queue fetch"
+        )
 
     # --- the API's side ---------------------------------------------------------------
 
@@ -146,16 +177,7 @@ class JetStreamQueue:
     # --- the workers' side ------------------------------------------------------------
 
     async def fetch(self, batch: int, timeout_s: float) -> list[Delivery]:
-        with nats_errors("queue fetch"):
-            if self._sub is None:
-                self._sub = await self._js.pull_subscribe_bind(
-                    durable=constants.WORKER_CONSUMER, stream=constants.QUEUE_STREAM
-                )
-            try:
-                msgs = await self._sub.fetch(batch=batch, timeout=max(timeout_s, SHORTEST_FETCH_S))
-            except TimeoutError:  # nothing came: not an error
-                return []
-        return [JetStreamDelivery(m) for m in msgs]
+        return list(await self._pull.fetch(batch, timeout_s))
 
     async def on_cancel(self, callback: Callable[[str], None]) -> Closeable:
         async def on_message(msg: Msg) -> None:

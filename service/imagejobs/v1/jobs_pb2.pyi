@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -360,6 +361,7 @@ class SubmitImageJobRequest(_message.Message):
     RESULT_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """`generations`, `edits` or `variations` (bound from the REST path)."""
     result_ttl_seconds: _builtins.int
@@ -370,6 +372,11 @@ class SubmitImageJobRequest(_message.Message):
     """Makes the submit idempotent for 24 h per caller: the same key with the same request
     returns the same job; with a different request it is ALREADY_EXISTS (HTTP 409).
     REST clients send the `Idempotency-Key` header instead.
+    """
+    webhook: _builtins.str
+    """The name of a configured webhook endpoint to call when the job ends (its events
+    permitting); unknown or disabled is INVALID_ARGUMENT (HTTP 400) and nothing is kept.
+    REST clients send the `x-bf-async-webhook` header instead.
     """
     @_builtins.property
     def http_body(self) -> _httpbody_pb2.HttpBody:
@@ -388,10 +395,11 @@ class SubmitImageJobRequest(_message.Message):
         result_ttl_seconds: _builtins.int = ...,
         request_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        webhook: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "idempotency_key", b"idempotency_key", "kind", b"kind", "request", b"request", "request_id", b"request_id", "result_ttl_seconds", b"result_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "idempotency_key", b"idempotency_key", "kind", b"kind", "request", b"request", "request_id", b"request_id", "result_ttl_seconds", b"result_ttl_seconds", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -690,3 +698,278 @@ class GetJobImageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobImageResponse: _TypeAlias = GetJobImageResponse  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    """--- webhooks ---
+
+    Request for ListDeliveries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesJsonRequest(_message.Message):
+    """Request for ListDeliveriesJson."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesJsonRequest: _TypeAlias = ListDeliveriesJsonRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    """Response for ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """The job's deliveries; empty when it owes none (no webhook, an event the endpoint is
+        not subscribed to, or not ended yet).
+        """
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverRequest(_message.Message):
+    """Request for Redeliver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverRequest: _TypeAlias = RedeliverRequest  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One job's webhook delivery and its history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookDelivery._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: WebhookDelivery._Status.ValueType  # 0
+        """Not set."""
+        STATUS_PENDING: WebhookDelivery._Status.ValueType  # 1
+        """Owed: waiting for its next attempt (REST: `pending`)."""
+        STATUS_DELIVERED: WebhookDelivery._Status.ValueType  # 2
+        """A 2xx answered it (REST: `delivered`)."""
+        STATUS_FAILED: WebhookDelivery._Status.ValueType  # 3
+        """Refused for good, or out of retries (REST: `failed`)."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper):
+        """Where the delivery stands."""
+
+    STATUS_UNSPECIFIED: WebhookDelivery.Status.ValueType  # 0
+    """Not set."""
+    STATUS_PENDING: WebhookDelivery.Status.ValueType  # 1
+    """Owed: waiting for its next attempt (REST: `pending`)."""
+    STATUS_DELIVERED: WebhookDelivery.Status.ValueType  # 2
+    """A 2xx answered it (REST: `delivered`)."""
+    STATUS_FAILED: WebhookDelivery.Status.ValueType  # 3
+    """Refused for good, or out of retries (REST: `failed`)."""
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_GONE_FIELD_NUMBER: _builtins.int
+    TOTAL_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The `webhook-id` header of every attempt: `<job id>.<event>`."""
+    endpoint: _builtins.str
+    """The endpoint's name, as the submit gave it."""
+    event: _builtins.str
+    """`async_job.completed`, `async_job.failed` or `async_job.cancelled`."""
+    status: Global___WebhookDelivery.Status.ValueType
+    """Where the delivery stands."""
+    endpoint_gone: _builtins.bool
+    """Pending only: held because the endpoint answered 410 Gone (until its settings change)."""
+    total_attempts: _builtins.int
+    """Attempts made, all rounds (the history keeps the latest 50)."""
+    round: _builtins.int
+    """Redeliveries so far (0 for the first round)."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it became owed (the job's end)."""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """Pending only: when the next attempt is due."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookAttempt]:
+        """The latest attempts, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        event: _builtins.str = ...,
+        status: Global___WebhookDelivery.Status.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        endpoint_gone: _builtins.bool = ...,
+        total_attempts: _builtins.int = ...,
+        round: _builtins.int = ...,
+        attempts: _abc.Iterable[Global___WebhookAttempt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "endpoint", b"endpoint", "endpoint_gone", b"endpoint_gone", "event", b"event", "next_attempt_at", b"next_attempt_at", "round", b"round", "status", b"status", "total_attempts", b"total_attempts", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class WebhookAttempt(_message.Message):
+    """One delivery attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Outcome:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookAttempt._Outcome.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OUTCOME_UNSPECIFIED: WebhookAttempt._Outcome.ValueType  # 0
+        """Not set."""
+        OUTCOME_DELIVERED: WebhookAttempt._Outcome.ValueType  # 1
+        """A 2xx (REST: `delivered`)."""
+        OUTCOME_RETRY: WebhookAttempt._Outcome.ValueType  # 2
+        """408, 429, 5xx, a timeout or a connection error: tried again later (REST: `retry`)."""
+        OUTCOME_FAILED: WebhookAttempt._Outcome.ValueType  # 3
+        """Another 4xx, a 3xx (redirects are never followed), or a refused target (REST:
+        `failed`).
+        """
+        OUTCOME_GONE: WebhookAttempt._Outcome.ValueType  # 4
+        """410 Gone: the endpoint is disabled until its settings change (REST: `gone`)."""
+
+    class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
+        """What the attempt meant for the delivery."""
+
+    OUTCOME_UNSPECIFIED: WebhookAttempt.Outcome.ValueType  # 0
+    """Not set."""
+    OUTCOME_DELIVERED: WebhookAttempt.Outcome.ValueType  # 1
+    """A 2xx (REST: `delivered`)."""
+    OUTCOME_RETRY: WebhookAttempt.Outcome.ValueType  # 2
+    """408, 429, 5xx, a timeout or a connection error: tried again later (REST: `retry`)."""
+    OUTCOME_FAILED: WebhookAttempt.Outcome.ValueType  # 3
+    """Another 4xx, a 3xx (redirects are never followed), or a refused target (REST:
+    `failed`).
+    """
+    OUTCOME_GONE: WebhookAttempt.Outcome.ValueType  # 4
+    """410 Gone: the endpoint is disabled until its settings change (REST: `gone`)."""
+
+    ATTEMPTED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    """The answer's HTTP status; unset when none came."""
+    error: _builtins.str
+    """What went wrong when no answer came (timeout, connection, a refused address)."""
+    duration_ms: _builtins.int
+    """From sending to the answer, in milliseconds."""
+    outcome: Global___WebhookAttempt.Outcome.ValueType
+    """What the attempt meant for the delivery."""
+    @_builtins.property
+    def attempted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent."""
+
+    def __init__(
+        self,
+        *,
+        attempted_at: _timestamp_pb2.Timestamp | None = ...,
+        status_code: _builtins.int | None = ...,
+        error: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+        outcome: Global___WebhookAttempt.Outcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_status_code", b"_status_code", "attempted_at", b"attempted_at", "status_code", b"status_code"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status_code", b"_status_code", "attempted_at", b"attempted_at", "duration_ms", b"duration_ms", "error", b"error", "outcome", b"outcome", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__status_code: _TypeAlias = _typing.Literal["status_code"]  # noqa: Y015
+    _WhichOneofArgType__status_code: _TypeAlias = _typing.Literal["_status_code", b"_status_code"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__status_code) -> _WhichOneofReturnType__status_code | None: ...
+
+Global___WebhookAttempt: _TypeAlias = WebhookAttempt  # noqa: Y015

@@ -93,6 +93,21 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsJsonRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/ListDeliveries',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveriesJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/ListDeliveriesJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.Redeliver = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/Redeliver',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.RedeliverRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.WebhookDelivery.FromString,
+                _registered_method=True)
 
 
 class ImageJobServiceServicer:
@@ -187,6 +202,33 @@ class ImageJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeliveries(self, request, context):
+        """--- webhooks ---
+
+        The job's webhook deliveries (at most one: a job ends once) with their attempts.
+        Only the job's owner sees them; they are kept for the job's TTL plus the retry
+        window, so they outlive the job. REST clients use ListDeliveriesJson.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveriesJson(self, request, context):
+        """ListDeliveries for REST: `{"deliveries": [...]}` rendered by the server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redeliver(self, request, context):
+        """Delivers a finished (delivered or failed) delivery again, with the same
+        `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
+        attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +276,21 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
                     servicer.ListJobsJson,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListJobsJsonRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'ListDeliveriesJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveriesJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'Redeliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redeliver,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.RedeliverRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.WebhookDelivery.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -492,6 +549,87 @@ class ImageJobService:
             '/imagejobs.v1.ImageJobService/ListJobsJson',
             imagejobs_dot_v1_dot_jobs__pb2.ListJobsJsonRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/ListDeliveries',
+            imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveriesJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/ListDeliveriesJson',
+            imagejobs_dot_v1_dot_jobs__pb2.ListDeliveriesJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redeliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/Redeliver',
+            imagejobs_dot_v1_dot_jobs__pb2.RedeliverRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.WebhookDelivery.FromString,
             options,
             channel_credentials,
             insecure,

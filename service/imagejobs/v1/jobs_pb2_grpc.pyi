@@ -87,6 +87,20 @@ class ImageJobServiceStub:
     server, so that both keys are always present (an empty list is `"jobs": []`, which
     the transcoder would omit) and times always carry milliseconds.
     """
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListDeliveriesRequest, _jobs_pb2.ListDeliveriesResponse]
+    """--- webhooks ---
+
+    The job's webhook deliveries (at most one: a job ends once) with their attempts.
+    Only the job's owner sees them; they are kept for the job's TTL plus the retry
+    window, so they outlive the job. REST clients use ListDeliveriesJson.
+    """
+    ListDeliveriesJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListDeliveriesJsonRequest, _httpbody_pb2.HttpBody]
+    """ListDeliveries for REST: `{"deliveries": [...]}` rendered by the server."""
+    Redeliver: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RedeliverRequest, _jobs_pb2.WebhookDelivery]
+    """Delivers a finished (delivered or failed) delivery again, with the same
+    `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
+    attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -145,6 +159,20 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
     server, so that both keys are always present (an empty list is `"jobs": []`, which
     the transcoder would omit) and times always carry milliseconds.
+    """
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListDeliveriesRequest, _jobs_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
+    """--- webhooks ---
+
+    The job's webhook deliveries (at most one: a job ends once) with their attempts.
+    Only the job's owner sees them; they are kept for the job's TTL plus the retry
+    window, so they outlive the job. REST clients use ListDeliveriesJson.
+    """
+    ListDeliveriesJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListDeliveriesJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListDeliveries for REST: `{"deliveries": [...]}` rendered by the server."""
+    Redeliver: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RedeliverRequest, _jobs_pb2.WebhookDelivery]  # type: ignore[assignment]
+    """Delivers a finished (delivered or failed) delivery again, with the same
+    `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
+    attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
     """
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -255,6 +283,38 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
         server, so that both keys are always present (an empty list is `"jobs": []`, which
         the transcoder would omit) and times always carry milliseconds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _jobs_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListDeliveriesResponse, _abc.Awaitable[_jobs_pb2.ListDeliveriesResponse]]:
+        """--- webhooks ---
+
+        The job's webhook deliveries (at most one: a job ends once) with their attempts.
+        Only the job's owner sees them; they are kept for the job's TTL plus the retry
+        window, so they outlive the job. REST clients use ListDeliveriesJson.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveriesJson(
+        self,
+        request: _jobs_pb2.ListDeliveriesJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListDeliveries for REST: `{"deliveries": [...]}` rendered by the server."""
+
+    @_abc_1.abstractmethod
+    def Redeliver(
+        self,
+        request: _jobs_pb2.RedeliverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.WebhookDelivery, _abc.Awaitable[_jobs_pb2.WebhookDelivery]]:
+        """Delivers a finished (delivered or failed) delivery again, with the same
+        `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
+        attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
         """
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

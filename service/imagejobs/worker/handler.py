@@ -7,9 +7,14 @@ exactly-once completion):
      instead, so a job that kills its workers cannot loop forever;
   3. heartbeat `in_progress()` every ack_wait/3 while the runner works (and check the
      record: a cancel notice may have been missed);
-  4. write the terminal state with compare-and-set, then ack. A worker whose terminal
-     write loses (it was frozen past ack_wait and the job was re-claimed, or the job was
-     cancelled) discards its work.
+  4. write the terminal state with compare-and-set, publish the webhook intent the job
+     owes (if any), then ack. A worker whose terminal write loses (it was frozen past
+     ack_wait and the job was re-claimed, or the job was cancelled) discards its work.
+
+Every path that acks the message of a terminal job publishes its webhook intent first
+(`owe_webhook`), also when the job was made terminal by someone else (a cancel) or by an
+earlier delivery that died before its intent: the message is what keeps an owed
+delivery from being lost (worker/finish.py).
 
 A store error anywhere naks the message for a later redelivery.
 """
@@ -29,7 +34,7 @@ from imagejobs.domain.errors import ErrorCode, ErrorType, RevisionConflict, Stor
 from imagejobs.domain.jobs import Job, StoredError, age_limit_error
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend, Delivery
-from imagejobs.worker.finish import job_ended
+from imagejobs.worker.finish import job_ended, owe_webhook
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class DeliveryHandler:
     ) -> None:
         self._records = backend.records
         self._quotas = backend.quotas
+        self._outbox = backend.outbox
         self._runner = runner
         self._id = worker_id
         self._options = options
@@ -101,8 +107,8 @@ class DeliveryHandler:
             await delivery.term()
             return
         job, revision = found
-        if job.status.terminal:
-            await delivery.ack_sync()
+        if job.status.terminal:  # made so elsewhere, or by a delivery that died after it
+            await self._settle_ended(delivery, job)
             return
         give_up = self._give_up(job)
         if give_up is not None:
@@ -134,7 +140,11 @@ class DeliveryHandler:
         final = await self._run_with_heartbeat(delivery, claimed)
         if final is None:  # cancelled meanwhile: the record already says so
             log.info("job %s cancelled; its provider call was aborted", job.id)
-            await delivery.ack_sync()
+            found = await self._records.get(job.id)
+            if found is not None:
+                await self._settle_ended(delivery, found[0])
+            else:
+                await delivery.ack_sync()
         else:
             await self._finish(delivery, final, revision)
         return True
@@ -204,16 +214,22 @@ class DeliveryHandler:
                     final.id,
                     found[0].status.value,
                 )
-                await delivery.ack_sync()
+                await self._settle_ended(delivery, found[0])
             else:
                 log.info("job %s: lost the race to finish it; discarding this result", final.id)
             return
+        # the webhook intent before the ack (a StoreError naks: the redelivery owes it)
+        await job_ended(final, self._quotas, self._outbox)
         # no need to wait, nor to fail over it: a lost ack redelivers a terminal job,
         # which is then acked
         with contextlib.suppress(StoreError):
             await delivery.ack()
-        await job_ended(final, self._quotas)
         log.info("job %s %s (%s)", final.id, final.status.value, final.status_code)
+
+    async def _settle_ended(self, delivery: Delivery, job: Job) -> None:
+        """Ack the message of a job found terminal, after owing its webhook delivery."""
+        await owe_webhook(job, self._outbox)
+        await delivery.ack_sync()
 
 
 def _current_cancelling() -> bool:
