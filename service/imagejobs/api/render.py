@@ -1,4 +1,6 @@
-"""Job records -> the wire's `Job` message (and so, through Envoy, the contract's JSON)."""
+"""Job records -> the REST contract's JSON (every REST answer is rendered here, never by
+Envoy's transcoder), and the contract's error body as the `ErrorResponse` message (the
+`google.rpc.Status` detail of every gRPC error). The typed gRPC `Job` is messages.py's."""
 
 from __future__ import annotations
 
@@ -6,17 +8,14 @@ import base64
 import json
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
-
 from imagejobs.domain.errors import ErrorBody
 from imagejobs.domain.jobs import Job, Status, rfc3339
 from imagejobs.v1 import jobs_pb2
 
 
-def _timestamp(epoch_s: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(int(epoch_s * 1000))  # the contract prints milliseconds
-    return ts
+def image_url(base_url: str, job: Job, index: int) -> str:
+    """The REST route of one result image (what the `url` response format links to)."""
+    return f"{base_url}/v1/async/images/{job.kind.value}/{job.id}/images/{index}"
 
 
 def result_dict(
@@ -31,7 +30,7 @@ def result_dict(
     for i, image in enumerate(result.images):
         item: dict[str, Any] = {"index": i}
         if links or job.request.response_format == "url":
-            item["url"] = f"{base_url}/v1/async/images/{job.kind.value}/{job.id}/images/{i}"
+            item["url"] = image_url(base_url, job, i)
         elif images is not None:
             item["b64_json"] = base64.b64encode(images[i]).decode()
         if image.revised_prompt:
@@ -49,31 +48,6 @@ def result_dict(
         "latency": result.latency_ms,
     }
     return out
-
-
-def job_message(
-    job: Job, images: list[bytes] | None = None, base_url: str = "", *, links: bool = False
-) -> jobs_pb2.Job:
-    """The `Job` message; unset fields stay unset (and are omitted from JSON)."""
-    msg = jobs_pb2.Job(
-        id=job.id,
-        request_id=job.request_id,
-        status=job.status.value,
-        created_at=_timestamp(job.created_at),
-    )
-    if job.completed_at is not None:
-        msg.completed_at.CopyFrom(_timestamp(job.completed_at))
-    if job.expires_at is not None:
-        msg.expires_at.CopyFrom(_timestamp(job.expires_at))
-    if job.status_code is not None:
-        msg.status_code = job.status_code
-    if job.status is Status.COMPLETED and job.result is not None:
-        struct = struct_pb2.Struct()
-        struct.update(result_dict(job, images, base_url, links=links))
-        msg.result.CopyFrom(struct)
-    if job.error is not None:
-        msg.error.CopyFrom(error_message(job))
-    return msg
 
 
 def error_proto(body: ErrorBody) -> jobs_pb2.ErrorResponse:
@@ -124,10 +98,10 @@ def error_message(job: Job) -> jobs_pb2.ErrorResponse:
 def job_json(
     job: Job, images: list[bytes] | None = None, base_url: str = "", *, links: bool = False
 ) -> bytes:
-    """The job as the REST contract prints it: what Envoy's transcoder would print for
-    `job_message` (proto field order, unset fields omitted), rendered here, so that a
-    large result's base64 never passes through a protobuf Struct. Times always carry
-    milliseconds."""
+    """The job as the REST contract prints it, for every REST answer (submit, read,
+    cancel, list entries, events): the fields in the contract's order, unset ones
+    omitted, times always with milliseconds. `images` holds each result image's bytes
+    for `b64_json`; with `links` (list entries) images are linked, never inlined."""
     doc: dict[str, Any] = {
         "id": job.id,
         "request_id": job.request_id,

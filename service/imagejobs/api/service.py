@@ -224,7 +224,7 @@ class JobService(JobReader):
 
     # --- cancel ---------------------------------------------------------------------
 
-    async def cancel(self, kind: Kind, job_id: str, caller: Caller) -> Job:
+    async def cancel(self, kind: Kind | None, job_id: str, caller: Caller) -> Job:
         """Cancel a pending or processing job (its provider call is aborted); JobConflict
         for a terminal one."""
         for _ in range(CANCEL_TRIES):

@@ -28,57 +28,83 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imagejobs/v1/jobs.proto\x12\x0cimagejobs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0bstatus_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06result\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x05\x65rror\x18\t \x01(\x0b\x32\x1b.imagejobs.v1.ErrorResponseB\x0e\n\x0c_status_code\"\xbe\x01\n\rErrorResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x18\n\x10is_bifrost_error\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x19.imagejobs.v1.ErrorDetail\x12\x34\n\x0c\x65xtra_fields\x18\x06 \x01(\x0b\x32\x1e.imagejobs.v1.ErrorExtraFields\"[\n\x0b\x45rrorDetail\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05param\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"S\n\x10\x45rrorExtraFields\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x02 \x01(\t\x12\x14\n\x0crequest_type\x18\x03 \x01(\t\"\xed\x04\n\x0cImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x01n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0f\n\x07quality\x18\x05 \x01(\t\x12\r\n\x05style\x18\x06 \x01(\t\x12\x17\n\x0fresponse_format\x18\x07 \x01(\t\x12\x12\n\nbackground\x18\x08 \x01(\t\x12\x12\n\nmoderation\x18\t \x01(\t\x12\x15\n\routput_format\x18\n \x01(\t\x12\x1f\n\x12output_compression\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0epartial_images\x18\x0c \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\r \x01(\x03H\x03\x88\x01\x01\x12\x17\n\x0fnegative_prompt\x18\x0e \x01(\t\x12 \n\x13num_inference_steps\x18\x0f \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04user\x18\x10 \x01(\t\x12\x14\n\x0cinput_images\x18\x11 \x03(\t\x12\x14\n\x0c\x61spect_ratio\x18\x12 \x01(\t\x12\x12\n\nresolution\x18\x13 \x01(\t\x12\x11\n\tfallbacks\x18\x14 \x03(\t\x12\x0e\n\x06images\x18\x15 \x03(\x0c\x12\x0c\n\x04mask\x18\x16 \x01(\x0c\x12\x0c\n\x04type\x18\x17 \x01(\t\x12\x16\n\x0einput_fidelity\x18\x18 \x01(\t\x12&\n\x05\x65xtra\x18\x19 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\n\x02_nB\x15\n\x13_output_compressionB\x11\n\x0f_partial_imagesB\x07\n\x05_seedB\x16\n\x14_num_inference_steps\"\xc4\x01\n\x15SubmitImageJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\'\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.imagejobs.v1.ImageRequest\x12\x1a\n\x12result_ttl_seconds\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\";\n\rGetJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\"?\n\x11GetJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\"0\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"/\n\x0fWatchJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"6\n\x16StreamJobEventsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"R\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x13ListJobsJsonRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.imagejobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x12GetJobImageRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\":\n\x13GetJobImageResponse\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody2\xef\x0b\n\x0fImageJobService\x12\xdf\x01\n\x0eSubmitImageJob\x12#.imagejobs.v1.SubmitImageJobRequest\x1a\x11.imagejobs.v1.Job\"\x94\x01\x82\xd3\xe4\x93\x02\x8d\x01\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\x1d/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body\x12:\n\x06GetJob\x12\x1b.imagejobs.v1.GetJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xd4\x01\n\nGetJobJson\x12\x1f.imagejobs.v1.GetJobJsonRequest\x1a\x14.google.api.HttpBody\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01\x12,/v1/async/images/{kind=generations}/{job_id}Z(\x12&/v1/async/images/{kind=edits}/{job_id}Z-\x12+/v1/async/images/{kind=variations}/{job_id}\x12\xa5\x02\n\x0bGetJobImage\x12 .imagejobs.v1.GetJobImageRequest\x1a!.imagejobs.v1.GetJobImageResponse\"\xd0\x01\x82\xd3\xe4\x93\x02\xc9\x01\x12;/v1/async/images/{kind=generations}/{job_id}/images/{index}Z>\x12\x35/v1/async/images/{kind=edits}/{job_id}/images/{index}b\x05imageZC\x12:/v1/async/images/{kind=variations}/{job_id}/images/{index}b\x05imageb\x05image\x12\xcf\x01\n\tCancelJob\x12\x1e.imagejobs.v1.CancelJobRequest\x1a\x11.imagejobs.v1.Job\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}\x12@\n\x08WatchJob\x12\x1d.imagejobs.v1.WatchJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x30\x01\x12\xf5\x01\n\x0fStreamJobEvents\x12$.imagejobs.v1.StreamJobEventsRequest\x1a\x14.google.api.HttpBody\"\xa3\x01\x82\xd3\xe4\x93\x02\x9c\x01\x12\x33/v1/async/images/{kind=generations}/{job_id}/eventsZ/\x12-/v1/async/images/{kind=edits}/{job_id}/eventsZ4\x12\x32/v1/async/images/{kind=variations}/{job_id}/events0\x01\x12K\n\x08ListJobs\x12\x1d.imagejobs.v1.ListJobsRequest\x1a\x1e.imagejobs.v1.ListJobsResponse\"\x00\x12\x66\n\x0cListJobsJson\x12!.imagejobs.v1.ListJobsJsonRequest\x1a\x14.google.api.HttpBody\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/async/images/jobsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imagejobs/v1/jobs.proto\x12\x0cimagejobs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\n \x01(\x0e\x32\x17.imagejobs.v1.JobStatus\x12#\n\x04kind\x18\x0b \x01(\x0e\x32\x15.imagejobs.v1.JobKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0bstatus_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06result\x18\x0c \x01(\x0b\x32\x17.imagejobs.v1.JobResult\x12*\n\x05\x65rror\x18\t \x01(\x0b\x32\x1b.imagejobs.v1.ErrorResponseB\x0e\n\x0c_status_codeJ\x04\x08\x03\x10\x04J\x04\x08\x08\x10\t\"\xec\x01\n\tJobResult\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x03\x12)\n\x06images\x18\x02 \x03(\x0b\x32\x19.imagejobs.v1.ResultImage\x12\x12\n\nbackground\x18\x03 \x01(\t\x12\x15\n\routput_format\x18\x04 \x01(\t\x12\x0f\n\x07quality\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\t\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.imagejobs.v1.Usage\x12\x35\n\x0c\x65xtra_fields\x18\x08 \x01(\x0b\x32\x1f.imagejobs.v1.ResultExtraFields\"v\n\x0bResultImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x16\n\x0erevised_prompt\x18\x04 \x01(\t\x12\x11\n\tmime_type\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"\x9c\x02\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x38\n\x14input_tokens_details\x18\x04 \x01(\x0b\x32\x1a.imagejobs.v1.TokenDetails\x12\x39\n\x15output_tokens_details\x18\x05 \x01(\x0b\x32\x1a.imagejobs.v1.TokenDetails\x12-\n\x05other\x18\x06 \x03(\x0b\x32\x1e.imagejobs.v1.Usage.OtherEntry\x1a,\n\nOtherEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"9\n\x0cTokenDetails\x12\x13\n\x0btext_tokens\x18\x01 \x01(\x03\x12\x14\n\x0cimage_tokens\x18\x02 \x01(\x03\"|\n\x11ResultExtraFields\x12\x14\n\x0crequest_type\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x03 \x01(\t\x12\x12\n\nmodel_used\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x03\"\xbe\x01\n\rErrorResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x18\n\x10is_bifrost_error\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x19.imagejobs.v1.ErrorDetail\x12\x34\n\x0c\x65xtra_fields\x18\x06 \x01(\x0b\x32\x1e.imagejobs.v1.ErrorExtraFields\"[\n\x0b\x45rrorDetail\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05param\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"S\n\x10\x45rrorExtraFields\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x02 \x01(\t\x12\x14\n\x0crequest_type\x18\x03 \x01(\t\"\xed\x04\n\x0cImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x01n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0f\n\x07quality\x18\x05 \x01(\t\x12\r\n\x05style\x18\x06 \x01(\t\x12\x17\n\x0fresponse_format\x18\x07 \x01(\t\x12\x12\n\nbackground\x18\x08 \x01(\t\x12\x12\n\nmoderation\x18\t \x01(\t\x12\x15\n\routput_format\x18\n \x01(\t\x12\x1f\n\x12output_compression\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0epartial_images\x18\x0c \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\r \x01(\x03H\x03\x88\x01\x01\x12\x17\n\x0fnegative_prompt\x18\x0e \x01(\t\x12 \n\x13num_inference_steps\x18\x0f \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04user\x18\x10 \x01(\t\x12\x14\n\x0cinput_images\x18\x11 \x03(\t\x12\x14\n\x0c\x61spect_ratio\x18\x12 \x01(\t\x12\x12\n\nresolution\x18\x13 \x01(\t\x12\x11\n\tfallbacks\x18\x14 \x03(\t\x12\x0e\n\x06images\x18\x15 \x03(\x0c\x12\x0c\n\x04mask\x18\x16 \x01(\x0c\x12\x0c\n\x04type\x18\x17 \x01(\t\x12\x16\n\x0einput_fidelity\x18\x18 \x01(\t\x12&\n\x05\x65xtra\x18\x19 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\n\x02_nB\x15\n\x13_output_compressionB\x11\n\x0f_partial_imagesB\x07\n\x05_seedB\x16\n\x14_num_inference_steps\"\xc9\x01\n\x15SubmitImageJobRequest\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.imagejobs.v1.ImageRequest\x12\x1a\n\x12result_ttl_seconds\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\thttp_body\"R\n\x19SubmitImageJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\'\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\"X\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.imagejobs.v1.JobKindJ\x04\x08\x01\x10\x02\"?\n\x11GetJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\"M\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.imagejobs.v1.JobKindJ\x04\x08\x01\x10\x02\"4\n\x14\x43\x61ncelJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"L\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.imagejobs.v1.JobKindJ\x04\x08\x01\x10\x02\"6\n\x16StreamJobEventsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"\x8e\x01\n\x0fListJobsRequest\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.imagejobs.v1.JobStatus\x12#\n\x04kind\x18\x06 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"V\n\x13ListJobsJsonRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.imagejobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x12GetJobImageRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\":\n\x13GetJobImageResponse\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"[\n\x15StreamJobImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\"`\n\x16StreamJobImageResponse\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\xa5\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x19\n\x15JOB_STATUS_PROCESSING\x10\x02\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05*g\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_KIND_GENERATION\x10\x01\x12\x11\n\rJOB_KIND_EDIT\x10\x02\x12\x16\n\x12JOB_KIND_VARIATION\x10\x03\x32\xf4\r\n\x0fImageJobService\x12J\n\x0eSubmitImageJob\x12#.imagejobs.v1.SubmitImageJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xea\x01\n\x12SubmitImageJobJson\x12\'.imagejobs.v1.SubmitImageJobJsonRequest\x1a\x14.google.api.HttpBody\"\x94\x01\x82\xd3\xe4\x93\x02\x8d\x01\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\x1d/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body\x12:\n\x06GetJob\x12\x1b.imagejobs.v1.GetJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xd4\x01\n\nGetJobJson\x12\x1f.imagejobs.v1.GetJobJsonRequest\x1a\x14.google.api.HttpBody\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01\x12,/v1/async/images/{kind=generations}/{job_id}Z(\x12&/v1/async/images/{kind=edits}/{job_id}Z-\x12+/v1/async/images/{kind=variations}/{job_id}\x12\xa5\x02\n\x0bGetJobImage\x12 .imagejobs.v1.GetJobImageRequest\x1a!.imagejobs.v1.GetJobImageResponse\"\xd0\x01\x82\xd3\xe4\x93\x02\xc9\x01\x12;/v1/async/images/{kind=generations}/{job_id}/images/{index}Z>\x12\x35/v1/async/images/{kind=edits}/{job_id}/images/{index}b\x05imageZC\x12:/v1/async/images/{kind=variations}/{job_id}/images/{index}b\x05imageb\x05image\x12_\n\x0eStreamJobImage\x12#.imagejobs.v1.StreamJobImageRequest\x1a$.imagejobs.v1.StreamJobImageResponse\"\x00\x30\x01\x12@\n\tCancelJob\x12\x1e.imagejobs.v1.CancelJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xda\x01\n\rCancelJobJson\x12\".imagejobs.v1.CancelJobJsonRequest\x1a\x14.google.api.HttpBody\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}\x12@\n\x08WatchJob\x12\x1d.imagejobs.v1.WatchJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x30\x01\x12\xf5\x01\n\x0fStreamJobEvents\x12$.imagejobs.v1.StreamJobEventsRequest\x1a\x14.google.api.HttpBody\"\xa3\x01\x82\xd3\xe4\x93\x02\x9c\x01\x12\x33/v1/async/images/{kind=generations}/{job_id}/eventsZ/\x12-/v1/async/images/{kind=edits}/{job_id}/eventsZ4\x12\x32/v1/async/images/{kind=variations}/{job_id}/events0\x01\x12K\n\x08ListJobs\x12\x1d.imagejobs.v1.ListJobsRequest\x1a\x1e.imagejobs.v1.ListJobsResponse\"\x00\x12\x66\n\x0cListJobsJson\x12!.imagejobs.v1.ListJobsJsonRequest\x1a\x14.google.api.HttpBody\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/async/images/jobsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagejobs.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJob']._loaded_options = None
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJob']._serialized_options = b'\202\323\344\223\002\215\001\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\035/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body'
+  _globals['_USAGE_OTHERENTRY']._loaded_options = None
+  _globals['_USAGE_OTHERENTRY']._serialized_options = b'8\001'
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJobJson']._loaded_options = None
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJobJson']._serialized_options = b'\202\323\344\223\002\215\001\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\035/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobJson']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobJson']._serialized_options = b'\202\323\344\223\002\207\001\022,/v1/async/images/{kind=generations}/{job_id}Z(\022&/v1/async/images/{kind=edits}/{job_id}Z-\022+/v1/async/images/{kind=variations}/{job_id}'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobImage']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobImage']._serialized_options = b'\202\323\344\223\002\311\001\022;/v1/async/images/{kind=generations}/{job_id}/images/{index}Z>\0225/v1/async/images/{kind=edits}/{job_id}/images/{index}b\005imageZC\022:/v1/async/images/{kind=variations}/{job_id}/images/{index}b\005imageb\005image'
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJob']._loaded_options = None
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\202\323\344\223\002\207\001*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}'
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJobJson']._loaded_options = None
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJobJson']._serialized_options = b'\202\323\344\223\002\207\001*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['StreamJobEvents']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['StreamJobEvents']._serialized_options = b'\202\323\344\223\002\234\001\0223/v1/async/images/{kind=generations}/{job_id}/eventsZ/\022-/v1/async/images/{kind=edits}/{job_id}/eventsZ4\0222/v1/async/images/{kind=variations}/{job_id}/events'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['ListJobsJson']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['ListJobsJson']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/async/images/jobs'
+  _globals['_JOBSTATUS']._serialized_start=3730
+  _globals['_JOBSTATUS']._serialized_end=3895
+  _globals['_JOBKIND']._serialized_start=3897
+  _globals['_JOBKIND']._serialized_end=4000
   _globals['_JOB']._serialized_start=162
-  _globals['_JOB']._serialized_end=488
-  _globals['_ERRORRESPONSE']._serialized_start=491
-  _globals['_ERRORRESPONSE']._serialized_end=681
-  _globals['_ERRORDETAIL']._serialized_start=683
-  _globals['_ERRORDETAIL']._serialized_end=774
-  _globals['_ERROREXTRAFIELDS']._serialized_start=776
-  _globals['_ERROREXTRAFIELDS']._serialized_end=859
-  _globals['_IMAGEREQUEST']._serialized_start=862
-  _globals['_IMAGEREQUEST']._serialized_end=1483
-  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_start=1486
-  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_end=1682
-  _globals['_GETJOBREQUEST']._serialized_start=1684
-  _globals['_GETJOBREQUEST']._serialized_end=1743
-  _globals['_GETJOBJSONREQUEST']._serialized_start=1745
-  _globals['_GETJOBJSONREQUEST']._serialized_end=1808
-  _globals['_CANCELJOBREQUEST']._serialized_start=1810
-  _globals['_CANCELJOBREQUEST']._serialized_end=1858
-  _globals['_WATCHJOBREQUEST']._serialized_start=1860
-  _globals['_WATCHJOBREQUEST']._serialized_end=1907
-  _globals['_STREAMJOBEVENTSREQUEST']._serialized_start=1909
-  _globals['_STREAMJOBEVENTSREQUEST']._serialized_end=1963
-  _globals['_LISTJOBSREQUEST']._serialized_start=1965
-  _globals['_LISTJOBSREQUEST']._serialized_end=2047
-  _globals['_LISTJOBSJSONREQUEST']._serialized_start=2049
-  _globals['_LISTJOBSJSONREQUEST']._serialized_end=2135
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2137
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2213
-  _globals['_GETJOBIMAGEREQUEST']._serialized_start=2215
-  _globals['_GETJOBIMAGEREQUEST']._serialized_end=2280
-  _globals['_GETJOBIMAGERESPONSE']._serialized_start=2282
-  _globals['_GETJOBIMAGERESPONSE']._serialized_end=2340
-  _globals['_IMAGEJOBSERVICE']._serialized_start=2343
-  _globals['_IMAGEJOBSERVICE']._serialized_end=3862
+  _globals['_JOB']._serialized_end=562
+  _globals['_JOBRESULT']._serialized_start=565
+  _globals['_JOBRESULT']._serialized_end=801
+  _globals['_RESULTIMAGE']._serialized_start=803
+  _globals['_RESULTIMAGE']._serialized_end=921
+  _globals['_USAGE']._serialized_start=924
+  _globals['_USAGE']._serialized_end=1208
+  _globals['_USAGE_OTHERENTRY']._serialized_start=1164
+  _globals['_USAGE_OTHERENTRY']._serialized_end=1208
+  _globals['_TOKENDETAILS']._serialized_start=1210
+  _globals['_TOKENDETAILS']._serialized_end=1267
+  _globals['_RESULTEXTRAFIELDS']._serialized_start=1269
+  _globals['_RESULTEXTRAFIELDS']._serialized_end=1393
+  _globals['_ERRORRESPONSE']._serialized_start=1396
+  _globals['_ERRORRESPONSE']._serialized_end=1586
+  _globals['_ERRORDETAIL']._serialized_start=1588
+  _globals['_ERRORDETAIL']._serialized_end=1679
+  _globals['_ERROREXTRAFIELDS']._serialized_start=1681
+  _globals['_ERROREXTRAFIELDS']._serialized_end=1764
+  _globals['_IMAGEREQUEST']._serialized_start=1767
+  _globals['_IMAGEREQUEST']._serialized_end=2388
+  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_start=2391
+  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_end=2592
+  _globals['_SUBMITIMAGEJOBJSONREQUEST']._serialized_start=2594
+  _globals['_SUBMITIMAGEJOBJSONREQUEST']._serialized_end=2676
+  _globals['_GETJOBREQUEST']._serialized_start=2678
+  _globals['_GETJOBREQUEST']._serialized_end=2766
+  _globals['_GETJOBJSONREQUEST']._serialized_start=2768
+  _globals['_GETJOBJSONREQUEST']._serialized_end=2831
+  _globals['_CANCELJOBREQUEST']._serialized_start=2833
+  _globals['_CANCELJOBREQUEST']._serialized_end=2910
+  _globals['_CANCELJOBJSONREQUEST']._serialized_start=2912
+  _globals['_CANCELJOBJSONREQUEST']._serialized_end=2964
+  _globals['_WATCHJOBREQUEST']._serialized_start=2966
+  _globals['_WATCHJOBREQUEST']._serialized_end=3042
+  _globals['_STREAMJOBEVENTSREQUEST']._serialized_start=3044
+  _globals['_STREAMJOBEVENTSREQUEST']._serialized_end=3098
+  _globals['_LISTJOBSREQUEST']._serialized_start=3101
+  _globals['_LISTJOBSREQUEST']._serialized_end=3243
+  _globals['_LISTJOBSJSONREQUEST']._serialized_start=3245
+  _globals['_LISTJOBSJSONREQUEST']._serialized_end=3331
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3333
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3409
+  _globals['_GETJOBIMAGEREQUEST']._serialized_start=3411
+  _globals['_GETJOBIMAGEREQUEST']._serialized_end=3476
+  _globals['_GETJOBIMAGERESPONSE']._serialized_start=3478
+  _globals['_GETJOBIMAGERESPONSE']._serialized_end=3536
+  _globals['_STREAMJOBIMAGEREQUEST']._serialized_start=3538
+  _globals['_STREAMJOBIMAGEREQUEST']._serialized_end=3629
+  _globals['_STREAMJOBIMAGERESPONSE']._serialized_start=3631
+  _globals['_STREAMJOBIMAGERESPONSE']._serialized_end=3727
+  _globals['_IMAGEJOBSERVICE']._serialized_start=4003
+  _globals['_IMAGEJOBSERVICE']._serialized_end=5783
 # @@protoc_insertion_point(module_scope)
