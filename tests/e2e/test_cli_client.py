@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-m", "imagejobs"]
 RUN_TIMEOUT_S = 60
+SLOW_SMALL = ["--model", "mock/m", "--size", "8x8", "--param", "mock_latency_ms=1500"]  # 1.5 s jobs
 PATH_LINE = re.compile(r"(.*/)?([0-9a-f-]{36})-(\d+)\.(png|jpg|webp)")
 
 
@@ -41,25 +42,24 @@ def cli_env(server: str, key: str | None) -> dict[str, str]:
     return env
 
 
+def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`imagejobs ARGS...` to its end (bounded), its output captured."""
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
 @pytest.fixture
 def run(stack: Stack, tmp_path: Path) -> Any:
     """`run(*args)` runs the command line with this test's own key against the stack."""
     env = cli_env(stack.grpc_gateway, f"sk-bf-cli-{uuid.uuid4().hex}")
-
-    def call(
-        *args: str, env_extra: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args],
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-            env=env | (env_extra or {}),
-            cwd=tmp_path,
-            check=False,
-        )
-
-    return call
+    return lambda *args: run_cli(env, tmp_path, *args)
 
 
 def test_generate_saves_each_image_as_job_id_dash_index_and_prints_its_path(
@@ -94,17 +94,7 @@ def test_generate_json_prints_the_job_with_the_saved_paths(run: Any, tmp_path: P
 
 
 def test_no_wait_then_get_watch_and_get_again(run: Any, tmp_path: Path) -> None:
-    submitted = run(
-        "generate",
-        "later",
-        "--model",
-        "mock/m",
-        "--size",
-        "8x8",
-        "--param",
-        "mock_latency_ms=1500",
-        "--no-wait",
-    )
+    submitted = run("generate", "later", *SLOW_SMALL, "--no-wait")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", job_id)
@@ -221,25 +211,10 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
 @pytest.mark.parametrize("key", [None, "sk-bf-not-a-known-key"], ids=["no-key", "unknown-key"])
 def test_a_refused_key_exits_3(keyed: tuple[Stack, str], key: str | None, tmp_path: Path) -> None:
     stack, good = keyed
-    refused = subprocess.run(
-        [*CLI, "jobs"],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        env=cli_env(stack.grpc_gateway, key),
-        cwd=tmp_path,
-        check=False,
-    )
+    env = cli_env(stack.grpc_gateway, key)
+    refused = run_cli(env, tmp_path, "jobs")
     assert refused.returncode == 3 and "the key was refused" in refused.stderr
-    allowed = subprocess.run(
-        [*CLI, "jobs", "--key", good],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        env=cli_env(stack.grpc_gateway, key),
-        cwd=tmp_path,
-        check=False,
-    )
+    allowed = run_cli(env, tmp_path, "jobs", "--key", good)
     assert allowed.returncode == 0, allowed.stderr  # --key wins over IMAGEJOBS_KEY
 
 
@@ -273,17 +248,7 @@ def test_progress_is_drawn_on_a_terminal_and_stdout_stays_clean(
         "COLUMNS": "120",
     }
     proc = subprocess.Popen(
-        [
-            *CLI,
-            "generate",
-            "pty fox",
-            "--model",
-            "mock/m",
-            "--size",
-            "8x8",
-            "--param",
-            "mock_latency_ms=1500",
-        ],
+        [*CLI, "generate", "pty fox", *SLOW_SMALL],
         stdout=subprocess.PIPE,
         stderr=follower,
         env=env,

@@ -324,9 +324,7 @@ class AsyncClient:
     ) -> JobResult:
         """Submit a generation and wait for it; its result (images with their bytes).
         JobFailed if the job failed or was cancelled, WaitTimeout after `timeout_s`."""
-        job = await self.submit(
-            Kind.GENERATION, model, prompt, params={"size": size, "n": n, **(params or {})}
-        )
+        job = await self.submit(Kind.GENERATION, model, prompt, params=_shaped(size, n, params))
         return await self._result(job, timeout_s)
 
     async def edit(
@@ -344,12 +342,7 @@ class AsyncClient:
         """Submit an edit of `images` (bytes or paths; the first is the base) and wait for
         it, as `generate` does."""
         job = await self.submit(
-            Kind.EDIT,
-            model,
-            prompt,
-            images=images,
-            mask=mask,
-            params={"size": size, "n": n, **(params or {})},
+            Kind.EDIT, model, prompt, images=images, mask=mask, params=_shaped(size, n, params)
         )
         return await self._result(job, timeout_s)
 
@@ -365,7 +358,7 @@ class AsyncClient:
     ) -> JobResult:
         """Submit a variation of `image` and wait for it, as `generate` does."""
         job = await self.submit(
-            Kind.VARIATION, model, images=[image], params={"size": size, "n": n, **(params or {})}
+            Kind.VARIATION, model, images=[image], params=_shaped(size, n, params)
         )
         return await self._result(job, timeout_s)
 
@@ -395,6 +388,11 @@ class AsyncClient:
         if image.data or not image.size_bytes:
             return image
         return dataclasses.replace(image, data=await self.image(job_id, image.index))
+
+
+def _shaped(size: str | None, n: int | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The conveniences' `size` and `n` with the other parameters (None: not sent)."""
+    return {"size": size, "n": n, **(params or {})}
 
 
 _TERMINAL = frozenset(status_enum(s) for s in Status if s.terminal)

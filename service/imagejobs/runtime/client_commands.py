@@ -204,32 +204,40 @@ async def submit_and_follow(
     return finish(job, out, as_json)
 
 
-def _submit(sub: Submission, target: Target, out: Path, as_json: bool, no_wait: bool) -> NoReturn:
+def _submit(
+    kind: Kind,
+    options: dict[str, Any],
+    prompt: str | None = None,
+    images: tuple[str, ...] = (),
+    mask: str | None = None,
+) -> NoReturn:
+    """Run a submit command with its click options (submit_options, connection_options)."""
+    target = Target(options.pop("server"), options.pop("key"), options.pop("tls"))
+    size, n = options.pop("size"), options.pop("n")
+    params = {
+        **parse_params(options.pop("params")),
+        **({"size": size} if size else {}),
+        **({"n": n} if n else {}),
+    }
+    sub = Submission(
+        kind,
+        options.pop("model"),
+        prompt,
+        tuple(Path(i) for i in images),
+        Path(mask) if mask else None,
+        params,
+    )
+    out, as_json, no_wait = options.pop("out"), options.pop("as_json"), options.pop("no_wait")
     execute(target, lambda c, r: submit_and_follow(c, r, sub, out, as_json, no_wait))
-
-
-def _params(size: str | None, n: int | None, params: tuple[str, ...]) -> dict[str, Any]:
-    return {**parse_params(params), **({"size": size} if size else {}), **({"n": n} if n else {})}
 
 
 @click.command()
 @click.argument("prompt")
 @submit_options
 @connection_options
-def generate(
-    prompt: str,
-    model: str,
-    size: str | None,
-    n: int | None,
-    params: tuple[str, ...],
-    out: Path,
-    as_json: bool,
-    no_wait: bool,
-    **target: Any,
-) -> None:
+def generate(prompt: str, **options: Any) -> None:
     """Generate images from PROMPT; save them in --out and print their paths."""
-    sub = Submission(Kind.GENERATION, model, prompt, (), None, _params(size, n, params))
-    _submit(sub, Target(**target), out, as_json, no_wait)
+    _submit(Kind.GENERATION, options, prompt)
 
 
 @click.command()
@@ -238,56 +246,27 @@ def generate(
 @click.option("--mask", type=click.Path(exists=True, dir_okay=False), help="PNG mask.")
 @submit_options
 @connection_options
-def edit(
-    images: tuple[str, ...],
-    prompt: str | None,
-    mask: str | None,
-    model: str,
-    size: str | None,
-    n: int | None,
-    params: tuple[str, ...],
-    out: Path,
-    as_json: bool,
-    no_wait: bool,
-    **target: Any,
-) -> None:
+def edit(images: tuple[str, ...], prompt: str | None, mask: str | None, **options: Any) -> None:
     """Edit the images as --prompt says (the first IMAGE is the base)."""
-    sub = Submission(
-        Kind.EDIT,
-        model,
-        prompt,
-        tuple(Path(i) for i in images),
-        Path(mask) if mask else None,
-        _params(size, n, params),
-    )
-    _submit(sub, Target(**target), out, as_json, no_wait)
+    _submit(Kind.EDIT, options, prompt, images, mask)
 
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @submit_options
 @connection_options
-def vary(
-    image: str,
-    model: str,
-    size: str | None,
-    n: int | None,
-    params: tuple[str, ...],
-    out: Path,
-    as_json: bool,
-    no_wait: bool,
-    **target: Any,
-) -> None:
+def vary(image: str, **options: Any) -> None:
     """Make variations of IMAGE."""
-    sub = Submission(Kind.VARIATION, model, None, (Path(image),), None, _params(size, n, params))
-    _submit(sub, Target(**target), out, as_json, no_wait)
+    _submit(Kind.VARIATION, options, images=(image,))
 
 
-@click.command()
-@click.argument("job_id")
+def job_command(f: F) -> click.Command:
+    """A command about one job: `JOB_ID`, `--json` and the connection options."""
+    return click.command()(click.argument("job_id")(json_option(connection_options(f))))
+
+
+@job_command
 @out_option
-@json_option
-@connection_options
 def get(job_id: str, out: Path, as_json: bool, **target: Any) -> None:
     """Show a job; save a completed one's images in --out and print their paths."""
 
@@ -297,10 +276,7 @@ def get(job_id: str, out: Path, as_json: bool, **target: Any) -> None:
     execute(Target(**target), work)
 
 
-@click.command()
-@click.argument("job_id")
-@json_option
-@connection_options
+@job_command
 def watch(job_id: str, as_json: bool, **target: Any) -> None:
     """Print each state of a job until it ends (one line, or one JSON object, each)."""
 
@@ -317,10 +293,7 @@ def watch(job_id: str, as_json: bool, **target: Any) -> None:
     execute(Target(**target), work)
 
 
-@click.command()
-@click.argument("job_id")
-@json_option
-@connection_options
+@job_command
 def cancel(job_id: str, as_json: bool, **target: Any) -> None:
     """Cancel a pending or processing job."""
 
