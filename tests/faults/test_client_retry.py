@@ -1,17 +1,26 @@
-"""The SDK's retried submit against an API process killed in the middle of the call: the
-retry carries the idempotency key the client chose, so exactly one job exists afterwards,
-and it completes."""
+"""The SDK across API processes that go away: a submit whose API is killed in the middle
+of the call is retried with the idempotency key the client chose, so exactly one job
+exists afterwards (and it completes); a watch whose API shuts down re-attaches through the
+gateway and still sees the job end."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import threading
 import uuid
 
 import pytest
 from imagejobs.client import Client, Job, Kind, RetryPolicy, Status
-from imagejobs.testing import START_TIMEOUT_S, Stack, free_port, terminate, wait_until
+from imagejobs.testing import (
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Stack,
+    free_port,
+    terminate,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -57,3 +66,31 @@ def test_a_submit_whose_api_dies_mid_call_makes_exactly_one_job(stack: Stack) ->
     finally:
         replacer.join(START_TIMEOUT_S)
         terminate(replaced)
+
+
+def test_a_watch_outlives_the_api_process_it_was_on(stack: Stack) -> None:
+    """Two API processes behind an Envoy of their own; each in turn gets SIGTERM (which ends
+    its watches) and comes back, so whichever held the watch let it go."""
+    ports = [free_port(), free_port()]
+    apis = {port: stack.start_api(port) for port in ports}
+    gateway = stack.start_envoy(f"gateway-watch-{ports[0]}", ports)
+    seen: list[Job] = []
+    try:
+        with Client(f"127.0.0.1:{gateway}", key=f"sk-bf-{uuid.uuid4().hex}", retry=PATIENT) as c:
+            job = c.submit(Kind.GENERATION, "mock/m", "watched", params={"mock_latency_ms": 8000})
+            follower = threading.Thread(target=lambda: seen.extend(c.watch(job.id)))
+            follower.start()
+            wait_until(lambda: seen, 30, "the watch's first state")
+            for port in ports:
+                apis[port].send_signal(signal.SIGTERM)
+                assert apis[port].wait(timeout=STOP_TIMEOUT_S) == 0
+                apis[port] = stack.start_api(port)
+            follower.join(60)
+            assert not follower.is_alive()
+    finally:
+        terminate(apis.values())
+        terminate([stack.procs[f"gateway-watch-{ports[0]}"]])
+    assert seen[-1].status is Status.COMPLETED and seen[-1].result is not None
+    assert seen[-1].result.images[0].data  # fetched at the end, as ever
+    statuses = [j.status for j in seen]
+    assert statuses.count(Status.COMPLETED) == 1  # a re-attach repeats nothing

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from imagejobs.client.errors import (
-    ClientError,
+    ImageStreamBroken,
     JobFailed,
     ServerUnavailable,
     WaitTimeout,
@@ -36,7 +36,6 @@ from imagejobs.client.options import (
 )
 from imagejobs.client.requests import ImageInput, image_request
 from imagejobs.client.types import Image, Job, JobResult, job_of
-from imagejobs.domain.errors import ErrorBody, ErrorCode, ErrorType
 from imagejobs.domain.jobs import Status
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.wire import kind_enum, status_enum
@@ -235,13 +234,8 @@ class AsyncClient:
             if retries >= self._retry.attempts:
                 if error is not None:
                     raise from_rpc_error(error) from error
-                raise ServerUnavailable(
-                    ErrorBody(
-                        status_code=503,
-                        type=ErrorType.SERVICE_UNAVAILABLE,
-                        code=ErrorCode.UNAVAILABLE,
-                        message=f"the watch of job {job_id} kept ending before the job did",
-                    )
+                raise ServerUnavailable.because(
+                    f"the watch of job {job_id} kept ending before the job did"
                 )
             await asyncio.sleep(self._retry.backoff_s(retries))
 
@@ -258,12 +252,12 @@ class AsyncClient:
             )
             async for chunk in stream:
                 if chunk.offset != sum(len(p) for p in parts):
-                    raise ClientError(_bad_stream(job_id, index, "chunks out of order"))
+                    raise ImageStreamBroken(job_id, index, "chunks out of order")
                 parts.append(chunk.data)
                 size = chunk.size_bytes
             data = b"".join(parts)
             if len(data) != size:
-                raise ClientError(_bad_stream(job_id, index, f"{len(data)} of {size} bytes"))
+                raise ImageStreamBroken(job_id, index, f"{len(data)} of {size} bytes")
             return data
 
         return await self._call(attempt)
@@ -396,12 +390,3 @@ def _shaped(size: str | None, n: int | None, params: Mapping[str, Any] | None) -
 
 
 _TERMINAL = frozenset(status_enum(s) for s in Status if s.terminal)
-
-
-def _bad_stream(job_id: str, index: int, why: str) -> ErrorBody:
-    return ErrorBody(
-        status_code=502,
-        type=ErrorType.API,
-        code="bad_image_stream",
-        message=f"job {job_id} image {index}: {why}",
-    )

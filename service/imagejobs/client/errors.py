@@ -11,6 +11,7 @@ error body.
         ├── Conflict           not cancellable (terminal), or an idempotency key reused
         ├── RateLimited        429: a key's rate or concurrency, or the queue is full
         ├── DeadlineExceeded   the call's deadline passed
+        ├── ImageStreamBroken  an image's chunks did not add up
         ├── JobFailed          the job ended `failed` or `cancelled` (generate/edit/vary)
         └── WaitTimeout        the job did not end within the wait's timeout
 
@@ -71,6 +72,12 @@ class ClientError(ImageJobsError):
 class ServerUnavailable(ClientError):
     """The server could not be reached, or kept answering UNAVAILABLE through every retry."""
 
+    @classmethod
+    def because(cls, message: str) -> ServerUnavailable:
+        """One the SDK concludes itself (no call failed with it)."""
+        body = ErrorBody(503, ErrorType.SERVICE_UNAVAILABLE, ErrorCode.UNAVAILABLE, message)
+        return cls(body, grpc.StatusCode.UNAVAILABLE)
+
 
 class AuthenticationError(ClientError):
     """The server refused the key: none given where one is required, or an unknown one."""
@@ -119,6 +126,14 @@ class JobFailed(ClientError):
         assert job.error is not None
         super().__init__(job.error)
         self.job = job
+
+
+class ImageStreamBroken(ClientError):
+    """StreamJobImage's chunks did not add up to the image (out of order, or short)."""
+
+    def __init__(self, job_id: str, index: int, why: str) -> None:
+        message = f"job {job_id} image {index}: {why}"
+        super().__init__(ErrorBody(502, ErrorType.API, "bad_image_stream", message))
 
 
 class WaitTimeout(ClientError):
