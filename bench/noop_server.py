@@ -2,7 +2,8 @@
 
 The same server options as the API (message sizes), gRPC health for Envoy's checks, and
 a SubmitImageJob (gRPC) and a SubmitImageJobJson (REST, through Envoy) that answer like
-ours (a pending Job; its JSON) without parsing, recording or enqueueing anything. Run: `python -m bench.noop_server --port N`.
+ours (a pending Job; its JSON) without parsing, recording or enqueueing anything.
+Run: `python -m bench.noop_server --port N`.
 """
 
 from __future__ import annotations
