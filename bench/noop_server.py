@@ -1,20 +1,23 @@
 """Baseline (c): a no-op grpc.aio ImageJobService, the Python RPC layer's own limit.
 
 The same server options as the API (message sizes), gRPC health for Envoy's checks, and
-a SubmitImageJob that answers like ours (202 metadata, a pending Job) without parsing,
-recording or enqueueing anything. Run: `python -m bench.noop_server --port N`.
+a SubmitImageJob (gRPC) and a SubmitImageJobJson (REST, through Envoy) that answer like
+ours (a pending Job; its JSON) without parsing, recording or enqueueing anything.
+Run: `python -m bench.noop_server --port N`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import time
 import uuid
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from imagejobs.api.server import SERVICE_NAME, server_options
@@ -27,7 +30,11 @@ def pending_job() -> jobs_pb2.Job:
     now = timestamp_pb2.Timestamp()
     now.FromNanoseconds(time.time_ns())
     return jobs_pb2.Job(
-        id=str(uuid.uuid4()), request_id=str(uuid.uuid4()), status="pending", created_at=now
+        id=str(uuid.uuid4()),
+        request_id=str(uuid.uuid4()),
+        status=jobs_pb2.JOB_STATUS_PENDING,
+        kind=jobs_pb2.JOB_KIND_GENERATION,
+        created_at=now,
     )
 
 
@@ -37,6 +44,20 @@ class NoopServicer(jobs_pb2_grpc.ImageJobServiceServicer):
     ) -> jobs_pb2.Job:
         await context.send_initial_metadata((("x-http-status", "202"),))
         return pending_job()
+
+    async def SubmitImageJobJson(
+        self, request: jobs_pb2.SubmitImageJobJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        job = pending_job()
+        body = {
+            "id": job.id,
+            "request_id": job.request_id,
+            "status": "pending",
+            "created_at": job.created_at.ToJsonString(),
+        }
+        return httpbody_pb2.HttpBody(
+            content_type="application/json", data=json.dumps(body).encode()
+        )
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Context) -> jobs_pb2.Job:
         await context.send_initial_metadata((("x-http-status", "202"),))

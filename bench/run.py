@@ -172,7 +172,7 @@ class Submits:
         self.ours_done = 0
         self.rest_body = json.dumps(GEN_BODY).encode()
         self.grpc_msg = jobs_pb2.SubmitImageJobRequest(
-            kind="generations",
+            kind=jobs_pb2.JOB_KIND_GENERATION,
             request=jobs_pb2.ImageRequest(model="mock/m", prompt="bench", size="16x16"),
         )
 

@@ -94,6 +94,11 @@ def wait_terminal(
         time.sleep(0.05)
 
 
+def status_word(job: jobs_pb2.Job) -> str:
+    """A typed Job's status as the contract's word (`JOB_STATUS_PENDING` -> `pending`)."""
+    return jobs_pb2.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+
+
 def decode_image(b64: str) -> Image.Image:
     img = Image.open(io.BytesIO(base64.b64decode(b64)))
     img.load()
@@ -123,7 +128,7 @@ def orphan_via_failpoint(stack: Stack) -> tuple[str, str]:
     proc = stack.start_api(port, {"IMAGEJOBS_FAILPOINT": "submit.before_publish"})
     key = f"orphan-{uuid.uuid4().hex}"
     request = jobs_pb2.SubmitImageJobRequest(
-        kind="generations",
+        kind=jobs_pb2.JOB_KIND_GENERATION,
         request=jobs_pb2.ImageRequest(model="mock/m", prompt="orphan", size="16x16"),
         idempotency_key=key,
     )

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from imagejobs.testing import Stack
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
+
+from tests.conftest import status_word
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +26,13 @@ def channel(request: pytest.FixtureRequest, stack: Stack) -> Iterator[grpc.Chann
         yield ch
 
 
-def wait_done(stub: jobs_pb2_grpc.ImageJobServiceStub, kind: str, job_id: str) -> jobs_pb2.Job:
+def wait_done(
+    stub: jobs_pb2_grpc.ImageJobServiceStub, kind: jobs_pb2.JobKind.ValueType, job_id: str
+) -> jobs_pb2.Job:
     deadline = time.monotonic() + 30
     while True:
         job = stub.GetJob(jobs_pb2.GetJobRequest(kind=kind, job_id=job_id))
-        if job.status in ("completed", "failed"):
+        if status_word(job) in ("completed", "failed"):
             return job
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
@@ -39,17 +42,17 @@ def test_submit_and_get(channel: grpc.Channel) -> None:
     stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
     job = stub.SubmitImageJob(
         jobs_pb2.SubmitImageJobRequest(
-            kind="generations",
+            kind=jobs_pb2.JOB_KIND_GENERATION,
             request=jobs_pb2.ImageRequest(model="mock/m", prompt="grpc fox", size="24x24", n=2),
         ),
         metadata=(("x-request-id", "grpc-1"),),
     )
-    assert job.status == "pending" and job.request_id == "grpc-1"
+    assert status_word(job) == "pending" and job.request_id == "grpc-1"
     assert not job.HasField("status_code")
-    done = wait_done(stub, "generations", job.id)
-    assert done.status == "completed" and done.status_code == 200
-    data = json_format.MessageToDict(done.result)["data"]
-    assert len(data) == 2 and data[0]["b64_json"]
+    done = wait_done(stub, jobs_pb2.JOB_KIND_GENERATION, job.id)
+    assert status_word(done) == "completed" and done.status_code == 200
+    images = done.result.images  # typed: raw bytes, not base64 in a Struct
+    assert len(images) == 2 and images[0].data.startswith(b"\x89PNG")
 
 
 def test_typed_error_detail(channel: grpc.Channel) -> None:
@@ -57,7 +60,7 @@ def test_typed_error_detail(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitImageJob(
             jobs_pb2.SubmitImageJobRequest(
-                kind="generations", request=jobs_pb2.ImageRequest(model="mock/m")
+                kind=jobs_pb2.JOB_KIND_GENERATION, request=jobs_pb2.ImageRequest(model="mock/m")
             )
         )
     err = info.value
@@ -72,7 +75,7 @@ def test_typed_error_detail(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as missing:
         stub.GetJob(
             jobs_pb2.GetJobRequest(
-                kind="generations", job_id="00000000-0000-4000-8000-000000000000"
+                kind=jobs_pb2.JOB_KIND_GENERATION, job_id="00000000-0000-4000-8000-000000000000"
             )
         )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
@@ -102,18 +105,19 @@ def test_edit_with_typed_image_bytes(channel: grpc.Channel) -> None:
     stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
     job = stub.SubmitImageJob(
         jobs_pb2.SubmitImageJobRequest(
-            kind="edits",
+            kind=jobs_pb2.JOB_KIND_EDIT,
             request=jobs_pb2.ImageRequest(
                 model="mock/m", prompt="grpc edit", images=[buf.getvalue()]
             ),
         )
     )
-    done = wait_done(stub, "edits", job.id)
-    assert done.status == "completed"
+    done = wait_done(stub, jobs_pb2.JOB_KIND_EDIT, job.id)
+    assert status_word(done) == "completed"
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitImageJob(
             jobs_pb2.SubmitImageJobRequest(
-                kind="edits", request=jobs_pb2.ImageRequest(model="mock/m", prompt="x")
+                kind=jobs_pb2.JOB_KIND_EDIT,
+                request=jobs_pb2.ImageRequest(model="mock/m", prompt="x"),
             )
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -19,7 +19,7 @@ import pytest
 from imagejobs.testing import Stack, require_binary, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.conftest import assert_error_body, mock_request, submit, wait_terminal
+from tests.conftest import assert_error_body, mock_request, status_word, submit, wait_terminal
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.upstream import FakeResponse
 
@@ -138,10 +138,11 @@ def test_grpc_metadata_carries_the_key(keyed: Stack) -> None:
     with grpc.insecure_channel(keyed.grpc_gateway) as channel:
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         request = jobs_pb2.SubmitImageJobRequest(
-            kind="generations", request=jobs_pb2.ImageRequest(model="mock/m", prompt="g")
+            kind=jobs_pb2.JOB_KIND_GENERATION,
+            request=jobs_pb2.ImageRequest(model="mock/m", prompt="g"),
         )
         job = stub.SubmitImageJob(request, metadata=(("authorization", f"Bearer {KEYS['beta']}"),))
-        assert job.status == "pending"
+        assert status_word(job) == "pending"
         with pytest.raises(grpc.RpcError) as info:
             stub.SubmitImageJob(request)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -171,7 +172,7 @@ def test_another_key_sees_nothing_of_a_job(keyed: Stack) -> None:
         with pytest.raises(grpc.RpcError) as info:
             list(
                 stub.WatchJob(
-                    jobs_pb2.WatchJobRequest(kind="generations", job_id=done),
+                    jobs_pb2.WatchJobRequest(kind=jobs_pb2.JOB_KIND_GENERATION, job_id=done),
                     metadata=(("x-bf-vk", KEYS["beta"]),),
                 )
             )

@@ -19,7 +19,14 @@ from google.protobuf.struct_pb2 import Struct
 from imagejobs.testing import Stack, wait_until
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.conftest import assert_error_body, mock_request, png, submit, wait_terminal
+from tests.conftest import (
+    assert_error_body,
+    mock_request,
+    png,
+    status_word,
+    submit,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -129,7 +136,7 @@ def test_grpc_idempotency_key_field(stack: Stack) -> None:
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         key = uuid.uuid4().hex
         request = jobs_pb2.SubmitImageJobRequest(
-            kind="generations",
+            kind=jobs_pb2.JOB_KIND_GENERATION,
             request=jobs_pb2.ImageRequest(model="mock/m", prompt="g", size="16x16"),
             idempotency_key=key,
         )
@@ -188,7 +195,7 @@ def test_grpc_cancel(stack: Stack) -> None:
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         job = stub.SubmitImageJob(
             jobs_pb2.SubmitImageJobRequest(
-                kind="generations",
+                kind=jobs_pb2.JOB_KIND_GENERATION,
                 request=jobs_pb2.ImageRequest(
                     model="mock/m",
                     prompt="g",
@@ -197,10 +204,14 @@ def test_grpc_cancel(stack: Stack) -> None:
                 ),
             )
         )
-        done = stub.CancelJob(jobs_pb2.CancelJobRequest(kind="generations", job_id=job.id))
-        assert done.status == "cancelled"
+        done = stub.CancelJob(
+            jobs_pb2.CancelJobRequest(kind=jobs_pb2.JOB_KIND_GENERATION, job_id=job.id)
+        )
+        assert status_word(done) == "cancelled"
         with pytest.raises(grpc.RpcError) as info:
-            stub.CancelJob(jobs_pb2.CancelJobRequest(kind="generations", job_id=job.id))
+            stub.CancelJob(
+                jobs_pb2.CancelJobRequest(kind=jobs_pb2.JOB_KIND_GENERATION, job_id=job.id)
+            )
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -265,7 +276,7 @@ def test_grpc_watch_sends_each_state_in_order(stack: Stack) -> None:
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         job = stub.SubmitImageJob(
             jobs_pb2.SubmitImageJobRequest(
-                kind="generations",
+                kind=jobs_pb2.JOB_KIND_GENERATION,
                 request=jobs_pb2.ImageRequest(
                     model="mock/m",
                     prompt="w",
@@ -275,9 +286,10 @@ def test_grpc_watch_sends_each_state_in_order(stack: Stack) -> None:
             )
         )
         seen = [
-            j.status
+            status_word(j)
             for j in stub.WatchJob(
-                jobs_pb2.WatchJobRequest(kind="generations", job_id=job.id), timeout=30
+                jobs_pb2.WatchJobRequest(kind=jobs_pb2.JOB_KIND_GENERATION, job_id=job.id),
+                timeout=30,
             )
         ]
     assert seen[-1] == "completed"
@@ -290,7 +302,11 @@ def test_grpc_watch_of_unknown_job_is_not_found(stack: Stack) -> None:
     with grpc.insecure_channel(stack.grpc_direct) as channel:
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.WatchJob(jobs_pb2.WatchJobRequest(kind="generations", job_id="nope")))
+            list(
+                stub.WatchJob(
+                    jobs_pb2.WatchJobRequest(kind=jobs_pb2.JOB_KIND_GENERATION, job_id="nope")
+                )
+            )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -417,7 +433,7 @@ def test_grpc_list(stack: Stack) -> None:
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         job = stub.SubmitImageJob(
             jobs_pb2.SubmitImageJobRequest(
-                kind="generations",
+                kind=jobs_pb2.JOB_KIND_GENERATION,
                 request=jobs_pb2.ImageRequest(model="mock/m", prompt="g", size="16x16"),
             ),
             metadata=md,

@@ -68,7 +68,8 @@ def test_counts_match_what_was_submitted_and_finished(metrics_stack: Stack) -> N
                 with pytest.raises(grpc.RpcError):
                     stub.SubmitImageJob(
                         jobs_pb2.SubmitImageJobRequest(
-                            kind="bogus", request=jobs_pb2.ImageRequest(model="mock/m", prompt="x")
+                            kind=jobs_pb2.JOB_KIND_UNSPECIFIED,
+                            request=jobs_pb2.ImageRequest(model="mock/m", prompt="x"),
                         )
                     )
         statuses = [wait_terminal(client, job_id).json()["status"] for job_id in ids]

@@ -265,7 +265,9 @@ def test_a_failed_or_cancelled_jobs_event_id_is_the_same_on_every_read(
         event_ids |= {b["error"]["error"]["event_id"] for b in bodies}
         with grpc.insecure_channel(stack.grpc_direct) as channel:
             stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
-            got = stub.GetJob(jobs_pb2.GetJobRequest(kind="generations", job_id=job_id))
+            got = stub.GetJob(
+                jobs_pb2.GetJobRequest(kind=jobs_pb2.JOB_KIND_GENERATION, job_id=job_id)
+            )
         event_ids.add(got.error.event_id)
         assert len(event_ids) == 1, event_ids
         uuid.UUID(event_ids.pop())

@@ -294,7 +294,7 @@ def test_grpc_submit_list_and_redeliver_with_the_same_webhook_id(
         stub = jobs_pb2_grpc.ImageJobServiceStub(channel)
         job = stub.SubmitImageJob(
             jobs_pb2.SubmitImageJobRequest(
-                kind="generations",
+                kind=jobs_pb2.JOB_KIND_GENERATION,
                 request=jobs_pb2.ImageRequest(model="mock/m", prompt="p", size="16x16"),
                 webhook="main",
             ),
@@ -305,26 +305,24 @@ def test_grpc_submit_list_and_redeliver_with_the_same_webhook_id(
 
         def delivered() -> jobs_pb2.WebhookDelivery | None:
             listed = stub.ListDeliveries(
-                jobs_pb2.ListDeliveriesRequest(kind="generations", job_id=job.id), metadata=key
+                jobs_pb2.ListDeliveriesRequest(job_id=job.id), metadata=key
             ).deliveries
             done = jobs_pb2.WebhookDelivery.STATUS_DELIVERED
             return listed[0] if listed and listed[0].status == done else None
 
         record = wait_until(delivered, WAIT_S, "a delivered delivery")
         assert record.webhook_id == webhook_id and record.attempts[0].status_code == 200
-        again = stub.Redeliver(
-            jobs_pb2.RedeliverRequest(kind="generations", job_id=job.id), metadata=key
-        )
+        again = stub.Redeliver(jobs_pb2.RedeliverRequest(job_id=job.id), metadata=key)
         assert again.status == jobs_pb2.WebhookDelivery.STATUS_PENDING and again.round == 1
         _, second = arrivals(receiver, webhook_id, 2)
         assert second.body == first.body and second.verified_by == (0,)
         with pytest.raises(grpc.RpcError) as info:  # someone else's job
-            stub.ListDeliveries(jobs_pb2.ListDeliveriesRequest(kind="generations", job_id=job.id))
+            stub.ListDeliveries(jobs_pb2.ListDeliveriesRequest(job_id=job.id))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as info:
             stub.SubmitImageJob(
                 jobs_pb2.SubmitImageJobRequest(
-                    kind="generations",
+                    kind=jobs_pb2.JOB_KIND_GENERATION,
                     request=jobs_pb2.ImageRequest(model="mock/m", prompt="p"),
                     webhook="nosuch",
                 )

@@ -8,12 +8,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from imagejobs.api.auth import Caller
 from imagejobs.api.requests import ImageRequest
 from imagejobs.api.service import JobService, ServiceLimits
 from imagejobs.config import Settings
 from imagejobs.domain.jobs import Job, ObjectRef, ResultImage, StoredError, StoredResult
-from imagejobs.domain.keys import KeyPolicy
+from imagejobs.domain.keys import Caller, KeyPolicy
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.store.clock import FakeClock

@@ -12,11 +12,11 @@ import random
 from typing import Any
 
 import pytest
-from imagejobs.api.auth import Caller
 from imagejobs.api.service import JobService, ServiceLimits
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobConflict, JobNotFound, StoreUnavailable
 from imagejobs.domain.jobs import Job, Status, StoredError
+from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock
 from imagejobs.store.protocols import Backend

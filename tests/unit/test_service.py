@@ -8,7 +8,6 @@ import asyncio
 import uuid
 
 import pytest
-from imagejobs.api.auth import Caller
 from imagejobs.api.server import hooks_for
 from imagejobs.api.service import JobService
 from imagejobs.config import Settings
@@ -23,6 +22,7 @@ from imagejobs.domain.errors import (
     StoreUnavailable,
 )
 from imagejobs.domain.jobs import Job, Status
+from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock, settle
 from imagejobs.store.protocols import Backend
@@ -89,6 +89,24 @@ async def test_a_caller_reads_its_own_and_public_jobs_and_lists_only_its_own(
         await service.cancel(GEN, mine.id, BOB)
     assert await listed(service, ALICE) == [mine.id]  # never the public ones
     assert await listed(service, ANONYMOUS) == [public.id]
+
+
+async def test_a_job_is_read_cancelled_and_watched_by_its_id_alone(service: JobService) -> None:
+    """Job ids are unique: no kind (None) reads any kind; a kind given and wrong is still
+    JobNotFound, as REST's wrong-kind path is."""
+    job = await submit(service, ALICE)
+    assert await service.get(None, job.id, ALICE) == job
+    assert (await service.wait(None, job.id, ALICE, 0.0)).id == job.id
+    async for seen in service.watch(None, job.id, ALICE):
+        assert seen == job
+        break
+    with pytest.raises(JobNotFound):
+        await service.get(Kind.EDIT, job.id, ALICE)
+    with pytest.raises(JobNotFound):
+        await service.cancel(Kind.VARIATION, job.id, ALICE)
+    with pytest.raises(JobNotFound):
+        await service.get(None, job.id, BOB)  # the id alone does not pass ownership
+    assert (await service.cancel(None, job.id, ALICE)).status is Status.CANCELLED
 
 
 # --- cancel ----------------------------------------------------------------------------

@@ -9,5 +9,7 @@ enqueues jobs and reads them back; it never calls a provider.
     uploads.py      multipart parsing and uploaded images
     service.py      JobService: submit (the order that makes a 202 safe) and cancel
     reads.py        JobReader: get, image, wait, watch, list, lazy expiry and orphan repair
-    render.py       records -> the `Job` message and the REST JSON (jobs, lists, errors)
+    fields.py       kind / status parsing for REST text and typed enums
+    messages.py     records -> the typed gRPC messages (Job, JobResult, WebhookDelivery)
+    render.py       records -> the REST JSON (jobs, lists, deliveries) and error messages
 """

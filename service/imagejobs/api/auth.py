@@ -21,35 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from imagejobs.domain.errors import ErrorCode, InvalidRequest, Unauthenticated
-from imagejobs.domain.keys import KeyPolicy, key_hash
+from imagejobs.domain.keys import Caller, KeyPolicy, key_hash
 
 log = logging.getLogger(__name__)
 
 VK_PREFIX = "sk-bf-"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: `owner` is '' for anonymous callers, else a stable id; `policy` is
-    the virtual key's, when keys are configured."""
-
-    owner: str = ""
-    policy: KeyPolicy | None = None
-
-    def can_access(self, owner: str) -> bool:
-        """Whether this caller may read (or cancel) a job made by `owner`: its own, or
-        an anonymous (public) one."""
-        return owner == "" or owner == self.owner
-
-    @classmethod
-    def from_key(cls, key: str | None) -> Caller:
-        """Open mode: a presented key scopes the caller's jobs, nothing more."""
-        if not key:
-            return cls()
-        return cls(owner="k-" + key_hash(key)[:24])
 
 
 def presented_key(md: Mapping[str, str]) -> str | None:

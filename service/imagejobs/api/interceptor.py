@@ -17,11 +17,12 @@ from google.rpc import status_pb2
 
 from imagejobs.api.render import error_proto
 from imagejobs.domain.errors import ApiError, StoreUnavailable, Unavailable
+from imagejobs.domain.wire import kind_of
 from imagejobs.runtime import metrics
 from imagejobs.v1 import jobs_pb2
 
 _SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"].full_name
-SUBMIT_METHOD = f"/{_SERVICE}/SubmitImageJob"
+SUBMIT_METHODS = frozenset({f"/{_SERVICE}/SubmitImageJob", f"/{_SERVICE}/SubmitImageJobJson"})
 OUR_SERVICE_PREFIX = f"/{_SERVICE}/"
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,19 @@ def as_api_error(exc: BaseException) -> ApiError:
     return ApiError("internal server error")
 
 
+def _submitted_kind(request: Any) -> str:
+    """A submit's kind as text: REST's path segment, or the typed submit's JobKind."""
+    if isinstance(request.kind, str):
+        return request.kind
+    try:
+        kind = kind_of(request.kind)
+    except ValueError:
+        return ""
+    return kind.value if kind is not None else ""
+
+
 def _count_submit(request: Any, result: str) -> None:
-    metrics.submitted(request.kind, result)
+    metrics.submitted(_submitted_kind(request), result)
 
 
 def _no_count(request: Any, result: str) -> None:
@@ -82,7 +94,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             inner = handler.unary_unary
-            count = _count_submit if handler_call_details.method == SUBMIT_METHOD else _no_count
+            count = _count_submit if handler_call_details.method in SUBMIT_METHODS else _no_count
 
             async def unary(request: Any, context: Any) -> Any:
                 try:

@@ -14,11 +14,11 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from imagejobs.api.auth import Caller
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, Status, age_limit_error, is_job_id
+from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.index import Entry, after, encode_token
@@ -69,21 +69,22 @@ class JobReader:
         self._clock = clock or SystemClock()
         self._repair_checked: dict[str, float] = {}
 
-    async def _read(self, kind: Kind, job_id: str, caller: Caller) -> tuple[Job, int]:
-        """The job of that kind and its revision, if the caller may see it."""
+    async def _read(self, kind: Kind | None, job_id: str, caller: Caller) -> tuple[Job, int]:
+        """The job and its revision, if the caller may see it (and it is of `kind`, when
+        one is given: job ids are unique, so the kind only narrows)."""
         found = await self.records.get(job_id) if is_job_id(job_id) else None
         if found is None:
             raise JobNotFound()
         job, revision = found
         if (
-            job.kind is not kind
+            (kind is not None and job.kind is not kind)
             or not caller.can_access(job.owner)
             or job.expired(self._clock.time())
         ):
             raise JobNotFound()
         return await self._maintain(job, revision)
 
-    async def get(self, kind: Kind, job_id: str, caller: Caller) -> Job:
+    async def get(self, kind: Kind | None, job_id: str, caller: Caller) -> Job:
         return (await self._read(kind, job_id, caller))[0]
 
     async def _maintain(self, job: Job, revision: int) -> tuple[Job, int]:
@@ -140,7 +141,9 @@ class JobReader:
             log.warning("job %s was recorded but never queued; publishing it now", job_id)
             await self.queue.publish(job_id, job.dumps(), revision)
 
-    async def image(self, kind: Kind, job_id: str, index: int, caller: Caller) -> StoredObject:
+    async def image(
+        self, kind: Kind | None, job_id: str, index: int, caller: Caller
+    ) -> StoredObject:
         """One result image's bytes; JobNotFound when there is none (or it expired)."""
         job = await self.get(kind, job_id, caller)
         if job.result is None or not 0 <= index < len(job.result.images):
@@ -152,7 +155,7 @@ class JobReader:
 
     # --- wait and watch -------------------------------------------------------------
 
-    async def wait(self, kind: Kind, job_id: str, caller: Caller, wait_s: float) -> Job:
+    async def wait(self, kind: Kind | None, job_id: str, caller: Caller, wait_s: float) -> Job:
         """The job once terminal, or as it is after `wait_s` seconds (capped at
         `max_wait_s`), whichever is first."""
         wait_s = min(max(wait_s, 0.0), self.limits.max_wait_s)
@@ -173,7 +176,9 @@ class JobReader:
                     revision, job = item
         return job
 
-    async def watch(self, kind: Kind, job_id: str, caller: Caller) -> AsyncIterator[Job | None]:
+    async def watch(
+        self, kind: Kind | None, job_id: str, caller: Caller
+    ) -> AsyncIterator[Job | None]:
         """The job now, then every change until it is terminal. Yields None when nothing
         happened for WATCH_KEEPALIVE_S (after a safety re-read), for keep-alives."""
         with self.changes.listen(job_id) as listener:

@@ -1,5 +1,7 @@
-"""Job records -> the wire's `Job` message (and so, through Envoy, the contract's JSON);
-webhook delivery records -> `WebhookDelivery` and its REST JSON."""
+"""Job records -> the REST contract's JSON (every REST answer is rendered here, never by
+Envoy's transcoder), and the contract's error body as the `ErrorResponse` message (the
+`google.rpc.Status` detail of every gRPC error). The typed gRPC `Job` is messages.py's.
+Webhook delivery records -> `WebhookDelivery` and its REST JSON."""
 
 from __future__ import annotations
 
@@ -7,75 +9,11 @@ import base64
 import json
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
-
+from imagejobs.domain.contract import error_body, result_dict
 from imagejobs.domain.errors import ErrorBody
 from imagejobs.domain.jobs import Job, Status, rfc3339
 from imagejobs.v1 import jobs_pb2
 from imagejobs.webhooks.delivery import DeliveryRecord
-
-
-def _timestamp(epoch_s: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(int(epoch_s * 1000))  # the contract prints milliseconds
-    return ts
-
-
-def result_dict(
-    job: Job, images: list[bytes] | None, base_url: str, *, links: bool = False
-) -> dict[str, Any]:
-    """The contract's images response for a completed job. `images` holds the bytes of
-    each image for `b64_json`; for `url` (or with `links`, as in lists), links to our own
-    image route are given."""
-    assert job.result is not None
-    result = job.result
-    data: list[dict[str, Any]] = []
-    for i, image in enumerate(result.images):
-        item: dict[str, Any] = {"index": i}
-        if links or job.request.response_format == "url":
-            item["url"] = f"{base_url}/v1/async/images/{job.kind.value}/{job.id}/images/{i}"
-        elif images is not None:
-            item["b64_json"] = base64.b64encode(images[i]).decode()
-        if image.revised_prompt:
-            item["revised_prompt"] = image.revised_prompt
-        data.append(item)
-    out: dict[str, Any] = {"created": result.created, "data": data}
-    out.update({k: v for k, v in result.fields.items() if v is not None})
-    if result.usage:
-        out["usage"] = result.usage
-    out["extra_fields"] = {
-        "request_type": job.kind.request_type,
-        "provider": result.provider,
-        "model_requested": job.request.model.name,
-        "model_used": result.model,
-        "latency": result.latency_ms,
-    }
-    return out
-
-
-def job_message(
-    job: Job, images: list[bytes] | None = None, base_url: str = "", *, links: bool = False
-) -> jobs_pb2.Job:
-    """The `Job` message; unset fields stay unset (and are omitted from JSON)."""
-    msg = jobs_pb2.Job(
-        id=job.id,
-        request_id=job.request_id,
-        status=job.status.value,
-        created_at=_timestamp(job.created_at),
-    )
-    if job.completed_at is not None:
-        msg.completed_at.CopyFrom(_timestamp(job.completed_at))
-    if job.expires_at is not None:
-        msg.expires_at.CopyFrom(_timestamp(job.expires_at))
-    if job.status_code is not None:
-        msg.status_code = job.status_code
-    if job.status is Status.COMPLETED and job.result is not None:
-        struct = struct_pb2.Struct()
-        struct.update(result_dict(job, images, base_url, links=links))
-        msg.result.CopyFrom(struct)
-    if job.error is not None:
-        msg.error.CopyFrom(error_message(job))
-    return msg
 
 
 def error_proto(body: ErrorBody) -> jobs_pb2.ErrorResponse:
@@ -101,23 +39,6 @@ def error_proto(body: ErrorBody) -> jobs_pb2.ErrorResponse:
     )
 
 
-def error_body(job: Job) -> ErrorBody:
-    """A failed or cancelled job's `error`, in the contract's error shape."""
-    assert job.error is not None
-    err = job.error
-    return ErrorBody(
-        status_code=err.status_code,
-        type=err.type,
-        code=err.code,
-        message=err.message,
-        param=err.param,
-        event_id=err.event_id,
-        provider=err.provider or job.provider,
-        model=err.model or job.request.model.name,
-        request_type=job.kind.request_type,
-    )
-
-
 def error_message(job: Job) -> jobs_pb2.ErrorResponse:
     """A failed or cancelled job's `error` as the `ErrorResponse` message."""
     return error_proto(error_body(job))
@@ -126,10 +47,10 @@ def error_message(job: Job) -> jobs_pb2.ErrorResponse:
 def job_json(
     job: Job, images: list[bytes] | None = None, base_url: str = "", *, links: bool = False
 ) -> bytes:
-    """The job as the REST contract prints it: what Envoy's transcoder would print for
-    `job_message` (proto field order, unset fields omitted), rendered here, so that a
-    large result's base64 never passes through a protobuf Struct. Times always carry
-    milliseconds."""
+    """The job as the REST contract prints it, for every REST answer (submit, read,
+    cancel, list entries, events): the fields in the contract's order, unset ones
+    omitted, times always with milliseconds. `images` holds each result image's bytes
+    for `b64_json`; with `links` (list entries) images are linked, never inlined."""
     doc: dict[str, Any] = {
         "id": job.id,
         "request_id": job.request_id,
@@ -212,29 +133,3 @@ def deliveries_json(records: list[DeliveryRecord]) -> bytes:
     """`{"deliveries": [...]}`, the key always present."""
     doc = {"deliveries": [delivery_dict(r) for r in records]}
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def delivery_message(record: DeliveryRecord) -> jobs_pb2.WebhookDelivery:
-    """A delivery as the `WebhookDelivery` message."""
-    msg = jobs_pb2.WebhookDelivery(
-        webhook_id=record.webhook_id,
-        endpoint=record.endpoint,
-        event=record.event.value,
-        status=jobs_pb2.WebhookDelivery.Status.Value(f"STATUS_{record.status.name}"),
-        created_at=_timestamp(record.created_at),
-        endpoint_gone=record.gone,
-        total_attempts=record.total_attempts,
-        round=record.round,
-    )
-    if not record.finished and record.next_attempt_at is not None:
-        msg.next_attempt_at.CopyFrom(_timestamp(record.next_attempt_at))
-    for attempt in record.attempts:
-        item = msg.attempts.add(
-            attempted_at=_timestamp(attempt.at),
-            error=attempt.error,
-            duration_ms=attempt.duration_ms,
-            outcome=jobs_pb2.WebhookAttempt.Outcome.Value(f"OUTCOME_{attempt.outcome.name}"),
-        )
-        if attempt.status_code is not None:
-            item.status_code = attempt.status_code
-    return msg

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from imagejobs.api.auth import Caller
 from imagejobs.api.reads import JobReader, Page, ServiceLimits
 from imagejobs.api.requests import ImageRequest, check_key, fingerprint
 from imagejobs.api.uploads import Upload
@@ -25,6 +24,7 @@ from imagejobs.domain.errors import (
     StoreUnavailable,
 )
 from imagejobs.domain.jobs import Job, ObjectRef, StoredRequest
+from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend
@@ -244,7 +244,7 @@ class JobService(JobReader):
 
     # --- cancel ---------------------------------------------------------------------
 
-    async def cancel(self, kind: Kind, job_id: str, caller: Caller) -> Job:
+    async def cancel(self, kind: Kind | None, job_id: str, caller: Caller) -> Job:
         """Cancel a pending or processing job (its provider call is aborted); JobConflict
         for a terminal one."""
         for _ in range(CANCEL_TRIES):

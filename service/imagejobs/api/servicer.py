@@ -1,9 +1,13 @@
 """The gRPC servicer: a thin adapter (read metadata, validate, call the job service, convert).
 
-REST requests arrive through Envoy's transcoder with their headers as metadata and their
-raw body in `http_body`; the servicer tells Envoy which HTTP status to use through the
-`x-http-status` initial metadata (202 for a still-running job; the gateway itself
-answers a successful submit with 202).
+Two faces of one service. gRPC clients call the typed RPCs (SubmitImageJob, GetJob,
+CancelJob, WatchJob, ListJobs, StreamJobImage): enums, typed results, raw image bytes
+(messages.py). REST requests arrive through Envoy's transcoder at the `…Json` RPCs,
+StreamJobEvents and GetJobImage, with their headers as metadata and (for a submit) their
+raw body in `http_body`; their answers are JSON the servicer renders itself (render.py),
+and the servicer tells Envoy which HTTP status to use through the `x-http-status` initial
+metadata (202 for a still-running job; the gateway itself answers a successful submit
+with 202).
 """
 
 from __future__ import annotations
@@ -11,32 +15,36 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from google.api import httpbody_pb2
 
 from imagejobs.api.auth import Authenticator
-from imagejobs.api.reads import Page
-from imagejobs.api.render import (
-    deliveries_json,
-    delivery_message,
-    job_json,
-    job_message,
-    list_json,
+from imagejobs.api.fields import (
+    Context,
+    list_kind,
+    list_status,
+    metadata_of,
+    parse_kind,
+    parse_kind_or_404,
+    parse_status,
+    read_kind,
+    submit_kind,
 )
+from imagejobs.api.messages import IMAGE_CHUNK_BYTES, delivery_message, inlines, job_message
+from imagejobs.api.reads import Page
+from imagejobs.api.render import deliveries_json, job_json, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
 from imagejobs.api.service import JobService
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
+from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 from imagejobs.webhooks.delivery import DeliveryRecord
 
 SSE_CONTENT_TYPE = "text/event-stream"
-
-Context = grpc.aio.ServicerContext[Any, Any]
+JSON_CONTENT_TYPE = "application/json"
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -45,21 +53,6 @@ MAX_REQUEST_ID_CHARS = 256
 LARGE_RESULT_BYTES = 1024 * 1024  # results above this are rendered in a thread
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-
-
-def metadata_of(context: Context) -> dict[str, str]:
-    """Request metadata as a dict of lower-case names (text values only)."""
-    pairs = context.invocation_metadata() or ()
-    return {str(k).lower(): v for k, v in pairs if isinstance(v, str)}
-
-
-def parse_kind(value: str) -> Kind:
-    try:
-        return Kind.parse(value)
-    except ValueError:
-        raise InvalidRequest(
-            "kind must be generations, edits or variations", param="kind"
-        ) from None
 
 
 class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
@@ -80,71 +73,106 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         scheme = md.get("x-forwarded-proto", "http")
         return f"{scheme}://{host}"
 
+    # --- submit ---------------------------------------------------------------------
+
     async def SubmitImageJob(
         self, request: jobs_pb2.SubmitImageJobRequest, context: Context
     ) -> jobs_pb2.Job:
         md = metadata_of(context)
         caller = self._auth.caller(md)  # 401 before anything else
+        kind = submit_kind(request.kind)
+        if kind is not Kind.GENERATION and request.request.images:
+            # decoding and checking MBs of images is CPU work: off the event loop
+            parsed = await asyncio.to_thread(from_proto, kind, request.request, self._limits)
+        else:
+            parsed = from_proto(kind, request.request, self._limits)
+        job = await self._submit(
+            parsed,
+            md,
+            caller,
+            ttl_s=request.result_ttl_seconds,
+            request_id=request.request_id,
+            idempotency_key=request.idempotency_key,
+            webhook=request.webhook,
+        )
+        return await self._typed(job, md)
+
+    async def SubmitImageJobJson(
+        self, request: jobs_pb2.SubmitImageJobJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
         kind = parse_kind(request.kind)
-        image_request = await self._parse(kind, request)
+        body = request.http_body
+        if len(body.data) > self._settings.max_body_bytes:
+            raise PayloadTooLarge("request body too large")
+        if body.content_type.lower().startswith("multipart/"):
+            # parsing and decoding multi-MB uploads is CPU work: off the event loop
+            parsed = await asyncio.to_thread(
+                parse_body, kind, body.content_type, body.data, self._limits
+            )
+        else:
+            parsed = parse_body(kind, body.content_type, body.data, self._limits)
+        job = await self._submit(parsed, md, caller)
+        # the gateway answers every successful submit with 202 (rest.lua), which spares
+        # an initial-metadata message per submit here
+        return await self._json_body(job, md)
+
+    async def _submit(
+        self,
+        request: ImageRequest,
+        md: dict[str, str],
+        caller: Caller,
+        *,
+        ttl_s: int = 0,
+        request_id: str = "",
+        idempotency_key: str = "",
+        webhook: str = "",
+    ) -> Job:
+        """The submit both faces share; the REST headers (metadata) win over the typed
+        request's fields."""
         header_ttl = md.get(TTL_HEADER)
-        if header_ttl is None and request.result_ttl_seconds:
-            header_ttl = str(request.result_ttl_seconds)
+        if header_ttl is None and ttl_s:
+            header_ttl = str(ttl_s)
         ttl = resolve_ttl(header_ttl, self._settings.default_ttl_s, self._settings.max_ttl_s)
-        request_id = md.get("x-request-id") or request.request_id
+        request_id = md.get("x-request-id") or request_id
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidRequest(
                 f"x-request-id must be at most {MAX_REQUEST_ID_CHARS} characters",
                 param="request_id",
             )
-        job = await self._service.submit(
-            image_request,
+        return await self._service.submit(
+            request,
             ttl_s=ttl,
             request_id=request_id,
             caller=caller,
-            idempotency_key=md.get(IDEMPOTENCY_HEADER) or request.idempotency_key,
-            webhook=(md.get(WEBHOOK_HEADER) or request.webhook).strip(),
+            idempotency_key=md.get(IDEMPOTENCY_HEADER) or idempotency_key,
+            webhook=(md.get(WEBHOOK_HEADER) or webhook).strip(),
         )
-        # REST: the gateway answers every successful submit with 202 (rest.lua), which
-        # spares an initial-metadata message per submit here
-        return await self._render(job, md)
 
-    async def _parse(self, kind: Kind, request: jobs_pb2.SubmitImageJobRequest) -> ImageRequest:
-        if request.HasField("http_body"):
-            body = request.http_body
-            if len(body.data) > self._settings.max_body_bytes:
-                raise PayloadTooLarge("request body too large")
-            if body.content_type.lower().startswith("multipart/"):
-                # parsing and decoding multi-MB uploads is CPU work: off the event loop
-                return await asyncio.to_thread(
-                    parse_body, kind, body.content_type, body.data, self._limits
-                )
-            return parse_body(kind, body.content_type, body.data, self._limits)
-        if kind is not Kind.GENERATION and request.request.images:
-            return await asyncio.to_thread(from_proto, kind, request.request, self._limits)
-        return from_proto(kind, request.request, self._limits)
+    # --- reads ----------------------------------------------------------------------
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
-        job = await self._read(request.kind, request.job_id, request.wait, md, context)
-        return await self._render(job, md)
+        caller = self._auth.caller(md)
+        kind = read_kind(request.kind)
+        job = await self._read(kind, request.job_id, request.wait, caller, context)
+        return await self._typed(job, md)
 
     async def GetJobJson(
         self, request: jobs_pb2.GetJobJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         md = metadata_of(context)
-        job = await self._read(request.kind, request.job_id, request.wait, md, context)
-        return httpbody_pb2.HttpBody(
-            content_type="application/json", data=await self._render_json(job, md)
-        )
+        caller = self._auth.caller(md)
+        kind = parse_kind_or_404(request.kind)
+        job = await self._read(kind, request.job_id, request.wait, caller, context)
+        return await self._json_body(job, md)
 
     async def _read(
-        self, kind_text: str, job_id: str, wait: float, md: dict[str, str], context: Context
+        self, kind: Kind | None, job_id: str, wait: float, caller: Caller, context: Context
     ) -> Job:
         """The caller's job, after waiting up to `wait` s for it to end; 202 (REST) while
         it has not."""
-        caller = self._auth.caller(md)
-        kind = parse_kind_or_404(kind_text)
         if math.isnan(wait) or wait < 0:
             raise InvalidRequest("wait must be a number of seconds >= 0", param="wait")
         if wait > 0:
@@ -155,21 +183,62 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             await context.send_initial_metadata((("x-http-status", "202"),))
         return job
 
+    async def GetJobImage(
+        self, request: jobs_pb2.GetJobImageRequest, context: Context
+    ) -> jobs_pb2.GetJobImageResponse:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
+        obj = await self._service.image(
+            parse_kind_or_404(request.kind), request.job_id, request.index, caller
+        )
+        response = jobs_pb2.GetJobImageResponse()
+        response.image.content_type = obj.content_type
+        response.image.data = obj.data
+        return response
+
+    async def StreamJobImage(
+        self, request: jobs_pb2.StreamJobImageRequest, context: Context
+    ) -> AsyncIterator[jobs_pb2.StreamJobImageResponse]:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
+        obj = await self._service.image(
+            read_kind(request.kind), request.job_id, request.index, caller
+        )
+        size = len(obj.data)
+        for offset in range(0, max(size, 1), IMAGE_CHUNK_BYTES):  # an empty image: one chunk
+            yield jobs_pb2.StreamJobImageResponse(
+                content_type=obj.content_type,
+                size_bytes=size,
+                offset=offset,
+                data=obj.data[offset : offset + IMAGE_CHUNK_BYTES],
+            )
+
+    # --- cancel ---------------------------------------------------------------------
+
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Context) -> jobs_pb2.Job:
         md = metadata_of(context)
         caller = self._auth.caller(md)
+        job = await self._service.cancel(read_kind(request.kind), request.job_id, caller)
+        return await self._typed(job, md)
+
+    async def CancelJobJson(
+        self, request: jobs_pb2.CancelJobJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        md = metadata_of(context)
+        caller = self._auth.caller(md)
         job = await self._service.cancel(parse_kind_or_404(request.kind), request.job_id, caller)
-        return await self._render(job, md)
+        return await self._json_body(job, md)
+
+    # --- watch ----------------------------------------------------------------------
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[jobs_pb2.Job]:
         md = metadata_of(context)
         caller = self._auth.caller(md)
-        kind = parse_kind_or_404(request.kind)
-        async for job in self._service.watch(kind, request.job_id, caller):
+        async for job in self._service.watch(read_kind(request.kind), request.job_id, caller):
             if job is not None:
-                yield await self._render(job, md)
+                yield await self._typed(job, md)
 
     async def StreamJobEvents(
         self, request: jobs_pb2.StreamJobEventsRequest, context: Context
@@ -187,14 +256,18 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
                 text = f"id: {number}\nevent: job\ndata: {data}\n\n"
             yield httpbody_pb2.HttpBody(content_type=SSE_CONTENT_TYPE, data=text.encode())
 
+    # --- list -----------------------------------------------------------------------
+
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: Context
     ) -> jobs_pb2.ListJobsResponse:
         md = metadata_of(context)
-        page = await self._list(request, md)
+        caller = self._auth.caller(md)
+        status, kind = list_status(request.status), list_kind(request.kind)
+        page = await self._list(caller, status, kind, request)
         base_url = self._base_url(md)
         return jobs_pb2.ListJobsResponse(
-            jobs=[job_message(j, None, base_url, links=True) for j in page.jobs],
+            jobs=[job_message(j, None, base_url) for j in page.jobs],
             next_page_token=page.next_page_token,
         )
 
@@ -202,30 +275,26 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         self, request: jobs_pb2.ListJobsJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
         md = metadata_of(context)
-        page = await self._list(request, md)
+        caller = self._auth.caller(md)
+        status = parse_status(request.status)
+        kind = parse_kind(request.kind) if request.kind else None
+        page = await self._list(caller, status, kind, request)
         base_url = self._base_url(md)
         return httpbody_pb2.HttpBody(
-            content_type="application/json",
+            content_type=JSON_CONTENT_TYPE,
             data=list_json(
                 [job_json(j, None, base_url, links=True) for j in page.jobs], page.next_page_token
             ),
         )
 
     async def _list(
-        self, request: jobs_pb2.ListJobsRequest | jobs_pb2.ListJobsJsonRequest, md: dict[str, str]
+        self,
+        caller: Caller,
+        status: Status | None,
+        kind: Kind | None,
+        request: jobs_pb2.ListJobsRequest | jobs_pb2.ListJobsJsonRequest,
     ) -> Page:
-        """One page of the caller's jobs, after checking the filters."""
-        caller = self._auth.caller(md)
-        status = None
-        if request.status:
-            try:
-                status = Status(request.status)
-            except ValueError:
-                raise InvalidRequest(
-                    "status must be pending, processing, completed, failed or cancelled",
-                    param="status",
-                ) from None
-        kind = parse_kind(request.kind) if request.kind else None
+        """One page of the caller's jobs, after checking the page size."""
         if request.limit < 0:
             raise InvalidRequest("limit must be between 1 and 100", param="limit")
         limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -237,23 +306,11 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             page_token=request.page_token,
         )
 
-    async def GetJobImage(
-        self, request: jobs_pb2.GetJobImageRequest, context: Context
-    ) -> jobs_pb2.GetJobImageResponse:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
-        obj = await self._service.image(
-            parse_kind_or_404(request.kind), request.job_id, request.index, caller
-        )
-        response = jobs_pb2.GetJobImageResponse()
-        response.image.content_type = obj.content_type
-        response.image.data = obj.data
-        return response
+    # --- rendering ------------------------------------------------------------------
 
-    async def _images(self, job: Job) -> list[bytes] | None:
-        """The result images' bytes when the response inlines them (`b64_json`)."""
-        if job.result is None or job.request.response_format != "b64_json":
-            return None
+    async def _fetch(self, job: Job) -> list[bytes]:
+        """Every result image's bytes (JobNotFound if they expired meanwhile)."""
+        assert job.result is not None
         objects = await asyncio.gather(
             *(self._service.objects.get(i.ref.object_id) for i in job.result.images)
         )
@@ -261,15 +318,25 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
             raise JobNotFound()
         return [o.data for o in objects if o is not None]
 
-    async def _render(self, job: Job, md: dict[str, str]) -> jobs_pb2.Job:
-        return job_message(job, await self._images(job), self._base_url(md))
+    async def _typed(self, job: Job, md: dict[str, str]) -> jobs_pb2.Job:
+        """The typed Job, its images inlined when `inlines(job)`."""
+        images = await self._fetch(job) if inlines(job) else None
+        return job_message(job, images, self._base_url(md))
 
     async def _render_json(self, job: Job, md: dict[str, str]) -> bytes:
-        images = await self._images(job)
+        """The job's REST JSON; `b64_json` results inline their images."""
+        images = None
+        if job.result is not None and job.request.response_format == "b64_json":
+            images = await self._fetch(job)
         if images is not None and sum(len(i) for i in images) > LARGE_RESULT_BYTES:
             # base64 and JSON of MBs of images is CPU work: off the event loop
             return await asyncio.to_thread(job_json, job, images, self._base_url(md))
         return job_json(job, images, self._base_url(md))
+
+    async def _json_body(self, job: Job, md: dict[str, str]) -> httpbody_pb2.HttpBody:
+        return httpbody_pb2.HttpBody(
+            content_type=JSON_CONTENT_TYPE, data=await self._render_json(job, md)
+        )
 
     # --- webhooks -----------------------------------------------------------------------
 
@@ -291,21 +358,17 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         context: Context,
     ) -> list[DeliveryRecord]:
         caller = self._auth.caller(metadata_of(context))
-        kind = parse_kind_or_404(request.kind)
+        if isinstance(request, jobs_pb2.ListDeliveriesRequest):
+            kind = read_kind(request.kind)
+        else:
+            kind = parse_kind_or_404(request.kind)
         return await self._service.webhooks.list(kind, request.job_id, caller)
 
     async def Redeliver(
         self, request: jobs_pb2.RedeliverRequest, context: Context
     ) -> jobs_pb2.WebhookDelivery:
         caller = self._auth.caller(metadata_of(context))
-        kind = parse_kind_or_404(request.kind)
+        kind = read_kind(request.kind)
         return delivery_message(
             await self._service.webhooks.redeliver(kind, request.job_id, caller)
         )
-
-
-def parse_kind_or_404(value: str) -> Kind:
-    try:
-        return Kind.parse(value)
-    except ValueError:
-        raise JobNotFound() from None

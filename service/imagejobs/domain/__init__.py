@@ -5,8 +5,11 @@
     models.py     ModelRef: `provider/model`, parsed once
     keys.py       virtual keys: the stored hash and a key's policy
     images.py     what an input image must be (format, pixels), however it arrives
+    contract.py   a job's result and error as the contract's plain data
+    wire.py       the typed enums' names <-> statuses and kinds
     errors.py     the one error tree, ErrorType / ErrorCode, the contract's ErrorBody
     constants.py  defaults and fixed limits, stated once
 
-Nothing here does I/O or imports from the other layers.
+Nothing here does I/O or imports from the other layers (wire.py reads the generated
+contract's enum names, `imagejobs.v1`).
 """

@@ -1,4 +1,5 @@
-"""Virtual keys: how a key is stored (its SHA-256) and what it may do (its policy)."""
+"""Virtual keys: how a key is stored (its SHA-256), what it may do (its policy), and who a
+caller is (`Caller`: whose jobs it may see)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,24 @@ class KeyPolicy:
 
     def cap_ttl(self, ttl_s: int) -> int:
         return min(ttl_s, self.max_ttl_s) if self.max_ttl_s else ttl_s
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: `owner` is '' for anonymous callers, else a stable id; `policy` is
+    the virtual key's, when keys are configured."""
+
+    owner: str = ""
+    policy: KeyPolicy | None = None
+
+    def can_access(self, owner: str) -> bool:
+        """Whether this caller may read (or cancel) a job made by `owner`: its own, or
+        an anonymous (public) one."""
+        return owner == "" or owner == self.owner
+
+    @classmethod
+    def from_key(cls, key: str | None) -> Caller:
+        """Open mode: a presented key scopes the caller's jobs, nothing more."""
+        if not key:
+            return cls()
+        return cls(owner="k-" + key_hash(key)[:24])

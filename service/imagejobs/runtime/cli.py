@@ -1,6 +1,9 @@
-"""The `imagejobs` command: `up` runs the whole local stack; `api`, `worker`,
-`dispatcher`, `gateway` and `nats` run one component each (for real deployments, e.g.
-docker-compose.yml)."""
+"""The `imagejobs` command. Server commands: `up` runs the whole local stack; `api`,
+`worker`, `dispatcher` (webhooks), `gateway` and `nats` run one component each (for real
+deployments, e.g. docker-compose.yml); `new-key`, `hash-key` and `new-webhook-secret`
+make keys and secrets. Client commands
+(`generate`, `edit`, `vary`, `get`, `watch`, `cancel`, `jobs`) talk to a running server
+through the SDK: client_commands.py."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from imagejobs import __version__
 from imagejobs.config import Settings, load_settings
 from imagejobs.domain.errors import ConfigError, StoreUnavailable
 from imagejobs.domain.keys import key_hash
+from imagejobs.runtime.client_commands import COMMANDS as CLIENT_COMMANDS
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -55,7 +59,11 @@ def _run(coro: Any) -> None:
 )
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
-    """Asynchronous image jobs over REST (Bifrost-compatible) and gRPC."""
+    """Asynchronous image jobs over REST (Bifrost-compatible) and gRPC.
+
+    Try it: `imagejobs up` in one terminal, then
+    `imagejobs generate "a red fox" --model mock/image-1` in another.
+    """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
 
@@ -192,6 +200,9 @@ def hash_key() -> None:
         raise click.ClickException("no key on stdin")
     click.echo(key_hash(key))
 
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)
 
 # Last, after every command is registered (`python -m imagejobs` runs __main__.py instead).
 if __name__ == "__main__":

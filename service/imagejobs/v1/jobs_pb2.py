@@ -28,75 +28,101 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imagejobs/v1/jobs.proto\x12\x0cimagejobs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0bstatus_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06result\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x05\x65rror\x18\t \x01(\x0b\x32\x1b.imagejobs.v1.ErrorResponseB\x0e\n\x0c_status_code\"\xbe\x01\n\rErrorResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x18\n\x10is_bifrost_error\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x19.imagejobs.v1.ErrorDetail\x12\x34\n\x0c\x65xtra_fields\x18\x06 \x01(\x0b\x32\x1e.imagejobs.v1.ErrorExtraFields\"[\n\x0b\x45rrorDetail\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05param\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"S\n\x10\x45rrorExtraFields\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x02 \x01(\t\x12\x14\n\x0crequest_type\x18\x03 \x01(\t\"\xed\x04\n\x0cImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x01n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0f\n\x07quality\x18\x05 \x01(\t\x12\r\n\x05style\x18\x06 \x01(\t\x12\x17\n\x0fresponse_format\x18\x07 \x01(\t\x12\x12\n\nbackground\x18\x08 \x01(\t\x12\x12\n\nmoderation\x18\t \x01(\t\x12\x15\n\routput_format\x18\n \x01(\t\x12\x1f\n\x12output_compression\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0epartial_images\x18\x0c \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\r \x01(\x03H\x03\x88\x01\x01\x12\x17\n\x0fnegative_prompt\x18\x0e \x01(\t\x12 \n\x13num_inference_steps\x18\x0f \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04user\x18\x10 \x01(\t\x12\x14\n\x0cinput_images\x18\x11 \x03(\t\x12\x14\n\x0c\x61spect_ratio\x18\x12 \x01(\t\x12\x12\n\nresolution\x18\x13 \x01(\t\x12\x11\n\tfallbacks\x18\x14 \x03(\t\x12\x0e\n\x06images\x18\x15 \x03(\x0c\x12\x0c\n\x04mask\x18\x16 \x01(\x0c\x12\x0c\n\x04type\x18\x17 \x01(\t\x12\x16\n\x0einput_fidelity\x18\x18 \x01(\t\x12&\n\x05\x65xtra\x18\x19 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\n\x02_nB\x15\n\x13_output_compressionB\x11\n\x0f_partial_imagesB\x07\n\x05_seedB\x16\n\x14_num_inference_steps\"\xd5\x01\n\x15SubmitImageJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\'\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.imagejobs.v1.ImageRequest\x12\x1a\n\x12result_ttl_seconds\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x0f\n\x07webhook\x18\x07 \x01(\t\";\n\rGetJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\"?\n\x11GetJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\"0\n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"/\n\x0fWatchJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"6\n\x16StreamJobEventsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"R\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x13ListJobsJsonRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.imagejobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x12GetJobImageRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\":\n\x13GetJobImageResponse\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"5\n\x15ListDeliveriesRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"9\n\x19ListDeliveriesJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"K\n\x16ListDeliveriesResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.imagejobs.v1.WebhookDelivery\"0\n\x10RedeliverRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"\xae\x03\n\x0fWebhookDelivery\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.imagejobs.v1.WebhookDelivery.Status\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rendpoint_gone\x18\x07 \x01(\x08\x12\x16\n\x0etotal_attempts\x18\x08 \x01(\x05\x12\r\n\x05round\x18\t \x01(\x05\x12.\n\x08\x61ttempts\x18\n \x03(\x0b\x32\x1c.imagejobs.v1.WebhookAttempt\"]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_DELIVERED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\"\xbb\x02\n\x0eWebhookAttempt\x12\x30\n\x0c\x61ttempted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0bstatus_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x05\x12\x35\n\x07outcome\x18\x05 \x01(\x0e\x32$.imagejobs.v1.WebhookAttempt.Outcome\"r\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_DELIVERED\x10\x01\x12\x11\n\rOUTCOME_RETRY\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x10\n\x0cOUTCOME_GONE\x10\x04\x42\x0e\n\x0c_status_code2\xa4\x0f\n\x0fImageJobService\x12\xdf\x01\n\x0eSubmitImageJob\x12#.imagejobs.v1.SubmitImageJobRequest\x1a\x11.imagejobs.v1.Job\"\x94\x01\x82\xd3\xe4\x93\x02\x8d\x01\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\x1d/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body\x12:\n\x06GetJob\x12\x1b.imagejobs.v1.GetJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xd4\x01\n\nGetJobJson\x12\x1f.imagejobs.v1.GetJobJsonRequest\x1a\x14.google.api.HttpBody\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01\x12,/v1/async/images/{kind=generations}/{job_id}Z(\x12&/v1/async/images/{kind=edits}/{job_id}Z-\x12+/v1/async/images/{kind=variations}/{job_id}\x12\xa5\x02\n\x0bGetJobImage\x12 .imagejobs.v1.GetJobImageRequest\x1a!.imagejobs.v1.GetJobImageResponse\"\xd0\x01\x82\xd3\xe4\x93\x02\xc9\x01\x12;/v1/async/images/{kind=generations}/{job_id}/images/{index}Z>\x12\x35/v1/async/images/{kind=edits}/{job_id}/images/{index}b\x05imageZC\x12:/v1/async/images/{kind=variations}/{job_id}/images/{index}b\x05imageb\x05image\x12\xcf\x01\n\tCancelJob\x12\x1e.imagejobs.v1.CancelJobRequest\x1a\x11.imagejobs.v1.Job\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}\x12@\n\x08WatchJob\x12\x1d.imagejobs.v1.WatchJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x30\x01\x12\xf5\x01\n\x0fStreamJobEvents\x12$.imagejobs.v1.StreamJobEventsRequest\x1a\x14.google.api.HttpBody\"\xa3\x01\x82\xd3\xe4\x93\x02\x9c\x01\x12\x33/v1/async/images/{kind=generations}/{job_id}/eventsZ/\x12-/v1/async/images/{kind=edits}/{job_id}/eventsZ4\x12\x32/v1/async/images/{kind=variations}/{job_id}/events0\x01\x12K\n\x08ListJobs\x12\x1d.imagejobs.v1.ListJobsRequest\x1a\x1e.imagejobs.v1.ListJobsResponse\"\x00\x12\x66\n\x0cListJobsJson\x12!.imagejobs.v1.ListJobsJsonRequest\x1a\x14.google.api.HttpBody\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/async/images/jobs\x12]\n\x0eListDeliveries\x12#.imagejobs.v1.ListDeliveriesRequest\x1a$.imagejobs.v1.ListDeliveriesResponse\"\x00\x12\x85\x02\n\x12ListDeliveriesJson\x12\'.imagejobs.v1.ListDeliveriesJsonRequest\x1a\x14.google.api.HttpBody\"\xaf\x01\x82\xd3\xe4\x93\x02\xa8\x01\x12\x37/v1/async/images/{kind=generations}/{job_id}/deliveriesZ3\x12\x31/v1/async/images/{kind=edits}/{job_id}/deliveriesZ8\x12\x36/v1/async/images/{kind=variations}/{job_id}/deliveries\x12L\n\tRedeliver\x12\x1e.imagejobs.v1.RedeliverRequest\x1a\x1d.imagejobs.v1.WebhookDelivery\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imagejobs/v1/jobs.proto\x12\x0cimagejobs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\n \x01(\x0e\x32\x17.imagejobs.v1.JobStatus\x12#\n\x04kind\x18\x0b \x01(\x0e\x32\x15.imagejobs.v1.JobKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0bstatus_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x06result\x18\x0c \x01(\x0b\x32\x17.imagejobs.v1.JobResult\x12*\n\x05\x65rror\x18\t \x01(\x0b\x32\x1b.imagejobs.v1.ErrorResponseB\x0e\n\x0c_status_codeJ\x04\x08\x03\x10\x04J\x04\x08\x08\x10\t\"\xec\x01\n\tJobResult\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x03\x12)\n\x06images\x18\x02 \x03(\x0b\x32\x19.imagejobs.v1.ResultImage\x12\x12\n\nbackground\x18\x03 \x01(\t\x12\x15\n\routput_format\x18\x04 \x01(\t\x12\x0f\n\x07quality\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\t\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.imagejobs.v1.Usage\x12\x35\n\x0c\x65xtra_fields\x18\x08 \x01(\x0b\x32\x1f.imagejobs.v1.ResultExtraFields\"v\n\x0bResultImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x16\n\x0erevised_prompt\x18\x04 \x01(\t\x12\x11\n\tmime_type\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"\x9c\x02\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x38\n\x14input_tokens_details\x18\x04 \x01(\x0b\x32\x1a.imagejobs.v1.TokenDetails\x12\x39\n\x15output_tokens_details\x18\x05 \x01(\x0b\x32\x1a.imagejobs.v1.TokenDetails\x12-\n\x05other\x18\x06 \x03(\x0b\x32\x1e.imagejobs.v1.Usage.OtherEntry\x1a,\n\nOtherEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"9\n\x0cTokenDetails\x12\x13\n\x0btext_tokens\x18\x01 \x01(\x03\x12\x14\n\x0cimage_tokens\x18\x02 \x01(\x03\"|\n\x11ResultExtraFields\x12\x14\n\x0crequest_type\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x03 \x01(\t\x12\x12\n\nmodel_used\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x03\"\xbe\x01\n\rErrorResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x18\n\x10is_bifrost_error\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\x05\x12(\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x19.imagejobs.v1.ErrorDetail\x12\x34\n\x0c\x65xtra_fields\x18\x06 \x01(\x0b\x32\x1e.imagejobs.v1.ErrorExtraFields\"[\n\x0b\x45rrorDetail\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05param\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"S\n\x10\x45rrorExtraFields\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x02 \x01(\t\x12\x14\n\x0crequest_type\x18\x03 \x01(\t\"\xed\x04\n\x0cImageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x01n\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0f\n\x07quality\x18\x05 \x01(\t\x12\r\n\x05style\x18\x06 \x01(\t\x12\x17\n\x0fresponse_format\x18\x07 \x01(\t\x12\x12\n\nbackground\x18\x08 \x01(\t\x12\x12\n\nmoderation\x18\t \x01(\t\x12\x15\n\routput_format\x18\n \x01(\t\x12\x1f\n\x12output_compression\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0epartial_images\x18\x0c \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\r \x01(\x03H\x03\x88\x01\x01\x12\x17\n\x0fnegative_prompt\x18\x0e \x01(\t\x12 \n\x13num_inference_steps\x18\x0f \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04user\x18\x10 \x01(\t\x12\x14\n\x0cinput_images\x18\x11 \x03(\t\x12\x14\n\x0c\x61spect_ratio\x18\x12 \x01(\t\x12\x12\n\nresolution\x18\x13 \x01(\t\x12\x11\n\tfallbacks\x18\x14 \x03(\t\x12\x0e\n\x06images\x18\x15 \x03(\x0c\x12\x0c\n\x04mask\x18\x16 \x01(\x0c\x12\x0c\n\x04type\x18\x17 \x01(\t\x12\x16\n\x0einput_fidelity\x18\x18 \x01(\t\x12&\n\x05\x65xtra\x18\x19 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\n\x02_nB\x15\n\x13_output_compressionB\x11\n\x0f_partial_imagesB\x07\n\x05_seedB\x16\n\x14_num_inference_steps\"\xda\x01\n\x15SubmitImageJobRequest\x12#\n\x04kind\x18\x07 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.imagejobs.v1.ImageRequest\x12\x1a\n\x12result_ttl_seconds\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x0f\n\x07webhook\x18\x08 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03R\thttp_body\"R\n\x19SubmitImageJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\'\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBody\"X\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.imagejobs.v1.JobKindJ\x04\x08\x01\x10\x02\"?\n\x11GetJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x01\"M\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.imagejobs.v1.JobKindJ\x04\x08\x01\x10\x02\"4\n\x14\x43\x61ncelJobJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"L\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.imagejobs.v1.JobKindJ\x04\x08\x01\x10\x02\"6\n\x16StreamJobEventsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"\x8e\x01\n\x0fListJobsRequest\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.imagejobs.v1.JobStatus\x12#\n\x04kind\x18\x06 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"V\n\x13ListJobsJsonRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.imagejobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x12GetJobImageRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\":\n\x13GetJobImageResponse\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"L\n\x15ListDeliveriesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\"9\n\x19ListDeliveriesJsonRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"K\n\x16ListDeliveriesResponse\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.imagejobs.v1.WebhookDelivery\"G\n\x10RedeliverRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\"\xae\x03\n\x0fWebhookDelivery\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.imagejobs.v1.WebhookDelivery.Status\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rendpoint_gone\x18\x07 \x01(\x08\x12\x16\n\x0etotal_attempts\x18\x08 \x01(\x05\x12\r\n\x05round\x18\t \x01(\x05\x12.\n\x08\x61ttempts\x18\n \x03(\x0b\x32\x1c.imagejobs.v1.WebhookAttempt\"]\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_PENDING\x10\x01\x12\x14\n\x10STATUS_DELIVERED\x10\x02\x12\x11\n\rSTATUS_FAILED\x10\x03\"\xbb\x02\n\x0eWebhookAttempt\x12\x30\n\x0c\x61ttempted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0bstatus_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x05\x12\x35\n\x07outcome\x18\x05 \x01(\x0e\x32$.imagejobs.v1.WebhookAttempt.Outcome\"r\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_DELIVERED\x10\x01\x12\x11\n\rOUTCOME_RETRY\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x10\n\x0cOUTCOME_GONE\x10\x04\x42\x0e\n\x0c_status_code\"[\n\x15StreamJobImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.imagejobs.v1.JobKind\"`\n\x16StreamJobImageResponse\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\xa5\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x19\n\x15JOB_STATUS_PROCESSING\x10\x02\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05*g\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_KIND_GENERATION\x10\x01\x12\x11\n\rJOB_KIND_EDIT\x10\x02\x12\x16\n\x12JOB_KIND_VARIATION\x10\x03\x32\xa9\x11\n\x0fImageJobService\x12J\n\x0eSubmitImageJob\x12#.imagejobs.v1.SubmitImageJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xea\x01\n\x12SubmitImageJobJson\x12\'.imagejobs.v1.SubmitImageJobJsonRequest\x1a\x14.google.api.HttpBody\"\x94\x01\x82\xd3\xe4\x93\x02\x8d\x01\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\x1d/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body\x12:\n\x06GetJob\x12\x1b.imagejobs.v1.GetJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xd4\x01\n\nGetJobJson\x12\x1f.imagejobs.v1.GetJobJsonRequest\x1a\x14.google.api.HttpBody\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01\x12,/v1/async/images/{kind=generations}/{job_id}Z(\x12&/v1/async/images/{kind=edits}/{job_id}Z-\x12+/v1/async/images/{kind=variations}/{job_id}\x12\xa5\x02\n\x0bGetJobImage\x12 .imagejobs.v1.GetJobImageRequest\x1a!.imagejobs.v1.GetJobImageResponse\"\xd0\x01\x82\xd3\xe4\x93\x02\xc9\x01\x12;/v1/async/images/{kind=generations}/{job_id}/images/{index}Z>\x12\x35/v1/async/images/{kind=edits}/{job_id}/images/{index}b\x05imageZC\x12:/v1/async/images/{kind=variations}/{job_id}/images/{index}b\x05imageb\x05image\x12_\n\x0eStreamJobImage\x12#.imagejobs.v1.StreamJobImageRequest\x1a$.imagejobs.v1.StreamJobImageResponse\"\x00\x30\x01\x12@\n\tCancelJob\x12\x1e.imagejobs.v1.CancelJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x12\xda\x01\n\rCancelJobJson\x12\".imagejobs.v1.CancelJobJsonRequest\x1a\x14.google.api.HttpBody\"\x8e\x01\x82\xd3\xe4\x93\x02\x87\x01*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}\x12@\n\x08WatchJob\x12\x1d.imagejobs.v1.WatchJobRequest\x1a\x11.imagejobs.v1.Job\"\x00\x30\x01\x12\xf5\x01\n\x0fStreamJobEvents\x12$.imagejobs.v1.StreamJobEventsRequest\x1a\x14.google.api.HttpBody\"\xa3\x01\x82\xd3\xe4\x93\x02\x9c\x01\x12\x33/v1/async/images/{kind=generations}/{job_id}/eventsZ/\x12-/v1/async/images/{kind=edits}/{job_id}/eventsZ4\x12\x32/v1/async/images/{kind=variations}/{job_id}/events0\x01\x12K\n\x08ListJobs\x12\x1d.imagejobs.v1.ListJobsRequest\x1a\x1e.imagejobs.v1.ListJobsResponse\"\x00\x12\x66\n\x0cListJobsJson\x12!.imagejobs.v1.ListJobsJsonRequest\x1a\x14.google.api.HttpBody\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/async/images/jobs\x12]\n\x0eListDeliveries\x12#.imagejobs.v1.ListDeliveriesRequest\x1a$.imagejobs.v1.ListDeliveriesResponse\"\x00\x12\x85\x02\n\x12ListDeliveriesJson\x12\'.imagejobs.v1.ListDeliveriesJsonRequest\x1a\x14.google.api.HttpBody\"\xaf\x01\x82\xd3\xe4\x93\x02\xa8\x01\x12\x37/v1/async/images/{kind=generations}/{job_id}/deliveriesZ3\x12\x31/v1/async/images/{kind=edits}/{job_id}/deliveriesZ8\x12\x36/v1/async/images/{kind=variations}/{job_id}/deliveries\x12L\n\tRedeliver\x12\x1e.imagejobs.v1.RedeliverRequest\x1a\x1d.imagejobs.v1.WebhookDelivery\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagejobs.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJob']._loaded_options = None
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJob']._serialized_options = b'\202\323\344\223\002\215\001\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\035/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body'
+  _globals['_USAGE_OTHERENTRY']._loaded_options = None
+  _globals['_USAGE_OTHERENTRY']._serialized_options = b'8\001'
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJobJson']._loaded_options = None
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['SubmitImageJobJson']._serialized_options = b'\202\323\344\223\002\215\001\"#/v1/async/images/{kind=generations}:\thttp_bodyZ*\"\035/v1/async/images/{kind=edits}:\thttp_bodyZ/\"\"/v1/async/images/{kind=variations}:\thttp_body'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobJson']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobJson']._serialized_options = b'\202\323\344\223\002\207\001\022,/v1/async/images/{kind=generations}/{job_id}Z(\022&/v1/async/images/{kind=edits}/{job_id}Z-\022+/v1/async/images/{kind=variations}/{job_id}'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobImage']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['GetJobImage']._serialized_options = b'\202\323\344\223\002\311\001\022;/v1/async/images/{kind=generations}/{job_id}/images/{index}Z>\0225/v1/async/images/{kind=edits}/{job_id}/images/{index}b\005imageZC\022:/v1/async/images/{kind=variations}/{job_id}/images/{index}b\005imageb\005image'
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJob']._loaded_options = None
-  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\202\323\344\223\002\207\001*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}'
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJobJson']._loaded_options = None
+  _globals['_IMAGEJOBSERVICE'].methods_by_name['CancelJobJson']._serialized_options = b'\202\323\344\223\002\207\001*,/v1/async/images/{kind=generations}/{job_id}Z(*&/v1/async/images/{kind=edits}/{job_id}Z-*+/v1/async/images/{kind=variations}/{job_id}'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['StreamJobEvents']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['StreamJobEvents']._serialized_options = b'\202\323\344\223\002\234\001\0223/v1/async/images/{kind=generations}/{job_id}/eventsZ/\022-/v1/async/images/{kind=edits}/{job_id}/eventsZ4\0222/v1/async/images/{kind=variations}/{job_id}/events'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['ListJobsJson']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['ListJobsJson']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/async/images/jobs'
   _globals['_IMAGEJOBSERVICE'].methods_by_name['ListDeliveriesJson']._loaded_options = None
   _globals['_IMAGEJOBSERVICE'].methods_by_name['ListDeliveriesJson']._serialized_options = b'\202\323\344\223\002\250\001\0227/v1/async/images/{kind=generations}/{job_id}/deliveriesZ3\0221/v1/async/images/{kind=edits}/{job_id}/deliveriesZ8\0226/v1/async/images/{kind=variations}/{job_id}/deliveries'
+  _globals['_JOBSTATUS']._serialized_start=4785
+  _globals['_JOBSTATUS']._serialized_end=4950
+  _globals['_JOBKIND']._serialized_start=4952
+  _globals['_JOBKIND']._serialized_end=5055
   _globals['_JOB']._serialized_start=162
-  _globals['_JOB']._serialized_end=488
-  _globals['_ERRORRESPONSE']._serialized_start=491
-  _globals['_ERRORRESPONSE']._serialized_end=681
-  _globals['_ERRORDETAIL']._serialized_start=683
-  _globals['_ERRORDETAIL']._serialized_end=774
-  _globals['_ERROREXTRAFIELDS']._serialized_start=776
-  _globals['_ERROREXTRAFIELDS']._serialized_end=859
-  _globals['_IMAGEREQUEST']._serialized_start=862
-  _globals['_IMAGEREQUEST']._serialized_end=1483
-  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_start=1486
-  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_end=1699
-  _globals['_GETJOBREQUEST']._serialized_start=1701
-  _globals['_GETJOBREQUEST']._serialized_end=1760
-  _globals['_GETJOBJSONREQUEST']._serialized_start=1762
-  _globals['_GETJOBJSONREQUEST']._serialized_end=1825
-  _globals['_CANCELJOBREQUEST']._serialized_start=1827
-  _globals['_CANCELJOBREQUEST']._serialized_end=1875
-  _globals['_WATCHJOBREQUEST']._serialized_start=1877
-  _globals['_WATCHJOBREQUEST']._serialized_end=1924
-  _globals['_STREAMJOBEVENTSREQUEST']._serialized_start=1926
-  _globals['_STREAMJOBEVENTSREQUEST']._serialized_end=1980
-  _globals['_LISTJOBSREQUEST']._serialized_start=1982
-  _globals['_LISTJOBSREQUEST']._serialized_end=2064
-  _globals['_LISTJOBSJSONREQUEST']._serialized_start=2066
-  _globals['_LISTJOBSJSONREQUEST']._serialized_end=2152
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2154
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2230
-  _globals['_GETJOBIMAGEREQUEST']._serialized_start=2232
-  _globals['_GETJOBIMAGEREQUEST']._serialized_end=2297
-  _globals['_GETJOBIMAGERESPONSE']._serialized_start=2299
-  _globals['_GETJOBIMAGERESPONSE']._serialized_end=2357
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=2359
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=2412
-  _globals['_LISTDELIVERIESJSONREQUEST']._serialized_start=2414
-  _globals['_LISTDELIVERIESJSONREQUEST']._serialized_end=2471
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=2473
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=2548
-  _globals['_REDELIVERREQUEST']._serialized_start=2550
-  _globals['_REDELIVERREQUEST']._serialized_end=2598
-  _globals['_WEBHOOKDELIVERY']._serialized_start=2601
-  _globals['_WEBHOOKDELIVERY']._serialized_end=3031
-  _globals['_WEBHOOKDELIVERY_STATUS']._serialized_start=2938
-  _globals['_WEBHOOKDELIVERY_STATUS']._serialized_end=3031
-  _globals['_WEBHOOKATTEMPT']._serialized_start=3034
-  _globals['_WEBHOOKATTEMPT']._serialized_end=3349
-  _globals['_WEBHOOKATTEMPT_OUTCOME']._serialized_start=3219
-  _globals['_WEBHOOKATTEMPT_OUTCOME']._serialized_end=3333
-  _globals['_IMAGEJOBSERVICE']._serialized_start=3352
-  _globals['_IMAGEJOBSERVICE']._serialized_end=5308
+  _globals['_JOB']._serialized_end=562
+  _globals['_JOBRESULT']._serialized_start=565
+  _globals['_JOBRESULT']._serialized_end=801
+  _globals['_RESULTIMAGE']._serialized_start=803
+  _globals['_RESULTIMAGE']._serialized_end=921
+  _globals['_USAGE']._serialized_start=924
+  _globals['_USAGE']._serialized_end=1208
+  _globals['_USAGE_OTHERENTRY']._serialized_start=1164
+  _globals['_USAGE_OTHERENTRY']._serialized_end=1208
+  _globals['_TOKENDETAILS']._serialized_start=1210
+  _globals['_TOKENDETAILS']._serialized_end=1267
+  _globals['_RESULTEXTRAFIELDS']._serialized_start=1269
+  _globals['_RESULTEXTRAFIELDS']._serialized_end=1393
+  _globals['_ERRORRESPONSE']._serialized_start=1396
+  _globals['_ERRORRESPONSE']._serialized_end=1586
+  _globals['_ERRORDETAIL']._serialized_start=1588
+  _globals['_ERRORDETAIL']._serialized_end=1679
+  _globals['_ERROREXTRAFIELDS']._serialized_start=1681
+  _globals['_ERROREXTRAFIELDS']._serialized_end=1764
+  _globals['_IMAGEREQUEST']._serialized_start=1767
+  _globals['_IMAGEREQUEST']._serialized_end=2388
+  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_start=2391
+  _globals['_SUBMITIMAGEJOBREQUEST']._serialized_end=2609
+  _globals['_SUBMITIMAGEJOBJSONREQUEST']._serialized_start=2611
+  _globals['_SUBMITIMAGEJOBJSONREQUEST']._serialized_end=2693
+  _globals['_GETJOBREQUEST']._serialized_start=2695
+  _globals['_GETJOBREQUEST']._serialized_end=2783
+  _globals['_GETJOBJSONREQUEST']._serialized_start=2785
+  _globals['_GETJOBJSONREQUEST']._serialized_end=2848
+  _globals['_CANCELJOBREQUEST']._serialized_start=2850
+  _globals['_CANCELJOBREQUEST']._serialized_end=2927
+  _globals['_CANCELJOBJSONREQUEST']._serialized_start=2929
+  _globals['_CANCELJOBJSONREQUEST']._serialized_end=2981
+  _globals['_WATCHJOBREQUEST']._serialized_start=2983
+  _globals['_WATCHJOBREQUEST']._serialized_end=3059
+  _globals['_STREAMJOBEVENTSREQUEST']._serialized_start=3061
+  _globals['_STREAMJOBEVENTSREQUEST']._serialized_end=3115
+  _globals['_LISTJOBSREQUEST']._serialized_start=3118
+  _globals['_LISTJOBSREQUEST']._serialized_end=3260
+  _globals['_LISTJOBSJSONREQUEST']._serialized_start=3262
+  _globals['_LISTJOBSJSONREQUEST']._serialized_end=3348
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3350
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3426
+  _globals['_GETJOBIMAGEREQUEST']._serialized_start=3428
+  _globals['_GETJOBIMAGEREQUEST']._serialized_end=3493
+  _globals['_GETJOBIMAGERESPONSE']._serialized_start=3495
+  _globals['_GETJOBIMAGERESPONSE']._serialized_end=3553
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=3555
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=3631
+  _globals['_LISTDELIVERIESJSONREQUEST']._serialized_start=3633
+  _globals['_LISTDELIVERIESJSONREQUEST']._serialized_end=3690
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=3692
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=3767
+  _globals['_REDELIVERREQUEST']._serialized_start=3769
+  _globals['_REDELIVERREQUEST']._serialized_end=3840
+  _globals['_WEBHOOKDELIVERY']._serialized_start=3843
+  _globals['_WEBHOOKDELIVERY']._serialized_end=4273
+  _globals['_WEBHOOKDELIVERY_STATUS']._serialized_start=4180
+  _globals['_WEBHOOKDELIVERY_STATUS']._serialized_end=4273
+  _globals['_WEBHOOKATTEMPT']._serialized_start=4276
+  _globals['_WEBHOOKATTEMPT']._serialized_end=4591
+  _globals['_WEBHOOKATTEMPT_OUTCOME']._serialized_start=4461
+  _globals['_WEBHOOKATTEMPT_OUTCOME']._serialized_end=4575
+  _globals['_STREAMJOBIMAGEREQUEST']._serialized_start=4593
+  _globals['_STREAMJOBIMAGEREQUEST']._serialized_end=4684
+  _globals['_STREAMJOBIMAGERESPONSE']._serialized_start=4686
+  _globals['_STREAMJOBIMAGERESPONSE']._serialized_end=4782
+  _globals['_IMAGEJOBSERVICE']._serialized_start=5058
+  _globals['_IMAGEJOBSERVICE']._serialized_end=7275
 # @@protoc_insertion_point(module_scope)

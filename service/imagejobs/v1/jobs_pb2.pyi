@@ -22,15 +22,85 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _JobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATUS_UNSPECIFIED: _JobStatus.ValueType  # 0
+    """Never on a job. In ListJobsRequest: any status."""
+    JOB_STATUS_PENDING: _JobStatus.ValueType  # 1
+    """Accepted and queued; no worker has it yet."""
+    JOB_STATUS_PROCESSING: _JobStatus.ValueType  # 2
+    """A worker is running it (again, after a worker crash)."""
+    JOB_STATUS_COMPLETED: _JobStatus.ValueType  # 3
+    """Terminal: `result` holds the images."""
+    JOB_STATUS_FAILED: _JobStatus.ValueType  # 4
+    """Terminal: `error` says why."""
+    JOB_STATUS_CANCELLED: _JobStatus.ValueType  # 5
+    """Terminal: cancelled by its caller (`status_code` 499, error code `cancelled`)."""
+
+class JobStatus(_JobStatus, metaclass=_JobStatusEnumTypeWrapper):
+    """A job's state. REST prints the lowercase word after the prefix (`pending`, …).
+
+        pending -> processing -> completed | failed | cancelled   (pending -> failed | cancelled too)
+    """
+
+JOB_STATUS_UNSPECIFIED: JobStatus.ValueType  # 0
+"""Never on a job. In ListJobsRequest: any status."""
+JOB_STATUS_PENDING: JobStatus.ValueType  # 1
+"""Accepted and queued; no worker has it yet."""
+JOB_STATUS_PROCESSING: JobStatus.ValueType  # 2
+"""A worker is running it (again, after a worker crash)."""
+JOB_STATUS_COMPLETED: JobStatus.ValueType  # 3
+"""Terminal: `result` holds the images."""
+JOB_STATUS_FAILED: JobStatus.ValueType  # 4
+"""Terminal: `error` says why."""
+JOB_STATUS_CANCELLED: JobStatus.ValueType  # 5
+"""Terminal: cancelled by its caller (`status_code` 499, error code `cancelled`)."""
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+class _JobKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_KIND_UNSPECIFIED: _JobKind.ValueType  # 0
+    """In reads: any kind. A submit must name one."""
+    JOB_KIND_GENERATION: _JobKind.ValueType  # 1
+    """Images from a prompt (`/v1/async/images/generations`)."""
+    JOB_KIND_EDIT: _JobKind.ValueType  # 2
+    """Input images changed by a prompt, optionally within a mask (`/edits`)."""
+    JOB_KIND_VARIATION: _JobKind.ValueType  # 3
+    """Variations of one input image (`/variations`)."""
+
+class JobKind(_JobKind, metaclass=_JobKindEnumTypeWrapper):
+    """What a job does; REST names it by its path segment (`generations`, `edits`,
+    `variations`).
+    """
+
+JOB_KIND_UNSPECIFIED: JobKind.ValueType  # 0
+"""In reads: any kind. A submit must name one."""
+JOB_KIND_GENERATION: JobKind.ValueType  # 1
+"""Images from a prompt (`/v1/async/images/generations`)."""
+JOB_KIND_EDIT: JobKind.ValueType  # 2
+"""Input images changed by a prompt, optionally within a mask (`/edits`)."""
+JOB_KIND_VARIATION: JobKind.ValueType  # 3
+"""Variations of one input image (`/variations`)."""
+Global___JobKind: _TypeAlias = JobKind  # noqa: Y015
+
 @_typing.final
 class Job(_message.Message):
-    """A job, as the REST contract prints it. Unset fields are omitted."""
+    """A job. Unset fields are unset (REST omits them)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
@@ -40,14 +110,18 @@ class Job(_message.Message):
     id: _builtins.str
     """Random UUIDv4."""
     request_id: _builtins.str
-    """The submit's `x-request-id` header, or a generated UUID."""
-    status: _builtins.str
-    """`pending`, `processing`, `completed`, `failed` or `cancelled`."""
+    """The submit's `x-request-id` metadata or `request_id`, or a generated UUID."""
+    status: Global___JobStatus.ValueType
+    """Where the job is in its life."""
+    kind: Global___JobKind.ValueType
+    """What the job does."""
     status_code: _builtins.int
-    """Terminal only: 200 on success; else the upstream HTTP status, or 500."""
+    """Terminal only: 200 on success; else the upstream HTTP status, 499 when cancelled, or
+    500.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
-        """When the job was accepted."""
+        """When the job was accepted (millisecond precision)."""
 
     @_builtins.property
     def completed_at(self) -> _timestamp_pb2.Timestamp:
@@ -58,8 +132,8 @@ class Job(_message.Message):
         """Terminal only: `completed_at` + the result TTL; the job is gone after it."""
 
     @_builtins.property
-    def result(self) -> _struct_pb2.Struct:
-        """Completed only: the images response (`created`, `data`, `usage`, `extra_fields`, …)."""
+    def result(self) -> Global___JobResult:
+        """Completed only: the images response."""
 
     @_builtins.property
     def error(self) -> Global___ErrorResponse:
@@ -70,23 +144,263 @@ class Job(_message.Message):
         *,
         id: _builtins.str = ...,
         request_id: _builtins.str = ...,
-        status: _builtins.str = ...,
+        status: Global___JobStatus.ValueType = ...,
+        kind: Global___JobKind.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         completed_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         status_code: _builtins.int | None = ...,
-        result: _struct_pb2.Struct | None = ...,
+        result: Global___JobResult | None = ...,
         error: Global___ErrorResponse | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_status_code", b"_status_code", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "result", b"result", "status_code", b"status_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status_code", b"_status_code", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "id", b"id", "request_id", b"request_id", "result", b"result", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status_code", b"_status_code", "completed_at", b"completed_at", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "id", b"id", "kind", b"kind", "request_id", b"request_id", "result", b"result", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__status_code: _TypeAlias = _typing.Literal["status_code"]  # noqa: Y015
     _WhichOneofArgType__status_code: _TypeAlias = _typing.Literal["_status_code", b"_status_code"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__status_code) -> _WhichOneofReturnType__status_code | None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobResult(_message.Message):
+    """A completed job's images response: REST's `result`, typed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELDS_FIELD_NUMBER: _builtins.int
+    created: _builtins.int
+    """When the provider answered, in seconds since the Unix epoch."""
+    background: _builtins.str
+    """As the provider reported them, when it did (e.g. `opaque`, `png`, `high`,
+    `1024x1024`); empty otherwise.
+    """
+    output_format: _builtins.str
+    """The images' format: `png`, `jpeg` or `webp`."""
+    quality: _builtins.str
+    """The quality the provider used."""
+    size: _builtins.str
+    """`WxH` as the provider reported it."""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultImage]:
+        """The images, in order (REST's `data`)."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Token counts, when the provider reported them."""
+
+    @_builtins.property
+    def extra_fields(self) -> Global___ResultExtraFields:
+        """Who served the job and how long it took."""
+
+    def __init__(
+        self,
+        *,
+        created: _builtins.int = ...,
+        images: _abc.Iterable[Global___ResultImage] | None = ...,
+        background: _builtins.str = ...,
+        output_format: _builtins.str = ...,
+        quality: _builtins.str = ...,
+        size: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        extra_fields: Global___ResultExtraFields | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extra_fields", b"extra_fields", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "created", b"created", "extra_fields", b"extra_fields", "images", b"images", "output_format", b"output_format", "quality", b"quality", "size", b"size", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class ResultImage(_message.Message):
+    """One result image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    REVISED_PROMPT_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its place in `JobResult.images` (and in the image RPCs' `index`)."""
+    data: _builtins.bytes
+    """The raw image bytes (not base64). Empty when not inlined: in ListJobs answers, when
+    the request asked for `url`, or when the job's images total more than 3 MiB. Then
+    fetch it with StreamJobImage.
+    """
+    url: _builtins.str
+    """The image's REST route (`/v1/async/images/{kind}/{id}/images/{index}`), valid until
+    the job expires.
+    """
+    revised_prompt: _builtins.str
+    """The prompt the provider actually used, when it rewrote it."""
+    mime_type: _builtins.str
+    """e.g. `image/png`."""
+    size_bytes: _builtins.int
+    """The image's size in bytes (also when `data` is empty)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        url: _builtins.str = ...,
+        revised_prompt: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "mime_type", b"mime_type", "revised_prompt", b"revised_prompt", "size_bytes", b"size_bytes", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultImage: _TypeAlias = ResultImage  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """Token counts as the provider reported them (REST prints them as the provider did)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OtherEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    OTHER_FIELD_NUMBER: _builtins.int
+    input_tokens: _builtins.int
+    """Tokens of the prompt and input images."""
+    output_tokens: _builtins.int
+    """Tokens of the output images."""
+    total_tokens: _builtins.int
+    """input + output."""
+    @_builtins.property
+    def input_tokens_details(self) -> Global___TokenDetails:
+        """The input tokens by modality, when reported."""
+
+    @_builtins.property
+    def output_tokens_details(self) -> Global___TokenDetails:
+        """The output tokens by modality, when reported."""
+
+    @_builtins.property
+    def other(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Any other whole-number counter the provider reported (e.g. xAI's
+        `cost_in_usd_ticks`), by its name.
+        """
+
+    def __init__(
+        self,
+        *,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        input_tokens_details: Global___TokenDetails | None = ...,
+        output_tokens_details: Global___TokenDetails | None = ...,
+        other: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_tokens_details", b"input_tokens_details", "output_tokens_details", b"output_tokens_details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "input_tokens_details", b"input_tokens_details", "other", b"other", "output_tokens", b"output_tokens", "output_tokens_details", b"output_tokens_details", "total_tokens", b"total_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class TokenDetails(_message.Message):
+    """Tokens by modality."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_TOKENS_FIELD_NUMBER: _builtins.int
+    IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
+    text_tokens: _builtins.int
+    """Text tokens."""
+    image_tokens: _builtins.int
+    """Image tokens."""
+    def __init__(
+        self,
+        *,
+        text_tokens: _builtins.int = ...,
+        image_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_tokens", b"image_tokens", "text_tokens", b"text_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenDetails: _TypeAlias = TokenDetails  # noqa: Y015
+
+@_typing.final
+class ResultExtraFields(_message.Message):
+    """A result's `extra_fields`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_TYPE_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    MODEL_USED_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    request_type: _builtins.str
+    """`image_generation`, `image_edit` or `image_variation`."""
+    provider: _builtins.str
+    """The provider that served the job (a fallback's, when one did)."""
+    model_requested: _builtins.str
+    """The model as requested, without the provider prefix."""
+    model_used: _builtins.str
+    """The model that served it (a fallback's, when one did)."""
+    latency_ms: _builtins.int
+    """The provider call's duration in milliseconds (REST's `latency`)."""
+    def __init__(
+        self,
+        *,
+        request_type: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        model_requested: _builtins.str = ...,
+        model_used: _builtins.str = ...,
+        latency_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_ms", b"latency_ms", "model_requested", b"model_requested", "model_used", b"model_used", "provider", b"provider", "request_type", b"request_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultExtraFields: _TypeAlias = ResultExtraFields  # noqa: Y015
 
 @_typing.final
 class ErrorResponse(_message.Message):
@@ -356,22 +670,21 @@ class SubmitImageJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
-    HTTP_BODY_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     RESULT_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """`generations`, `edits` or `variations` (bound from the REST path)."""
+    kind: Global___JobKind.ValueType
+    """What to do; required."""
     result_ttl_seconds: _builtins.int
     """Seconds to keep the result after completion; 0 = the server default."""
     request_id: _builtins.str
     """Correlation id; a UUID is generated when empty."""
     idempotency_key: _builtins.str
     """Makes the submit idempotent for 24 h per caller: the same key with the same request
-    returns the same job; with a different request it is ALREADY_EXISTS (HTTP 409).
-    REST clients send the `Idempotency-Key` header instead.
+    returns the same job; with a different request it is ALREADY_EXISTS. A client
+    should send a fresh UUID per logical submit and the same one on each retry.
     """
     webhook: _builtins.str
     """The name of a configured webhook endpoint to call when the job ends (its events
@@ -379,31 +692,54 @@ class SubmitImageJobRequest(_message.Message):
     REST clients send the `x-bf-async-webhook` header instead.
     """
     @_builtins.property
-    def http_body(self) -> _httpbody_pb2.HttpBody:
-        """REST: the raw request body with its content type."""
-
-    @_builtins.property
     def request(self) -> Global___ImageRequest:
-        """gRPC: the typed request (used when `http_body` is empty)."""
+        """The typed request."""
 
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
-        http_body: _httpbody_pb2.HttpBody | None = ...,
+        kind: Global___JobKind.ValueType = ...,
         request: Global___ImageRequest | None = ...,
         result_ttl_seconds: _builtins.int = ...,
         request_id: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         webhook: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "idempotency_key", b"idempotency_key", "kind", b"kind", "request", b"request", "request_id", b"request_id", "result_ttl_seconds", b"result_ttl_seconds", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "kind", b"kind", "request", b"request", "request_id", b"request_id", "result_ttl_seconds", b"result_ttl_seconds", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitImageJobRequest: _TypeAlias = SubmitImageJobRequest  # noqa: Y015
+
+@_typing.final
+class SubmitImageJobJsonRequest(_message.Message):
+    """Request for SubmitImageJobJson (REST)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations` (bound from the REST path)."""
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody:
+        """The raw request body with its content type."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitImageJobJsonRequest: _TypeAlias = SubmitImageJobJsonRequest  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):
@@ -411,23 +747,23 @@ class GetJobRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KIND_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """`generations`, `edits` or `variations`; must match the job's kind."""
+    KIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id."""
     wait: _builtins.float
     """Long-poll: wait up to this many seconds (capped at 60) for the job to become
-    terminal before answering; 0 answers at once. REST: `?wait=<seconds>`.
+    terminal before answering; 0 answers at once.
     """
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
         job_id: _builtins.str = ...,
         wait: _builtins.float = ...,
+        kind: Global___JobKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -439,7 +775,7 @@ Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
 
 @_typing.final
 class GetJobJsonRequest(_message.Message):
-    """Request for GetJobJson."""
+    """Request for GetJobJson (REST)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -473,17 +809,17 @@ class CancelJobRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KIND_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """`generations`, `edits` or `variations`; must match the job's kind."""
+    KIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id."""
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -494,8 +830,8 @@ class CancelJobRequest(_message.Message):
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
 
 @_typing.final
-class WatchJobRequest(_message.Message):
-    """Request for WatchJob."""
+class CancelJobJsonRequest(_message.Message):
+    """Request for CancelJobJson (REST)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -517,11 +853,37 @@ class WatchJobRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___CancelJobJsonRequest: _TypeAlias = CancelJobJsonRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobRequest(_message.Message):
+    """Request for WatchJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job id."""
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
 Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
 @_typing.final
 class StreamJobEventsRequest(_message.Message):
-    """Request for StreamJobEvents."""
+    """Request for StreamJobEvents (REST)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -555,12 +917,10 @@ class ListJobsRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    status: _builtins.str
-    """Only jobs in this status (`pending`, `processing`, `completed`, `failed`,
-    `cancelled`); empty = all.
-    """
-    kind: _builtins.str
-    """Only jobs of this kind (`generations`, `edits`, `variations`); empty = all."""
+    status: Global___JobStatus.ValueType
+    """Only jobs in this status; unspecified = all."""
+    kind: Global___JobKind.ValueType
+    """Only jobs of this kind; unspecified = all."""
     limit: _builtins.int
     """Page size: 1-100, default 20."""
     page_token: _builtins.str
@@ -568,8 +928,8 @@ class ListJobsRequest(_message.Message):
     def __init__(
         self,
         *,
-        status: _builtins.str = ...,
-        kind: _builtins.str = ...,
+        status: Global___JobStatus.ValueType = ...,
+        kind: Global___JobKind.ValueType = ...,
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
@@ -583,7 +943,9 @@ Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
 
 @_typing.final
 class ListJobsJsonRequest(_message.Message):
-    """Request for ListJobsJson: the same fields as ListJobsRequest (`?status=&kind=&limit=&page_token=`)."""
+    """Request for ListJobsJson (REST): ListJobsRequest's fields as the query's text
+    (`?status=&kind=&limit=&page_token=`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -592,9 +954,9 @@ class ListJobsJsonRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     status: _builtins.str
-    """As in ListJobsRequest."""
+    """`pending`, `processing`, `completed`, `failed` or `cancelled`; empty = all."""
     kind: _builtins.str
-    """As in ListJobsRequest."""
+    """`generations`, `edits` or `variations`; empty = all."""
     limit: _builtins.int
     """As in ListJobsRequest."""
     page_token: _builtins.str
@@ -627,8 +989,8 @@ class ListJobsResponse(_message.Message):
     """Pass as `page_token` for the next page; empty on the last page."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
-        """The jobs, newest first. Results are summarised: `result.data` entries carry `url`,
-        never base64 bytes.
+        """The jobs, newest first. Results are summarised: images carry `url`, `mime_type` and
+        `size_bytes`, never `data`.
         """
 
     def __init__(
@@ -655,11 +1017,13 @@ class GetJobImageRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """`generations`, `edits` or `variations`; must match the job's kind."""
+    """`generations`, `edits` or `variations`: bound from the REST path, where it must match
+    the job's kind; gRPC callers may leave it empty (any kind).
+    """
     job_id: _builtins.str
     """The job id."""
     index: _builtins.int
-    """Index of the image in `result.data`."""
+    """Index of the image in the result."""
     def __init__(
         self,
         *,
@@ -708,17 +1072,17 @@ class ListDeliveriesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KIND_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """`generations`, `edits` or `variations`; must match the job's kind."""
+    KIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id."""
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -786,17 +1150,17 @@ class RedeliverRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KIND_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """`generations`, `edits` or `variations`; must match the job's kind."""
+    KIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id."""
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
         job_id: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -973,3 +1337,67 @@ class WebhookAttempt(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__status_code) -> _WhichOneofReturnType__status_code | None: ...
 
 Global___WebhookAttempt: _TypeAlias = WebhookAttempt  # noqa: Y015
+
+@_typing.final
+class StreamJobImageRequest(_message.Message):
+    """Request for StreamJobImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job id."""
+    index: _builtins.int
+    """Index of the image in the result."""
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        kind: Global___JobKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamJobImageRequest: _TypeAlias = StreamJobImageRequest  # noqa: Y015
+
+@_typing.final
+class StreamJobImageResponse(_message.Message):
+    """One chunk of StreamJobImage's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    content_type: _builtins.str
+    """The image's content type, e.g. `image/png` (in every chunk)."""
+    size_bytes: _builtins.int
+    """The whole image's size in bytes (in every chunk)."""
+    offset: _builtins.int
+    """Where this chunk starts in the image, in bytes."""
+    data: _builtins.bytes
+    """At most 1 MiB of the image, from `offset` on."""
+    def __init__(
+        self,
+        *,
+        content_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data", "offset", b"offset", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamJobImageResponse: _TypeAlias = StreamJobImageResponse  # noqa: Y015

@@ -32,15 +32,35 @@ class ImageJobServiceStub:
     jobs. Its REST mapping (through Envoy's gRPC-JSON transcoder) is wire-compatible with
     the Bifrost gateway's `/v1/async/images/*` endpoints.
 
-    Status words (`pending`, `processing`, `completed`, `failed`, `cancelled`) and kinds
-    (`generations`, `edits`, `variations`) are strings, not enums: buf's lint rules want
-    UPPER_SNAKE enum values, which would print as `JOB_STATUS_PENDING` in JSON, while the
-    REST contract fixes the lowercase words.
+    Two faces, one service:
+    - gRPC clients call SubmitImageJob, GetJob, CancelJob, WatchJob, ListJobs and
+      StreamJobImage: typed messages, `JobStatus` and `JobKind` enums, result images as raw
+      bytes. None of them has a REST binding, so the transcoder never prints them.
+    - Every REST answer is rendered by the API itself as JSON in a `google.api.HttpBody`
+      (SubmitImageJobJson, GetJobJson, CancelJobJson, ListJobsJson, StreamJobEvents) or is
+      the image itself (GetJobImage). That is what keeps the contract's lowercase words
+      (`pending`, `generations`) and base64 `b64_json` images on REST while gRPC gets enums
+      and bytes, and it spares the transcoder converting multi-MB results. The REST-bound
+      request messages keep `kind` as the path's text.
+
+    Message sizes. gRPC clients' default receive limit is 4 MiB, and nothing here needs more:
+    - A `Job` inlines its result images' bytes only when the request asked for `b64_json`
+      (the default) and their total is at most 3 MiB (3,145,728 bytes). Above that no image
+      of the job carries bytes; each still has `url`, `mime_type` and `size_bytes`: fetch it
+      with StreamJobImage (chunks of at most 1 MiB). A ListJobs page never inlines.
+    - GetJobImage answers one whole image in one message (it serves the REST image route);
+      gRPC clients should use StreamJobImage.
+    - The server receives messages up to 128 MiB and a submit up to `max_body_bytes`
+      (53 MiB by default: uploaded images of an edit); gRPC clients send without a limit
+      by default.
+
+    Kinds in reads: `kind` is optional (JOB_KIND_UNSPECIFIED, or the empty text) since job
+    ids are unique; a kind that is given and is not the job's is NOT_FOUND, as REST's
+    "a job polled under another kind's path" is.
 
     SubmitImageJob and GetJob return the `Job` resource itself, as Google's AIP-131/133
-    prescribe for Get and Create: the REST contract needs the job as the whole response
-    body, and Envoy's transcoder supports `response_body` only for HttpBody fields. buf.yaml
-    turns off the two STANDARD rules that forbid this, for this reason only.
+    prescribe for Get and Create; buf.yaml turns off the two STANDARD rules that forbid
+    this (and the HttpBody answers of the REST twins), for this reason only.
     """
 
     @_typing.overload
@@ -48,44 +68,52 @@ class ImageJobServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ImageJobServiceAsyncStub: ...
     SubmitImageJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitImageJobRequest, _jobs_pb2.Job]
-    """Submits a job; answers at once with the `pending` job (HTTP 202 over REST).
-    REST bodies (JSON, or multipart for edits and variations) arrive raw in `http_body`;
-    gRPC clients fill `request` instead.
+    """Submits a job; answers at once with the `pending` job. `idempotency_key` makes a
+    retried submit (after UNAVAILABLE or a dropped connection) return the same job.
+    """
+    SubmitImageJobJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.SubmitImageJobJsonRequest, _httpbody_pb2.HttpBody]
+    """SubmitImageJob for REST (HTTP 202): the raw body (JSON, or multipart for edits and
+    variations) in `http_body`; TTL, request id and Idempotency-Key come from headers.
+    Answers the job as JSON.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]
-    """Reads a job. A job polled under another kind, another caller's job, or an expired
-    job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+    """Reads a job, optionally waiting for it to end (`wait`). Another caller's job, an
+    expired job, or a job of another kind than a given `kind` is NOT_FOUND.
     """
     GetJobJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobJsonRequest, _httpbody_pb2.HttpBody]
     """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
-    JSON, rendered by the server. A completed job's base64 images can be tens of MB,
-    which the transcoder would otherwise convert from a protobuf Struct at great cost.
+    JSON, rendered by the server.
     """
     GetJobImage: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobImageRequest, _jobs_pb2.GetJobImageResponse]
-    """Returns one result image's bytes with its content type (the `url` response format
-    points here). NOT_FOUND once the job has expired.
+    """Returns one result image's bytes with its content type, in one message (the REST
+    route that `url` points at). NOT_FOUND once the job has expired. gRPC clients should
+    prefer StreamJobImage, which never needs a raised receive limit.
+    """
+    StreamJobImage: _grpc.UnaryStreamMultiCallable[_jobs_pb2.StreamJobImageRequest, _jobs_pb2.StreamJobImageResponse]
+    """One result image's bytes in chunks of at most 1 MiB, in order. What a gRPC client
+    uses for an image its `Job` did not inline. NOT_FOUND once the job has expired.
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]
     """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
-    its provider call aborted. Answers the cancelled job (HTTP 200); a job already
-    terminal is FAILED_PRECONDITION (HTTP 409).
+    its provider call aborted. Answers the cancelled job; a job already terminal is
+    FAILED_PRECONDITION.
     """
+    CancelJobJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobJsonRequest, _httpbody_pb2.HttpBody]
+    """CancelJob for REST (HTTP 200, or 409 for a terminal job): the cancelled job as JSON."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.Job]
     """Sends the job as it is now, then every state change, and ends after the terminal
-    state. Driven by the job store's change notifications, not by polling.
+    state. Driven by the job store's change notifications, not by polling. An API process
+    that shuts down ends its watches early (OK, last job not terminal): watch again.
     """
     StreamJobEvents: _grpc.UnaryStreamMultiCallable[_jobs_pb2.StreamJobEventsRequest, _httpbody_pb2.HttpBody]
     """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
-    one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+    one `event: job` per state, `data:` the job as GetJobJson prints it, `id:` its number.
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
-    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
-    REST clients use ListJobsJson (the same list, the same JSON).
-    """
+    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
     ListJobsJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsJsonRequest, _httpbody_pb2.HttpBody]
     """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
-    server, so that both keys are always present (an empty list is `"jobs": []`, which
-    the transcoder would omit) and times always carry milliseconds.
+    server, so that both keys are always present (an empty list is `"jobs": []`).
     """
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListDeliveriesRequest, _jobs_pb2.ListDeliveriesResponse]
     """--- webhooks ---
@@ -108,57 +136,85 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     jobs. Its REST mapping (through Envoy's gRPC-JSON transcoder) is wire-compatible with
     the Bifrost gateway's `/v1/async/images/*` endpoints.
 
-    Status words (`pending`, `processing`, `completed`, `failed`, `cancelled`) and kinds
-    (`generations`, `edits`, `variations`) are strings, not enums: buf's lint rules want
-    UPPER_SNAKE enum values, which would print as `JOB_STATUS_PENDING` in JSON, while the
-    REST contract fixes the lowercase words.
+    Two faces, one service:
+    - gRPC clients call SubmitImageJob, GetJob, CancelJob, WatchJob, ListJobs and
+      StreamJobImage: typed messages, `JobStatus` and `JobKind` enums, result images as raw
+      bytes. None of them has a REST binding, so the transcoder never prints them.
+    - Every REST answer is rendered by the API itself as JSON in a `google.api.HttpBody`
+      (SubmitImageJobJson, GetJobJson, CancelJobJson, ListJobsJson, StreamJobEvents) or is
+      the image itself (GetJobImage). That is what keeps the contract's lowercase words
+      (`pending`, `generations`) and base64 `b64_json` images on REST while gRPC gets enums
+      and bytes, and it spares the transcoder converting multi-MB results. The REST-bound
+      request messages keep `kind` as the path's text.
+
+    Message sizes. gRPC clients' default receive limit is 4 MiB, and nothing here needs more:
+    - A `Job` inlines its result images' bytes only when the request asked for `b64_json`
+      (the default) and their total is at most 3 MiB (3,145,728 bytes). Above that no image
+      of the job carries bytes; each still has `url`, `mime_type` and `size_bytes`: fetch it
+      with StreamJobImage (chunks of at most 1 MiB). A ListJobs page never inlines.
+    - GetJobImage answers one whole image in one message (it serves the REST image route);
+      gRPC clients should use StreamJobImage.
+    - The server receives messages up to 128 MiB and a submit up to `max_body_bytes`
+      (53 MiB by default: uploaded images of an edit); gRPC clients send without a limit
+      by default.
+
+    Kinds in reads: `kind` is optional (JOB_KIND_UNSPECIFIED, or the empty text) since job
+    ids are unique; a kind that is given and is not the job's is NOT_FOUND, as REST's
+    "a job polled under another kind's path" is.
 
     SubmitImageJob and GetJob return the `Job` resource itself, as Google's AIP-131/133
-    prescribe for Get and Create: the REST contract needs the job as the whole response
-    body, and Envoy's transcoder supports `response_body` only for HttpBody fields. buf.yaml
-    turns off the two STANDARD rules that forbid this, for this reason only.
+    prescribe for Get and Create; buf.yaml turns off the two STANDARD rules that forbid
+    this (and the HttpBody answers of the REST twins), for this reason only.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitImageJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitImageJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
-    """Submits a job; answers at once with the `pending` job (HTTP 202 over REST).
-    REST bodies (JSON, or multipart for edits and variations) arrive raw in `http_body`;
-    gRPC clients fill `request` instead.
+    """Submits a job; answers at once with the `pending` job. `idempotency_key` makes a
+    retried submit (after UNAVAILABLE or a dropped connection) return the same job.
+    """
+    SubmitImageJobJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.SubmitImageJobJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """SubmitImageJob for REST (HTTP 202): the raw body (JSON, or multipart for edits and
+    variations) in `http_body`; TTL, request id and Idempotency-Key come from headers.
+    Answers the job as JSON.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
-    """Reads a job. A job polled under another kind, another caller's job, or an expired
-    job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+    """Reads a job, optionally waiting for it to end (`wait`). Another caller's job, an
+    expired job, or a job of another kind than a given `kind` is NOT_FOUND.
     """
     GetJobJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
-    JSON, rendered by the server. A completed job's base64 images can be tens of MB,
-    which the transcoder would otherwise convert from a protobuf Struct at great cost.
+    JSON, rendered by the server.
     """
     GetJobImage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobImageRequest, _jobs_pb2.GetJobImageResponse]  # type: ignore[assignment]
-    """Returns one result image's bytes with its content type (the `url` response format
-    points here). NOT_FOUND once the job has expired.
+    """Returns one result image's bytes with its content type, in one message (the REST
+    route that `url` points at). NOT_FOUND once the job has expired. gRPC clients should
+    prefer StreamJobImage, which never needs a raised receive limit.
+    """
+    StreamJobImage: _aio.UnaryStreamMultiCallable[_jobs_pb2.StreamJobImageRequest, _jobs_pb2.StreamJobImageResponse]  # type: ignore[assignment]
+    """One result image's bytes in chunks of at most 1 MiB, in order. What a gRPC client
+    uses for an image its `Job` did not inline. NOT_FOUND once the job has expired.
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
-    its provider call aborted. Answers the cancelled job (HTTP 200); a job already
-    terminal is FAILED_PRECONDITION (HTTP 409).
+    its provider call aborted. Answers the cancelled job; a job already terminal is
+    FAILED_PRECONDITION.
     """
+    CancelJobJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """CancelJob for REST (HTTP 200, or 409 for a terminal job): the cancelled job as JSON."""
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _jobs_pb2.Job]  # type: ignore[assignment]
     """Sends the job as it is now, then every state change, and ends after the terminal
-    state. Driven by the job store's change notifications, not by polling.
+    state. Driven by the job store's change notifications, not by polling. An API process
+    that shuts down ends its watches early (OK, last job not terminal): watch again.
     """
     StreamJobEvents: _aio.UnaryStreamMultiCallable[_jobs_pb2.StreamJobEventsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
-    one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+    one `event: job` per state, `data:` the job as GetJobJson prints it, `id:` its number.
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
-    REST clients use ListJobsJson (the same list, the same JSON).
-    """
+    """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
     ListJobsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
-    server, so that both keys are always present (an empty list is `"jobs": []`, which
-    the transcoder would omit) and times always carry milliseconds.
+    server, so that both keys are always present (an empty list is `"jobs": []`).
     """
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListDeliveriesRequest, _jobs_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """--- webhooks ---
@@ -180,15 +236,35 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
     jobs. Its REST mapping (through Envoy's gRPC-JSON transcoder) is wire-compatible with
     the Bifrost gateway's `/v1/async/images/*` endpoints.
 
-    Status words (`pending`, `processing`, `completed`, `failed`, `cancelled`) and kinds
-    (`generations`, `edits`, `variations`) are strings, not enums: buf's lint rules want
-    UPPER_SNAKE enum values, which would print as `JOB_STATUS_PENDING` in JSON, while the
-    REST contract fixes the lowercase words.
+    Two faces, one service:
+    - gRPC clients call SubmitImageJob, GetJob, CancelJob, WatchJob, ListJobs and
+      StreamJobImage: typed messages, `JobStatus` and `JobKind` enums, result images as raw
+      bytes. None of them has a REST binding, so the transcoder never prints them.
+    - Every REST answer is rendered by the API itself as JSON in a `google.api.HttpBody`
+      (SubmitImageJobJson, GetJobJson, CancelJobJson, ListJobsJson, StreamJobEvents) or is
+      the image itself (GetJobImage). That is what keeps the contract's lowercase words
+      (`pending`, `generations`) and base64 `b64_json` images on REST while gRPC gets enums
+      and bytes, and it spares the transcoder converting multi-MB results. The REST-bound
+      request messages keep `kind` as the path's text.
+
+    Message sizes. gRPC clients' default receive limit is 4 MiB, and nothing here needs more:
+    - A `Job` inlines its result images' bytes only when the request asked for `b64_json`
+      (the default) and their total is at most 3 MiB (3,145,728 bytes). Above that no image
+      of the job carries bytes; each still has `url`, `mime_type` and `size_bytes`: fetch it
+      with StreamJobImage (chunks of at most 1 MiB). A ListJobs page never inlines.
+    - GetJobImage answers one whole image in one message (it serves the REST image route);
+      gRPC clients should use StreamJobImage.
+    - The server receives messages up to 128 MiB and a submit up to `max_body_bytes`
+      (53 MiB by default: uploaded images of an edit); gRPC clients send without a limit
+      by default.
+
+    Kinds in reads: `kind` is optional (JOB_KIND_UNSPECIFIED, or the empty text) since job
+    ids are unique; a kind that is given and is not the job's is NOT_FOUND, as REST's
+    "a job polled under another kind's path" is.
 
     SubmitImageJob and GetJob return the `Job` resource itself, as Google's AIP-131/133
-    prescribe for Get and Create: the REST contract needs the job as the whole response
-    body, and Envoy's transcoder supports `response_body` only for HttpBody fields. buf.yaml
-    turns off the two STANDARD rules that forbid this, for this reason only.
+    prescribe for Get and Create; buf.yaml turns off the two STANDARD rules that forbid
+    this (and the HttpBody answers of the REST twins), for this reason only.
     """
 
     @_abc_1.abstractmethod
@@ -197,9 +273,19 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.SubmitImageJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
-        """Submits a job; answers at once with the `pending` job (HTTP 202 over REST).
-        REST bodies (JSON, or multipart for edits and variations) arrive raw in `http_body`;
-        gRPC clients fill `request` instead.
+        """Submits a job; answers at once with the `pending` job. `idempotency_key` makes a
+        retried submit (after UNAVAILABLE or a dropped connection) return the same job.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitImageJobJson(
+        self,
+        request: _jobs_pb2.SubmitImageJobJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """SubmitImageJob for REST (HTTP 202): the raw body (JSON, or multipart for edits and
+        variations) in `http_body`; TTL, request id and Idempotency-Key come from headers.
+        Answers the job as JSON.
         """
 
     @_abc_1.abstractmethod
@@ -208,8 +294,8 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
-        """Reads a job. A job polled under another kind, another caller's job, or an expired
-        job is NOT_FOUND. REST clients use GetJobJson (the same read, the same JSON).
+        """Reads a job, optionally waiting for it to end (`wait`). Another caller's job, an
+        expired job, or a job of another kind than a given `kind` is NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -219,8 +305,7 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """GetJob for REST (HTTP 202 while pending/processing, 200 when terminal): the job as
-        JSON, rendered by the server. A completed job's base64 images can be tens of MB,
-        which the transcoder would otherwise convert from a protobuf Struct at great cost.
+        JSON, rendered by the server.
         """
 
     @_abc_1.abstractmethod
@@ -229,8 +314,19 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.GetJobImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobImageResponse, _abc.Awaitable[_jobs_pb2.GetJobImageResponse]]:
-        """Returns one result image's bytes with its content type (the `url` response format
-        points here). NOT_FOUND once the job has expired.
+        """Returns one result image's bytes with its content type, in one message (the REST
+        route that `url` points at). NOT_FOUND once the job has expired. gRPC clients should
+        prefer StreamJobImage, which never needs a raised receive limit.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamJobImage(
+        self,
+        request: _jobs_pb2.StreamJobImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.StreamJobImageResponse], _abc.AsyncIterator[_jobs_pb2.StreamJobImageResponse]]:
+        """One result image's bytes in chunks of at most 1 MiB, in order. What a gRPC client
+        uses for an image its `Job` did not inline. NOT_FOUND once the job has expired.
         """
 
     @_abc_1.abstractmethod
@@ -240,9 +336,17 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.Job, _abc.Awaitable[_jobs_pb2.Job]]:
         """Cancels a job. A pending job is cancelled at once; a processing job is cancelled and
-        its provider call aborted. Answers the cancelled job (HTTP 200); a job already
-        terminal is FAILED_PRECONDITION (HTTP 409).
+        its provider call aborted. Answers the cancelled job; a job already terminal is
+        FAILED_PRECONDITION.
         """
+
+    @_abc_1.abstractmethod
+    def CancelJobJson(
+        self,
+        request: _jobs_pb2.CancelJobJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """CancelJob for REST (HTTP 200, or 409 for a terminal job): the cancelled job as JSON."""
 
     @_abc_1.abstractmethod
     def WatchJob(
@@ -251,7 +355,8 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.Job], _abc.AsyncIterator[_jobs_pb2.Job]]:
         """Sends the job as it is now, then every state change, and ends after the terminal
-        state. Driven by the job store's change notifications, not by polling.
+        state. Driven by the job store's change notifications, not by polling. An API process
+        that shuts down ends its watches early (OK, last job not terminal): watch again.
         """
 
     @_abc_1.abstractmethod
@@ -261,7 +366,7 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
         """The same as WatchJob for REST clients, as Server-Sent Events (`text/event-stream`):
-        one `event: job` per state, `data:` the job as GetJob prints it, `id:` its revision.
+        one `event: job` per state, `data:` the job as GetJobJson prints it, `id:` its number.
         """
 
     @_abc_1.abstractmethod
@@ -270,9 +375,7 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
-        """The caller's own jobs, newest first, paginated; optionally filtered by status and kind.
-        REST clients use ListJobsJson (the same list, the same JSON).
-        """
+        """The caller's own jobs, newest first, paginated; optionally filtered by status and kind."""
 
     @_abc_1.abstractmethod
     def ListJobsJson(
@@ -281,8 +384,7 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
-        server, so that both keys are always present (an empty list is `"jobs": []`, which
-        the transcoder would omit) and times always carry milliseconds.
+        server, so that both keys are always present (an empty list is `"jobs": []`).
         """
 
     @_abc_1.abstractmethod

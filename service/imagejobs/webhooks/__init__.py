@@ -8,6 +8,8 @@
     dispatcher.py  the process that takes owed deliveries from the outbox and attempts them
     history.py     what the API reads and does: list a job's deliveries, redeliver one
 
+endpoints, signing, delivery and payload are pure and used by the layers below (config,
+store, worker) as domain is; sender, dispatcher and history are the process part.
 The outbox and the records live in the store (`store/outbox.py`, `store/deliveries.py`);
 `dispatcher.py` explains why no crash loses a delivery that is owed.
 """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from imagejobs.api.auth import Caller
 from imagejobs.domain.errors import (
     ErrorCode,
     InvalidRequest,
@@ -21,6 +20,7 @@ from imagejobs.domain.errors import (
     RevisionConflict,
 )
 from imagejobs.domain.jobs import Job, is_job_id
+from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend
@@ -68,7 +68,7 @@ class WebhookService:
             )
         return None
 
-    async def list(self, kind: Kind, job_id: str, caller: Caller) -> list[DeliveryRecord]:
+    async def list(self, kind: Kind | None, job_id: str, caller: Caller) -> list[DeliveryRecord]:
         """The job's deliveries (at most one: a job ends once), newest state."""
         found, job = await self._find(kind, job_id, caller)
         if found is not None:
@@ -76,7 +76,7 @@ class WebhookService:
         owed = self._owed(job) if job is not None else None
         return [owed] if owed is not None else []
 
-    async def redeliver(self, kind: Kind, job_id: str, caller: Caller) -> DeliveryRecord:
+    async def redeliver(self, kind: Kind | None, job_id: str, caller: Caller) -> DeliveryRecord:
         """Deliver a finished delivery again: the same webhook-id and body, a fresh retry
         budget. JobConflict (409) while it is still being attempted, for a job without a
         delivery, or for an endpoint that cannot be used now."""
@@ -111,7 +111,7 @@ class WebhookService:
             return again[0] if again is not None else updated
         return updated
 
-    async def _find(self, kind: Kind, job_id: str, caller: Caller) -> Found:
+    async def _find(self, kind: Kind | None, job_id: str, caller: Caller) -> Found:
         """(the delivery record, if any; else the job) when the caller may see them,
         else JobNotFound."""
         if not is_job_id(job_id):
@@ -119,14 +119,14 @@ class WebhookService:
         found = await self._deliveries.get(job_id)
         if found is not None:
             record = found[0]
-            if record.kind is not kind or not caller.can_access(record.owner):
+            if kind not in (None, record.kind) or not caller.can_access(record.owner):
                 raise JobNotFound()
             return found, None
         stored = await self._records.get(job_id)
         job = stored[0] if stored is not None else None
         if (
             job is None
-            or job.kind is not kind
+            or kind not in (None, job.kind)
             or not caller.can_access(job.owner)
             or job.expired(self._clock.time())
         ):

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from imagejobs.api.render import error_body, result_dict
+from imagejobs.domain.contract import error_body, result_dict
 from imagejobs.domain.jobs import Job, Status, rfc3339
 from imagejobs.store.protocols import ObjectStore
 from imagejobs.webhooks.delivery import webhook_id
