@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
         "store",
         "worker.finish",
         "providers.registry",
+        "providers.catalogue",
         "runtime.metrics",
     },
     "runtime": {"domain", "config", "store", "worker", "providers", "api", "gateway"},

@@ -1,24 +1,31 @@
 """Turning a submitted body (JSON, multipart, or a typed gRPC message) into one validated
-`ImageRequest`, with the contract's 400 messages. Pure apart from the multipart parser.
+`ImageRequest`, with the contract's 400 messages. Pure apart from the multipart parser
+and the log line for a deprecated model (once per model per process).
 
-Every path ends in `validate()`, so REST and gRPC clients get the same rules.
+Every path ends in `validate()`, so REST and gRPC clients get the same rules. The model
+and every fallback are looked up in the model catalogue (providers/catalogue.py): a
+retired one is a 400 `model_retired` naming its replacement, before anything is kept; a
+deprecated one is accepted, and the request carries the catalogue's warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
 from google.protobuf import json_format
 
 from imagejobs.api.uploads import Upload, parse_multipart
 from imagejobs.domain import constants
-from imagejobs.domain.errors import ErrorContext, InvalidRequest, PayloadTooLarge
+from imagejobs.domain.errors import ErrorCode, ErrorContext, InvalidRequest, PayloadTooLarge
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
+from imagejobs.providers.catalogue import Catalogue
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.v1 import jobs_pb2
 
@@ -36,6 +43,9 @@ _PROMPT_FIELDS = ("prompt", "negative_prompt")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SHOWN_VALUE_CHARS = 64  # an invalid value is echoed in the error message up to this long
 
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # deprecated models already logged by this process
+
 
 @dataclass(frozen=True)
 class ImageRequest:
@@ -48,6 +58,7 @@ class ImageRequest:
     images: tuple[Upload, ...] = ()
     mask: Upload | None = None
     fallbacks: tuple[ModelRef, ...] = ()
+    warnings: tuple[str, ...] = ()  # the catalogue's word on deprecated models named
 
 
 def parse_body(kind: Kind, content_type: str, body: bytes, limits: Limits) -> ImageRequest:
@@ -132,9 +143,15 @@ def from_proto(kind: Kind, msg: jobs_pb2.ImageRequest, limits: Limits) -> ImageR
     return validate(kind, data, images, mask, limits)
 
 
+def utc_today() -> date:
+    """Today's date in UTC (the day a model's sunset is compared with)."""
+    return datetime.now(UTC).date()
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Input limits (issue: hardening); defaults suit the upstream APIs."""
+    """What a request is held to: input limits (defaults suit the upstream APIs), and the
+    model catalogue its models are looked up in on `today()`."""
 
     max_prompt_chars: int = constants.DEFAULT_MAX_PROMPT_CHARS
     max_n: int = constants.MAX_N
@@ -143,6 +160,8 @@ class Limits:
     max_total_bytes: int = constants.MAX_BODY_BYTES
     max_json_depth: int = constants.MAX_JSON_DEPTH
     max_fallbacks: int = constants.MAX_FALLBACKS
+    catalogue: Catalogue = field(default_factory=Catalogue.builtin)
+    today: Callable[[], date] = utc_today
 
 
 def validate(
@@ -179,6 +198,7 @@ def validate(
     params = _params(fields, extra, limits)
     _check_input_images(params.get("input_images"), limits, extra)
     fallbacks = _fallbacks(fields.get("fallbacks"), limits, extra)
+    warnings = _lifecycle_warnings(model, fallbacks, limits, kind)
     if kind is not Kind.GENERATION:
         _check_images(images, mask, limits, extra)
     return ImageRequest(
@@ -189,7 +209,34 @@ def validate(
         images=tuple(images[:1] if kind is Kind.VARIATION else images),
         mask=mask if kind is Kind.EDIT else None,
         fallbacks=fallbacks,
+        warnings=warnings,
     )
+
+
+def _lifecycle_warnings(
+    model: ModelRef, fallbacks: tuple[ModelRef, ...], limits: Limits, kind: Kind
+) -> tuple[str, ...]:
+    """400 `model_retired` for a retired model or fallback; else the warnings for the
+    deprecated ones (each logged once per process)."""
+    today = limits.today()
+    warnings: list[str] = []
+    for ref, param in [(model, "model"), *((f, "fallbacks") for f in fallbacks)]:
+        lifecycle = limits.catalogue.lifecycle(ref, today)
+        if lifecycle.retired:
+            raise InvalidRequest(
+                lifecycle.message(),
+                code=ErrorCode.MODEL_RETIRED,
+                param=param,
+                provider=ref.provider,
+                model=ref.name,
+                request_type=kind.request_type,
+            )
+        if lifecycle.deprecated:
+            warnings.append(lifecycle.message())
+            if str(ref) not in _WARNED:
+                _WARNED.add(str(ref))
+                log.warning("a job asked for a deprecated model: %s", lifecycle.message())
+    return tuple(dict.fromkeys(warnings))
 
 
 def _show(value: Any) -> str:

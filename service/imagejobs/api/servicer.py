@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 from google.api import httpbody_pb2
 
-from imagejobs.api.auth import Authenticator
+from imagejobs.api.auth import Authenticator, Caller
+from imagejobs.api.models import listing, listing_json
 from imagejobs.api.reads import Page
 from imagejobs.api.render import job_json, job_message, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
@@ -61,8 +62,11 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         self._auth = Authenticator(
             settings.key_policies(), require_key=settings.require_virtual_key
         )
+        self._catalogue = settings.model_catalogue()
         self._limits = Limits(
-            max_total_bytes=settings.max_body_bytes, max_file_bytes=settings.max_file_bytes
+            max_total_bytes=settings.max_body_bytes,
+            max_file_bytes=settings.max_file_bytes,
+            catalogue=self._catalogue,
         )
 
     def _base_url(self, md: dict[str, str]) -> str:
@@ -240,6 +244,27 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         response.image.content_type = obj.content_type
         response.image.data = obj.data
         return response
+
+    async def ListModels(
+        self, request: jobs_pb2.ListModelsRequest, context: Context
+    ) -> jobs_pb2.ListModelsResponse:
+        return self._models(self._auth.caller(metadata_of(context)))
+
+    async def ListModelsJson(
+        self, request: jobs_pb2.ListModelsJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        models = self._models(self._auth.caller(metadata_of(context)))
+        return httpbody_pb2.HttpBody(content_type="application/json", data=listing_json(models))
+
+    def _models(self, caller: Caller) -> jobs_pb2.ListModelsResponse:
+        """The configured providers' model families, as `caller`'s key may see them."""
+        return listing(
+            self._catalogue,
+            self._settings.providers,
+            day=self._limits.today(),
+            max_n=self._limits.max_n,
+            policy=caller.policy,
+        )
 
     async def _images(self, job: Job) -> list[bytes] | None:
         """The result images' bytes when the response inlines them (`b64_json`)."""

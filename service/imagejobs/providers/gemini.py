@@ -26,6 +26,7 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.providers import google_common as gc
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
+    ACCEPT_JSON,
     JSONValue,
     ProviderRequest,
     ProviderResult,
@@ -101,7 +102,7 @@ class GeminiProvider(Adapter):
         return await fan_out(request, gc.IMAGEN_PER_CALL, imagen_call)
 
     async def _post(self, model: str, method: str, body: dict[str, JSONValue]) -> JSONValue:
-        headers = await self.auth_headers()
+        headers = {**(await self.auth_headers()), **ACCEPT_JSON}
         http_request = self._http.build_request(
             "POST", self.endpoint(model, method), json=body, headers=headers
         )

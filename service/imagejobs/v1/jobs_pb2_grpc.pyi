@@ -87,6 +87,16 @@ class ImageJobServiceStub:
     server, so that both keys are always present (an empty list is `"jobs": []`, which
     the transcoder would omit) and times always carry milliseconds.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsRequest, _jobs_pb2.ListModelsResponse]
+    """The configured providers, each with its model families from the model catalogue:
+    status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+    family supports (operations, images per upstream call, sizes). REST clients use
+    ListModelsJson (the same listing, the same JSON).
+    """
+    ListModelsJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsJsonRequest, _httpbody_pb2.HttpBody]
+    """ListModels for REST: the listing rendered by the server, every field present (an
+    empty list is `[]`, a false flag `false`), so that forms can be built from it.
+    """
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -145,6 +155,16 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
     server, so that both keys are always present (an empty list is `"jobs": []`, which
     the transcoder would omit) and times always carry milliseconds.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsRequest, _jobs_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The configured providers, each with its model families from the model catalogue:
+    status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+    family supports (operations, images per upstream call, sizes). REST clients use
+    ListModelsJson (the same listing, the same JSON).
+    """
+    ListModelsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListModels for REST: the listing rendered by the server, every field present (an
+    empty list is `[]`, a false flag `false`), so that forms can be built from it.
     """
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -255,6 +275,28 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListJobs for REST: `{"jobs": [...], "next_page_token": "..."}` rendered by the
         server, so that both keys are always present (an empty list is `"jobs": []`, which
         the transcoder would omit) and times always carry milliseconds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _jobs_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListModelsResponse, _abc.Awaitable[_jobs_pb2.ListModelsResponse]]:
+        """The configured providers, each with its model families from the model catalogue:
+        status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+        family supports (operations, images per upstream call, sizes). REST clients use
+        ListModelsJson (the same listing, the same JSON).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelsJson(
+        self,
+        request: _jobs_pb2.ListModelsJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListModels for REST: the listing rendered by the server, every field present (an
+        empty list is `[]`, a false flag `false`), so that forms can be built from it.
         """
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
