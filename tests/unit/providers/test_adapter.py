@@ -188,6 +188,23 @@ async def test_every_vendor_scrubs_echoed_secrets(
     assert info.value.message == "bad: " + " / ".join([REDACTED] * len(config.secrets()))
 
 
+# vendors whose answers are JSON (stability and hf-inference answer image bytes)
+JSON_VENDORS = [name for name in UPSTREAM_VENDORS if name not in ("stability", "huggingface")]
+
+
+@pytest.mark.parametrize("name", JSON_VENDORS)
+async def test_every_json_call_asks_for_json(
+    name: str, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    """`Accept: application/json`, as the vendors' SDKs send it (httpx alone sends
+    `*/*`)."""
+    answer_everything(upstream, FakeResponse(400, {"error": {"message": "no"}}))
+    with pytest.raises(ProviderError):
+        await registry.build_provider(vendor_config(name, upstream.url), http).run(generation(name))
+    assert upstream.requests, "nothing was sent"
+    assert upstream.requests[0].headers["accept"] == "application/json"
+
+
 @pytest.mark.parametrize("name", UPSTREAM_VENDORS)
 async def test_every_vendor_answers_an_unusable_success_with_one_error(
     name: str, upstream: FakeUpstream, http: httpx.AsyncClient
