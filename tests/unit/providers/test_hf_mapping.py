@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+from imagejobs.config import load_settings
+from imagejobs.domain.errors import ConfigError
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import huggingface
 from imagejobs.providers.base import (
@@ -190,3 +193,22 @@ def test_both_shapes_of_the_mapping_are_read() -> None:
     assert as_object == as_list == expected
     assert parse_mappings({"id": "x"}) is None  # no mapping at all
     assert parse_mappings({"inferenceProviderMapping": [{"provider": "p"}]}) == ()  # no id
+
+
+def test_the_settings_take_the_mapping_options_for_huggingface_only(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[providers.huggingface]\nhub_url = "http://hub.internal"\nhub_cache_ttl_s = 60\n'
+        '[providers.huggingface.model_map]\n"together/acme/x" = "acme/x-together"\n'
+    )
+    hf = load_settings(cfg).provider_config("huggingface")
+    assert hf is not None
+    assert (hf.hub_url, hf.hub_cache_ttl_s) == ("http://hub.internal", 60)
+    assert hf.model_map == {"together/acme/x": "acme/x-together"}
+    unused = cast(httpx.AsyncClient, None)  # nothing is sent
+    defaults = huggingface.build(ProviderConfig(name="huggingface"), unused)
+    assert defaults._config.hub_url == "https://huggingface.co"  # the vendor's defaults
+    assert defaults._config.hub_cache_ttl_s == 3600
+    cfg.write_text('[providers.openai.model_map]\n"a" = "b"\n')
+    with pytest.raises(ConfigError, match="provider openai takes no model_map"):
+        load_settings(cfg)
