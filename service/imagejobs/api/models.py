@@ -23,26 +23,31 @@ from imagejobs.domain.models import ModelRef
 from imagejobs.providers.catalogue import Catalogue, Family
 from imagejobs.v1 import jobs_pb2
 
+# the fields the message takes from the family as they are
+_AS_IS = {
+    "pattern",
+    "replacement",
+    "n_per_call",
+    "sizes",
+    "aspect_ratios",
+    "reason",
+    "source",
+    "note",
+}
+
 
 def family_message(family: Family, day: date, policy: KeyPolicy | None) -> jobs_pb2.ModelFamily:
     """One family as the `ModelFamily` message, its status as of `day`."""
     models = [m for m in family.models if policy is None or policy.allows(ModelRef.parse(m))]
     kinds = family.kinds
     return jobs_pb2.ModelFamily(
-        pattern=family.pattern,
+        **family.model_dump(include=_AS_IS),
         models=models,
         status=family.status_on(day).value,
         sunset=family.sunset.isoformat() if family.sunset else "",
-        replacement=family.replacement,
         generation=Kind.GENERATION in kinds,
         edit=Kind.EDIT in kinds,
         variation=Kind.VARIATION in kinds,
-        n_per_call=family.n_per_call,
-        sizes=family.sizes,
-        aspect_ratios=family.aspect_ratios,
-        reason=family.reason,
-        source=family.source,
-        note=family.note,
     )
 
 
