@@ -13,7 +13,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from imagejobs.api import requests as requests_module
+from imagejobs.api import lifecycle as lifecycle_module
 from imagejobs.api.models import listing, listing_json
 from imagejobs.api.requests import Limits, from_json_object
 from imagejobs.config import Settings, load_settings
@@ -157,8 +157,8 @@ def test_a_retired_fallback_is_refused_too() -> None:
 def test_a_deprecated_model_passes_with_a_warning_logged_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(requests_module, "_WARNED", set())
-    caplog.set_level(logging.WARNING, logger=requests_module.__name__)
+    monkeypatch.setattr(lifecycle_module, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger=lifecycle_module.__name__)
     for _ in range(2):
         request = from_json_object(
             Kind.GENERATION, body("vertex/imagen-4.0-generate-001"), Limits()

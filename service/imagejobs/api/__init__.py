@@ -6,8 +6,10 @@ enqueues jobs and reads them back; it never calls a provider.
     interceptor.py  the one place errors meet the wire (google.rpc.Status + ErrorResponse)
     auth.py         who is calling (virtual keys) and which jobs they may see
     requests.py     JSON / multipart / typed bodies -> one validated ImageRequest
+    lifecycle.py    the model catalogue at submit: retired models refused, deprecated warned
     uploads.py      multipart parsing and uploaded images
     service.py      JobService: submit (the order that makes a 202 safe) and cancel
     reads.py        JobReader: get, image, wait, watch, list, lazy expiry and orphan repair
     render.py       records -> the `Job` message and the REST JSON (jobs, lists, errors)
+    models.py       the model listing (ListModels, GET /v1/async/images/models)
 """

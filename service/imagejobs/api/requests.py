@@ -1,28 +1,25 @@
 """Turning a submitted body (JSON, multipart, or a typed gRPC message) into one validated
-`ImageRequest`, with the contract's 400 messages. Pure apart from the multipart parser
-and the log line for a deprecated model (once per model per process).
+`ImageRequest`, with the contract's 400 messages. Pure apart from the multipart parser.
 
-Every path ends in `validate()`, so REST and gRPC clients get the same rules. The model
-and every fallback are looked up in the model catalogue (providers/catalogue.py): a
-retired one is a 400 `model_retired` naming its replacement, before anything is kept; a
-deprecated one is accepted, and the request carries the catalogue's warning.
+Every path ends in `validate()`, so REST and gRPC clients get the same rules, the model
+catalogue's among them (api/lifecycle.py: a retired model or fallback is a 400).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from google.protobuf import json_format
 
+from imagejobs.api.lifecycle import lifecycle_warnings, utc_today
 from imagejobs.api.uploads import Upload, parse_multipart
 from imagejobs.domain import constants
-from imagejobs.domain.errors import ErrorCode, ErrorContext, InvalidRequest, PayloadTooLarge
+from imagejobs.domain.errors import ErrorContext, InvalidRequest, PayloadTooLarge
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.providers.catalogue import Catalogue
@@ -42,9 +39,6 @@ _RESERVED = frozenset({"model", "prompt", "fallbacks", "stream", "image", "image
 _PROMPT_FIELDS = ("prompt", "negative_prompt")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SHOWN_VALUE_CHARS = 64  # an invalid value is echoed in the error message up to this long
-
-log = logging.getLogger(__name__)
-_WARNED: set[str] = set()  # deprecated models already logged by this process
 
 
 @dataclass(frozen=True)
@@ -143,11 +137,6 @@ def from_proto(kind: Kind, msg: jobs_pb2.ImageRequest, limits: Limits) -> ImageR
     return validate(kind, data, images, mask, limits)
 
 
-def utc_today() -> date:
-    """Today's date in UTC (the day a model's sunset is compared with)."""
-    return datetime.now(UTC).date()
-
-
 @dataclass(frozen=True)
 class Limits:
     """What a request is held to: input limits (defaults suit the upstream APIs), and the
@@ -198,7 +187,7 @@ def validate(
     params = _params(fields, extra, limits)
     _check_input_images(params.get("input_images"), limits, extra)
     fallbacks = _fallbacks(fields.get("fallbacks"), limits, extra)
-    warnings = _lifecycle_warnings(model, fallbacks, limits, kind)
+    warnings = lifecycle_warnings(limits.catalogue, limits.today(), kind, [model, *fallbacks])
     if kind is not Kind.GENERATION:
         _check_images(images, mask, limits, extra)
     return ImageRequest(
@@ -211,32 +200,6 @@ def validate(
         fallbacks=fallbacks,
         warnings=warnings,
     )
-
-
-def _lifecycle_warnings(
-    model: ModelRef, fallbacks: tuple[ModelRef, ...], limits: Limits, kind: Kind
-) -> tuple[str, ...]:
-    """400 `model_retired` for a retired model or fallback; else the warnings for the
-    deprecated ones (each logged once per process)."""
-    today = limits.today()
-    warnings: list[str] = []
-    for ref, param in [(model, "model"), *((f, "fallbacks") for f in fallbacks)]:
-        lifecycle = limits.catalogue.lifecycle(ref, today)
-        if lifecycle.retired:
-            raise InvalidRequest(
-                lifecycle.message(),
-                code=ErrorCode.MODEL_RETIRED,
-                param=param,
-                provider=ref.provider,
-                model=ref.name,
-                request_type=kind.request_type,
-            )
-        if lifecycle.deprecated:
-            warnings.append(lifecycle.message())
-            if str(ref) not in _WARNED:
-                _WARNED.add(str(ref))
-                log.warning("a job asked for a deprecated model: %s", lifecycle.message())
-    return tuple(dict.fromkeys(warnings))
 
 
 def _show(value: Any) -> str:
