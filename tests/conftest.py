@@ -42,6 +42,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> 
                 "keys": [{"env": "TEST_OPENAI_KEY"}],
                 "max_retries": 1,
             },
+            # the same fake as a self-hosted OpenAI-compatible server (variations: OpenAI's
+            # own dall-e-2 is retired)
+            "openai-compatible": {
+                "base_url": fake_openai.url,
+                "keys": [{"env": "TEST_OPENAI_KEY"}],
+                "max_retries": 1,
+            },
         },
     }
     s = Stack(root, config, env={"TEST_OPENAI_KEY": OPENAI_TEST_KEY})

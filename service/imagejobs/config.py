@@ -25,6 +25,7 @@ from imagejobs.domain.keys import KeyPolicy
 from imagejobs.providers import registry
 from imagejobs.providers.adapter import VENDOR_OPTIONS
 from imagejobs.providers.base import ProviderConfig, WeightedKey
+from imagejobs.providers.catalogue import Catalogue, Family
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.safefetch import FetchPolicy
 from imagejobs.webhooks.endpoints import Endpoint, WebhookSettings
@@ -61,6 +62,9 @@ class ProviderSettings(BaseModel):
     aws_secret_access_key: str = Field(default="", repr=False)
     aws_session_token: str = Field(default="", repr=False)
     poll_interval_s: float | None = Field(default=None, gt=0)
+    model_map: dict[str, str] = Field(default_factory=dict)
+    hub_url: str = ""
+    hub_cache_ttl_s: float | None = Field(default=None, gt=0)
 
     def vendor_options(self) -> dict[str, Any]:
         """The vendor-only settings this section gives (a value that is not empty)."""
@@ -157,6 +161,9 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(
         default_factory=lambda: {"mock": ProviderSettings()}
     )
+    # `[[catalogue.<provider>]]`: model families matched before the shipped catalogue's
+    # (providers/catalogue.toml); one with a shipped family's pattern replaces it
+    catalogue: dict[str, tuple[Family, ...]] = Field(default_factory=dict)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     webhooks: tuple[WebhookSettings, ...] = ()
     log_level: str = "INFO"
@@ -201,7 +208,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _known_providers(self) -> Settings:
-        unknown = sorted(set(self.providers) - KNOWN_PROVIDERS)
+        unknown = sorted((set(self.providers) | set(self.catalogue)) - KNOWN_PROVIDERS)
         if unknown:
             raise ValueError(f"unknown provider(s) {unknown}; known: {sorted(KNOWN_PROVIDERS)}")
         for name, section in self.providers.items():
@@ -276,6 +283,10 @@ class Settings(BaseSettings):
                 keys.append(_webhook_secret(hook.name, hook.previous_secret_env))
             endpoints[hook.name] = Endpoint(settings=hook, secrets=tuple(keys))
         return endpoints
+
+    def model_catalogue(self) -> Catalogue:
+        """The shipped model catalogue with this deployment's `[[catalogue.<provider>]]`."""
+        return Catalogue.builtin().with_overrides(self.catalogue)
 
     def all_secrets(self) -> tuple[str, ...]:
         """Every configured provider secret, for scrubbing text before it leaves us."""

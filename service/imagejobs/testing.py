@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -122,10 +123,15 @@ def wait_until(
         time.sleep(interval_s)
 
 
+def toml_key(key: str) -> str:
+    """A TOML key: bare when it can be, else quoted (`"together/org/model"`)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def toml_value(value: object) -> str:
     """A TOML literal: scalars as JSON, lists as arrays, dicts as inline tables."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)
@@ -139,7 +145,7 @@ def to_toml(values: TomlTable, prefix: str = "") -> str:
         if isinstance(value, dict):
             tables.append((key, value))
         else:
-            lines.append(f"{key} = {toml_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
     out = f"[{prefix}]\n" if prefix else ""
     out += "\n".join(lines) + "\n"
     for key, table in tables:

@@ -47,7 +47,12 @@ def test_multipart_edit_arrives_byte_identical_upstream(
     before = len(fake_openai.requests_to("/v1/images/edits"))
     r = client.post(
         "/v1/async/images/edits",
-        data={"model": "openai/gpt-image-1", "prompt": "add a moon", "n": "1", "custom": "x"},
+        data={
+            "model": "openai/gpt-image-2.6-sunburst",
+            "prompt": "add a moon",
+            "n": "1",
+            "custom": "x",
+        },
         files=[
             ("image[]", ("a.png", first, "image/png")),
             ("image[]", ("b.png", second, "image/png")),
@@ -61,7 +66,7 @@ def test_multipart_edit_arrives_byte_identical_upstream(
     assert len(sent) == 1
     assert sent[0].headers["authorization"] == f"Bearer {OPENAI_TEST_KEY}"
     fields, files = sent[0].multipart()
-    assert fields["prompt"] == ["add a moon"] and fields["model"] == ["gpt-image-1"]
+    assert fields["prompt"] == ["add a moon"] and fields["model"] == ["gpt-image-2.6-sunburst"]
     assert fields["custom"] == ["x"]
     assert [sha(f[2]) for f in files["image[]"]] == [sha(first), sha(second)]
     assert sha(files["mask"][0][2]) == sha(mask)
@@ -107,7 +112,9 @@ def test_variation_uses_only_the_first_image(client: httpx.Client, fake_openai: 
     before = len(fake_openai.requests_to("/v1/images/variations"))
     r = client.post(
         "/v1/async/images/variations",
-        data={"model": "openai/dall-e-2", "n": "2"},
+        # OpenAI's only model with variations (dall-e-2) is retired: an OpenAI-compatible
+        # server still takes them, over the same adapter code
+        data={"model": "openai-compatible/local-variations", "n": "2"},
         files=[
             ("image[]", ("a.png", first, "image/png")),
             ("image[]", ("b.png", second, "image/png")),

@@ -169,12 +169,12 @@ def test_an_input_images_bomb_is_400_like_an_upload(client: httpx.Client, form: 
     entry = f"data:image/png;base64,{b64}" if form == "data-url" else b64
     if form == "grpc":
         request = jobs_pb2.ImageRequest(
-            model="gemini/gemini-2.5-flash-image", prompt="p", input_images=[entry]
+            model="gemini/gemini-3.1-flash-image", prompt="p", input_images=[entry]
         )
         with pytest.raises(InvalidRequest, match=r"input_images\[0\]: image dimensions"):
             from_proto(Kind.GENERATION, request, Limits())
         return
-    body = {**GEN, "model": "gemini/gemini-2.5-flash-image", "input_images": [png_b64(), entry]}
+    body = {**GEN, "model": "gemini/gemini-3.1-flash-image", "input_images": [png_b64(), entry]}
     r = submit(client, body)
     error = assert_error_body(r, 400, "input_images[1]: image dimensions")
     assert error["error"]["param"] == "input_images[1]"

@@ -52,7 +52,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI) -> Iterato
         "virtual_keys": {
             "alpha": {
                 "key_sha256": sha(KEYS["alpha"]),
-                "allowed_models": ["mock/*", "openai/gpt-image-1"],
+                "allowed_models": ["mock/*", "openai/gpt-image-2.6-sunburst"],
                 "max_ttl_s": 120,
             },
             "beta": {"key_sha256": sha(KEYS["beta"])},
@@ -263,10 +263,10 @@ def test_concurrency_limit_is_429_until_a_job_ends(keyed: Stack) -> None:
 
 def test_a_model_the_key_may_not_use_is_403(keyed: Stack) -> None:
     with client(keyed, KEYS["alpha"]) as c:
-        r = submit(c, mock_request(model="openai/dall-e-3"))
+        r = submit(c, mock_request(model="openai/gpt-image-2.6-flare"))
         err = assert_error_body(r, 403)
         assert err["error"]["code"] == "model_not_allowed" and err["error"]["param"] == "model"
-        r = submit(c, mock_request() | {"fallbacks": ["openai/dall-e-2"]})
+        r = submit(c, mock_request() | {"fallbacks": ["openai/gpt-image-2.5-sunburst"]})
         assert assert_error_body(r, 403)["error"]["param"] == "fallbacks"
         assert submit(c, mock_request(model="mock/anything")).status_code == 202
 
@@ -305,9 +305,9 @@ def test_no_secret_in_any_log_or_job(keyed: Stack, fake: FakeOpenAI) -> None:
     )
     bodies = []
     with client(keyed, KEYS["alpha"]) as c:
-        failed = submit(c, {"model": "openai/gpt-image-1", "prompt": "x"}).json()["id"]
+        failed = submit(c, {"model": "openai/gpt-image-2.6-sunburst", "prompt": "x"}).json()["id"]
         bodies.append(wait_terminal(c, failed).text)
-        ok = submit(c, {"model": "openai/gpt-image-1", "prompt": "y"}).json()["id"]
+        ok = submit(c, {"model": "openai/gpt-image-2.6-sunburst", "prompt": "y"}).json()["id"]
         bodies.append(wait_terminal(c, ok).text)
         bodies.append(c.get("/v1/async/images/jobs").text)
     for key in KEYS.values():

@@ -18,7 +18,7 @@ def test_generation_sends_the_exact_request(client: httpx.Client, fake_openai: F
     r = submit(
         client,
         {
-            "model": "openai/gpt-image-1",
+            "model": "openai/gpt-image-2.6-sunburst",
             "prompt": "a lighthouse",
             "size": "1024x1024",
             "quality": "high",
@@ -35,7 +35,7 @@ def test_generation_sends_the_exact_request(client: httpx.Client, fake_openai: F
     assert req.method == "POST"
     assert req.headers["authorization"] == f"Bearer {OPENAI_TEST_KEY}"
     assert req.json() == {
-        "model": "gpt-image-1",
+        "model": "gpt-image-2.6-sunburst",
         "prompt": "a lighthouse",
         "size": "1024x1024",
         "quality": "high",
@@ -62,7 +62,7 @@ def test_upstream_rejection_fails_the_job(client: httpx.Client, fake_openai: Fak
             },
         )
     )
-    r = submit(client, {"model": "openai/gpt-image-1", "prompt": "forbidden"})
+    r = submit(client, {"model": "openai/gpt-image-2.6-sunburst", "prompt": "forbidden"})
     job = wait_terminal(client, r.json()["id"]).json()
     assert job["status"] == "failed" and job["status_code"] == 400
     err = job["error"]

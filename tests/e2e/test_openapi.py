@@ -88,7 +88,8 @@ def _spec_paths() -> set[tuple[str, str]]:
 
 def test_every_proto_binding_is_in_the_spec_and_nothing_else() -> None:
     bindings = _binding_paths()
-    assert len(bindings) == 19  # 3 submits, 3 x (get, delete, image, events, deliveries), list
+    # 3 submits, 3 x (get, delete, image, events, deliveries), the job list, the models
+    assert len(bindings) == 20
     assert _spec_paths() - {("GET", "/health")} == bindings
 
 
@@ -336,6 +337,21 @@ def test_the_delivery_schema_holds_its_presence_rules() -> None:
         validate({**base, "status": "delivered", "next_attempt_at": now}, "WebhookDelivery")
     with pytest.raises(AssertionError):
         validate({**base, "status": "lost"}, "WebhookDelivery")
+
+
+def test_the_model_listing(api: httpx.Client) -> None:
+    r = api.get("/v1/async/images/models")
+    assert r.status_code == 200
+    body = check(r, "GET", "/v1/async/images/models")
+    assert {p["name"] for p in body["providers"]} >= {"mock", "openai"}
+    check(
+        api.get("/v1/async/images/models", headers={"x-pad": "a" * 10_000}),
+        "GET",
+        "/v1/async/images/models",
+    )
+    r = submit(api, {**GEN, "model": "openai/dall-e-2"})
+    assert r.status_code == 400
+    assert check(r, "POST", GENERATIONS)["error"]["code"] == "model_retired"
 
 
 def test_envoys_own_errors_and_health(api: httpx.Client, stack: Any) -> None:

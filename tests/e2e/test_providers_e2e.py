@@ -128,7 +128,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "azure": keyed(
                     "azure",
                     fakes.azure.url,
-                    deployments={"gpt-image-1": AZURE_DEPLOYMENT},
+                    deployments={"gpt-image-2.6-sunburst": AZURE_DEPLOYMENT},
                     api_version=AZURE_API_VERSION,
                 ),
                 "xai": keyed("xai", fakes.xai.url),
@@ -147,7 +147,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "keys": [{"env": AWS_KEY_ENV}],
                     **common,
                 },
-                "huggingface": keyed("huggingface", fakes.huggingface.url),
+                "huggingface": keyed(
+                    "huggingface", fakes.huggingface.url, hub_url=fakes.huggingface.hub_url
+                ),
                 "replicate": {**keyed("replicate", fakes.replicate.url), **polling},
                 "stability": keyed("stability", fakes.stability.url),
                 "bfl": {**keyed("bfl", fakes.bfl.url), **polling},
@@ -291,7 +293,7 @@ def test_openai_generation(env: Env) -> None:
     job = generate(
         env,
         {
-            "model": "openai/gpt-image-1",
+            "model": "openai/gpt-image-2.6-sunburst",
             "prompt": "a lighthouse",
             "size": "1024x1024",
             "quality": "low",
@@ -299,11 +301,11 @@ def test_openai_generation(env: Env) -> None:
             "custom_flag": True,  # unknown: passed through
         },
     )
-    images = completed(job, "openai", "gpt-image-1")
+    images = completed(job, "openai", "gpt-image-2.6-sunburst")
     (req,) = sent("/v1/images/generations")
     assert req.headers["authorization"] == f"Bearer {KEYS['openai']}"
     assert req.json() == {
-        "model": "gpt-image-1",
+        "model": "gpt-image-2.6-sunburst",
         "prompt": "a lighthouse",
         "size": "1024x1024",
         "quality": "low",
@@ -321,32 +323,33 @@ def test_openai_edit_multipart(env: Env) -> None:
     job = upload(
         env,
         "edits",
-        {"model": "openai/gpt-image-1", "prompt": "add a moon", "n": "2"},
+        {"model": "openai/gpt-image-2.6-sunburst", "prompt": "add a moon", "n": "2"},
         mask=True,
         images=(IMAGE, second),
     )
-    images = completed(job, "openai", "gpt-image-1", n=2)
+    images = completed(job, "openai", "gpt-image-2.6-sunburst", n=2)
     (req,) = sent("/v1/images/edits")
     assert req.headers["authorization"] == f"Bearer {KEYS['openai']}"
     fields, files = fields_of(req)
-    assert fields == {"model": "gpt-image-1", "prompt": "add a moon", "n": "2"}
+    assert fields == {"model": "gpt-image-2.6-sunburst", "prompt": "add a moon", "n": "2"}
     assert [(f[0], f[2]) for f in files["image[]"]] == [("in0.png", IMAGE), ("in1.png", second)]
     assert [f[2] for f in files["mask"]] == [MASK]  # OpenAI's own convention: unchanged
     assert images == fake.served[-2:]
     assert job["result"]["extra_fields"]["request_type"] == "image_edit"
 
 
-def test_openai_variation_multipart(env: Env) -> None:
-    fake = env.fakes.openai
-    sent = Since(fake)
-    job = upload(env, "variations", {"model": "openai/dall-e-2", "size": "256x256"})
-    images = completed(job, "openai", "dall-e-2")
-    (req,) = sent("/v1/images/variations")
-    assert req.headers["authorization"] == f"Bearer {KEYS['openai']}"
-    fields, files = fields_of(req)
-    assert fields == {"model": "dall-e-2", "size": "256x256"}
-    assert [f[2] for f in files["image"]] == [IMAGE]
-    assert images == fake.served[-1:]
+def test_openai_variation_with_retired_dall_e_is_refused_at_submit(env: Env) -> None:
+    """dall-e-2 (OpenAI's only model with variations) is retired: the multipart submit is
+    a 400 naming the replacement, and nothing reaches OpenAI."""
+    sent = Since(env.fakes.openai)
+    files = [("image", ("in0.png", IMAGE, "image/png"))]
+    fields = {"model": "openai/dall-e-2", "size": "256x256"}
+    r = env.api.post("/v1/async/images/variations", data=fields, files=files)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("model_retired", "model")
+    assert "use openai/gpt-image-2.5-sunburst instead" in err["message"]
+    assert sent() == []
 
 
 def test_openai_compatible_generation_and_variation(env: Env) -> None:
@@ -374,23 +377,31 @@ def test_openai_compatible_generation_and_variation(env: Env) -> None:
 def test_azure_generation_and_edit(env: Env) -> None:
     fake = env.fakes.azure
     sent = Since(fake)
-    job = generate(env, {"model": "azure/gpt-image-1", "prompt": "a harbour", "size": "1536x1024"})
-    images = completed(job, "azure", "gpt-image-1")
+    job = generate(
+        env, {"model": "azure/gpt-image-2.6-sunburst", "prompt": "a harbour", "size": "1536x1024"}
+    )
+    images = completed(job, "azure", "gpt-image-2.6-sunburst")
     deployment = f"/openai/deployments/{AZURE_DEPLOYMENT}/images"
     (req,) = sent(f"{deployment}/generations")
     assert req.query == {"api-version": [AZURE_API_VERSION]}
     assert req.headers["api-key"] == KEYS["azure"]
     assert "authorization" not in req.headers
-    assert req.json() == {"model": "gpt-image-1", "prompt": "a harbour", "size": "1536x1024"}
+    assert req.json() == {
+        "model": "gpt-image-2.6-sunburst",
+        "prompt": "a harbour",
+        "size": "1536x1024",
+    }
     assert images == fake.served[-1:]
 
-    job = upload(env, "edits", {"model": "azure/gpt-image-1", "prompt": "add boats"}, mask=True)
-    images = completed(job, "azure", "gpt-image-1")
+    job = upload(
+        env, "edits", {"model": "azure/gpt-image-2.6-sunburst", "prompt": "add boats"}, mask=True
+    )
+    images = completed(job, "azure", "gpt-image-2.6-sunburst")
     (req,) = sent(f"{deployment}/edits")
     assert req.query == {"api-version": [AZURE_API_VERSION]}
     assert req.headers["api-key"] == KEYS["azure"]
     fields, files = fields_of(req)
-    assert fields == {"model": "gpt-image-1", "prompt": "add boats"}
+    assert fields == {"model": "gpt-image-2.6-sunburst", "prompt": "add boats"}
     assert [f[2] for f in files["image"]] == [IMAGE]
     assert [f[2] for f in files["mask"]] == [MASK]
     assert images == fake.served[-1:]
@@ -401,13 +412,22 @@ def test_xai_generation_downloads_the_result_url(env: Env) -> None:
     sent = Since(fake)
     job = generate(
         env,
-        {"model": "xai/grok-2-image", "prompt": "a comet", "size": "1024x1024", "style": "vivid"},
+        {
+            "model": "xai/grok-imagine-image-2.0",
+            "prompt": "a comet",
+            "size": "1024x1024",
+            "style": "vivid",
+        },
     )
-    images = completed(job, "xai", "grok-2-image")
+    images = completed(job, "xai", "grok-imagine-image-2.0")
     (req,) = sent("/v1/images/generations")
     assert req.headers["authorization"] == f"Bearer {KEYS['xai']}"
     # xAI rejects size and style: the size became the nearest aspect ratio
-    assert req.json() == {"model": "grok-2-image", "prompt": "a comet", "aspect_ratio": "1:1"}
+    assert req.json() == {
+        "model": "grok-imagine-image-2.0",
+        "prompt": "a comet",
+        "aspect_ratio": "1:1",
+    }
     (download,) = sent(r"/files/\w+\.png", "GET")
     assert "authorization" not in download.headers  # result URLs get no credentials
     assert images == fake.served[-1:]
@@ -458,15 +478,15 @@ def test_gemini_generate_content_fans_out_n(env: Env) -> None:
     job = generate(
         env,
         {
-            "model": "gemini/gemini-2.5-flash-image",
+            "model": "gemini/gemini-3.1-flash-image",
             "prompt": "a red fox",
             "size": "1536x1024",
             "n": 2,
             "seed": 10,
         },
     )
-    images = completed(job, "gemini", "gemini-2.5-flash-image", n=2)
-    calls = sent(r"/v1beta/models/gemini-2\.5-flash-image:generateContent")
+    images = completed(job, "gemini", "gemini-3.1-flash-image", n=2)
+    calls = sent(r"/v1beta/models/gemini-3\.1-flash-image:generateContent")
     assert len(calls) == 2  # one image per generateContent call
     for req in calls:
         assert req.headers["x-goog-api-key"] == KEYS["gemini"]
@@ -487,27 +507,15 @@ def test_gemini_generate_content_fans_out_n(env: Env) -> None:
     assert job["result"]["usage"]["total_tokens"] == 2 * 1302  # merged across the calls
 
 
-def test_gemini_imagen_predict(env: Env) -> None:
-    fake = env.fakes.gemini
-    sent = Since(fake)
-    job = generate(
-        env,
-        {
-            "model": "gemini/imagen-4.0-generate-001",
-            "prompt": "a castle",
-            "n": 2,
-            "aspect_ratio": "16:9",
-            "negative_prompt": "fog",  # the Gemini API's Imagen rejects it: dropped
-        },
-    )
-    images = completed(job, "gemini", "imagen-4.0-generate-001", n=2)
-    (req,) = sent(r"/v1beta/models/imagen-4\.0-generate-001:predict")  # up to 4 per call
-    assert req.headers["x-goog-api-key"] == KEYS["gemini"]
-    assert req.json() == {
-        "instances": [{"prompt": "a castle"}],
-        "parameters": {"sampleCount": 2, "aspectRatio": "16:9"},
-    }
-    assert images == fake.served[-2:]
+def test_gemini_imagen_is_retired_and_refused_at_submit(env: Env) -> None:
+    """Imagen is shut down on the Gemini API: 400 model_retired, nothing sent upstream."""
+    sent = Since(env.fakes.gemini)
+    r = submit(env.api, {"model": "gemini/imagen-4.0-generate-001", "prompt": "a castle"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("model_retired", "model")
+    assert "use gemini/gemini-3.1-flash-image instead" in err["message"]
+    assert sent() == []
 
 
 def test_gemini_edit_sends_the_upload_inline(env: Env) -> None:
@@ -516,11 +524,11 @@ def test_gemini_edit_sends_the_upload_inline(env: Env) -> None:
     job = upload(
         env,
         "edits",
-        {"model": "gemini/gemini-2.5-flash-image", "prompt": "make it night"},
+        {"model": "gemini/gemini-3.1-flash-image", "prompt": "make it night"},
         mask=True,  # Gemini has no mask input: ignored
     )
-    images = completed(job, "gemini", "gemini-2.5-flash-image")
-    (req,) = sent(r"/v1beta/models/gemini-2\.5-flash-image:generateContent")
+    images = completed(job, "gemini", "gemini-3.1-flash-image")
+    (req,) = sent(r"/v1beta/models/gemini-3\.1-flash-image:generateContent")
     assert req.headers["x-goog-api-key"] == KEYS["gemini"]
     assert req.json() == {
         "contents": [
@@ -551,6 +559,9 @@ def test_vertex_imagen_generation_with_service_account_token(env: Env) -> None:
         },
     )
     images = completed(job, "vertex", "imagen-4.0-generate-001")
+    # deprecated on Vertex: it runs, and the job says so
+    [warning] = job["result"]["extra_fields"]["warnings"]
+    assert warning.startswith("model vertex/imagen-4.0-generate-001 is deprecated")
     (req,) = sent(re.escape(VERTEX_MODELS) + r"/imagen-4\.0-generate-001:predict")
     auth = req.headers["authorization"]
     assert auth.startswith("Bearer ya29.fake-")
@@ -749,7 +760,7 @@ def test_huggingface_text_to_image_and_image_to_image(env: Env) -> None:
 def test_huggingface_together_route(env: Env) -> None:
     fake = env.fakes.huggingface
     sent = Since(fake)
-    model = "together/black-forest-labs/FLUX.1-schnell-Free"
+    model = f"together/{HF_REPO}"  # the Hub repo; the fake Hub maps it to Together's id
     job = generate(env, {"model": f"huggingface/{model}", "prompt": "a dune", "seed": 3})
     images = completed(job, "huggingface", model)
     (req,) = sent("/together/v1/images/generations")
@@ -931,11 +942,11 @@ def test_bfl_kontext_edit(env: Env) -> None:
 @pytest.mark.parametrize(
     ("kind", "model", "fake_name"),
     [
-        ("variations", "azure/gpt-image-1", "azure"),
-        ("variations", "gemini/gemini-2.5-flash-image", "gemini"),
+        ("variations", "azure/gpt-image-2.6-sunburst", "azure"),
+        ("variations", "gemini/gemini-3.1-flash-image", "gemini"),
         ("variations", "vertex/imagen-4.0-generate-001", "vertex"),
-        ("edits", "xai/grok-2-image", "xai"),
-        ("variations", "xai/grok-2-image", "xai"),
+        ("edits", "xai/grok-imagine-image-2.0", "xai"),
+        ("variations", "xai/grok-imagine-image-2.0", "xai"),
         ("variations", "huggingface/hf-inference/org/model", "huggingface"),
         ("edits", "nebius/black-forest-labs/flux-schnell", "nebius"),
         ("variations", "replicate/black-forest-labs/flux-schnell", "replicate"),
@@ -968,8 +979,8 @@ def test_openai_429_with_retry_after_then_success(env: Env) -> None:
             429, "Rate limit reached", type="rate_limit_error", headers={"Retry-After": "2"}
         )
     )
-    job = generate(env, {"model": "openai/gpt-image-1", "prompt": "patience"})
-    images = completed(job, "openai", "gpt-image-1")
+    job = generate(env, {"model": "openai/gpt-image-2.6-sunburst", "prompt": "patience"})
+    images = completed(job, "openai", "gpt-image-2.6-sunburst")
     assert len(sent("/v1/images/generations")) == 2
     # waited for Retry-After (2 s), longer than the first backoff could be (<= 1 s)
     assert job["result"]["extra_fields"]["latency"] >= 1950
@@ -981,9 +992,9 @@ def test_gemini_429_retry_info_delay_then_success(env: Env) -> None:
     fake = env.fakes.gemini
     sent = Since(fake)
     fake.fail_next(google_error(429, "Quota exceeded", "RESOURCE_EXHAUSTED", retry_delay="2s"))
-    job = generate(env, {"model": "gemini/imagen-4.0-generate-001", "prompt": "patience"})
-    images = completed(job, "gemini", "imagen-4.0-generate-001")
-    assert len(sent(r"/v1beta/models/imagen-4\.0-generate-001:predict")) == 2
+    job = generate(env, {"model": "gemini/gemini-3.1-flash-image", "prompt": "patience"})
+    images = completed(job, "gemini", "gemini-3.1-flash-image")
+    assert len(sent(r"/v1beta/models/gemini-3\.1-flash-image:generateContent")) == 2
     assert job["result"]["extra_fields"]["latency"] >= 1950  # the retryDelay, not the backoff
     assert images == fake.served[-1:]
 
@@ -1019,7 +1030,7 @@ def test_fallback_after_a_4xx_through_several_candidates(env: Env) -> None:
         {
             "model": "nebius/black-forest-labs/flux-dev",
             "prompt": "a tower",
-            "fallbacks": ["gemini/imagen-4.0-generate-001", "mock/fallback-1"],
+            "fallbacks": ["gemini/gemini-3.1-flash-image", "mock/fallback-1"],
         },
     )
     completed(job, "mock", "fallback-1", requested="black-forest-labs/flux-dev")
@@ -1032,7 +1043,7 @@ def test_all_candidates_failing_reports_the_last_error(env: Env) -> None:
     job = generate(
         env,
         {
-            "model": "xai/grok-2-image",
+            "model": "xai/grok-imagine-image-2.0",
             "prompt": "x",
             "fallbacks": ["mock/m"],
             "mock_fail_status": 422,
@@ -1051,7 +1062,7 @@ def test_echoed_key_is_scrubbed_from_the_job_error(env: Env) -> None:
     fake.fail_next(
         openai_error(401, f"Incorrect API key provided: {KEYS['openai']}.", code="invalid_api_key")
     )
-    job = generate(env, {"model": "openai/gpt-image-1", "prompt": "x"})
+    job = generate(env, {"model": "openai/gpt-image-2.6-sunburst", "prompt": "x"})
     err = failed(job, 401, "invalid_api_key")
     assert KEYS["openai"] not in json.dumps(job)
     assert err["message"].startswith("Incorrect API key provided: ")

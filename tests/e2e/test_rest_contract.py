@@ -104,7 +104,10 @@ def test_request_id_header_becomes_request_id(client: httpx.Client) -> None:
         (b"{not json", "invalid request format: "),
         (b"[1, 2]", "invalid request format: "),
         (b'{"prompt": "p"}', "model should be in provider/model format"),
-        (b'{"model": "gpt-image-1", "prompt": "p"}', "model should be in provider/model format"),
+        (
+            b'{"model": "gpt-image-2.6-sunburst", "prompt": "p"}',
+            "model should be in provider/model format",
+        ),
         (b'{"model": "nosuch/m", "prompt": "p"}', "model should be in provider/model format"),
         (b'{"model": "mock/", "prompt": "p"}', "model should be in provider/model format"),
         (b'{"model": "mock/m"}', "prompt cannot be empty"),

@@ -1,5 +1,6 @@
-"""A fake Hugging Face inference router on FakeUpstream.
+"""A fake Hugging Face inference router, and a fake Hub beside it, on FakeUpstream.
 
+Router (`url`):
 - `POST /hf-inference/models/<org>/<model>`: text-to-image (`{"inputs": prompt}`) or
   image-to-image (`{"inputs": <base64 image>, "parameters": {"prompt": ...}}`); answers
   the raw PNG bytes with `Content-Type: image/png`, as hf-inference does.
@@ -8,10 +9,16 @@
 - Auth: `Authorization: Bearer <token>` must equal `token` (when set), else the router's
   401 `{"error": "Invalid credentials in Authorization header"}`.
 
+Hub (`hub_url`, its own server, so that a scripted router failure never hits a lookup):
+- `GET /api/models/<org>/<model>?expand[]=inferenceProviderMapping`: the repo's entry of
+  `mappings` in the shape `model_info` answers (an object keyed by provider:
+  `{"together": {"providerId", "status", "task"}}`), or 404 `{"error": "Repository not
+  found"}`. `hub_requests` records the lookups.
+
 `served` lists the image bytes answered, in order.
 
     with FakeHuggingFace(token="hf_test") as fake:
-        ProviderConfig(name="huggingface", base_url=fake.url, keys=(WeightedKey("hf_test"),))
+        ProviderConfig(name="huggingface", base_url=fake.url, hub_url=fake.hub_url, ...)
 """
 
 from __future__ import annotations
@@ -20,16 +27,51 @@ import base64
 import binascii
 import itertools
 import threading
+from typing import Any, Self
 
 from .gemini import png_bytes
 from .upstream import FakeRequest, FakeResponse, FakeUpstream, VendorFake
+
+FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
+# What the Hub maps FLUX.1-schnell to: repo -> provider -> its entry. Together's id
+# differs from the repo id, which is why the official clients look it up.
+DEFAULT_MAPPINGS: dict[str, dict[str, dict[str, Any]]] = {
+    FLUX_SCHNELL: {
+        "hf-inference": {"providerId": FLUX_SCHNELL, "status": "live", "task": "text-to-image"},
+        "together": {
+            "providerId": "black-forest-labs/FLUX.1-schnell-Free",
+            "status": "live",
+            "task": "text-to-image",
+        },
+        "nebius": {
+            "providerId": "black-forest-labs/flux-schnell",
+            "status": "live",
+            "task": "text-to-image",
+        },
+    },
+    "timbrooks/instruct-pix2pix": {
+        "hf-inference": {
+            "providerId": "timbrooks/instruct-pix2pix",
+            "status": "live",
+            "task": "image-to-image",
+        },
+    },
+}
 
 
 class FakeHuggingFace(VendorFake):
     """router.huggingface.co. Start with `with FakeHuggingFace() as fake:`."""
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        mappings: dict[str, dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
         self.token = token
+        self.mappings = dict(DEFAULT_MAPPINGS if mappings is None else mappings)
+        self.hub = FakeUpstream()
+        self.hub.route("GET", r"/api/models/(?P<repo>[^/]+/[^/]+)", self._model_info)
         self.upstream = FakeUpstream()
         self.served: list[bytes] = []
         self._counter = itertools.count()
@@ -38,6 +80,32 @@ class FakeHuggingFace(VendorFake):
         self.upstream.route(
             "POST", r"/(?P<provider>together|nebius)/v1/images/generations", self._openai_style
         )
+
+    @property
+    def hub_url(self) -> str:
+        return self.hub.url
+
+    @property
+    def hub_requests(self) -> list[FakeRequest]:
+        return self.hub.requests
+
+    def __enter__(self) -> Self:
+        self.hub.__enter__()
+        return super().__enter__()
+
+    def close(self) -> None:
+        super().close()
+        self.hub.close()
+
+    def _model_info(self, req: FakeRequest) -> FakeResponse:
+        assert req.match is not None
+        repo = req.match["repo"]
+        if repo not in self.mappings:
+            return FakeResponse(404, {"error": "Repository not found"})
+        body: dict[str, Any] = {"id": repo, "_id": "0" * 24}
+        if req.query.get("expand[]") == ["inferenceProviderMapping"]:
+            body["inferenceProviderMapping"] = self.mappings[repo]
+        return FakeResponse(200, body)
 
     def _next_image(self) -> bytes:
         with self._lock:

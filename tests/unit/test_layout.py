@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "webhooks",
         "worker.finish",
         "providers.registry",
+        "providers.catalogue",
         "runtime.metrics",
     },
     "client": {"domain"},

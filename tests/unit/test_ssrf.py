@@ -776,7 +776,7 @@ def gemini_with(fake: FakeGemini, http: httpx.AsyncClient, policy: FetchPolicy) 
 def with_input_url(url: str) -> ProviderRequest:
     return ProviderRequest(
         kind=Kind.GENERATION,
-        model="gemini-2.5-flash-image",
+        model="gemini-3.1-flash-image",
         prompt="a cat like this one",
         params={"input_images": [url]},
     )

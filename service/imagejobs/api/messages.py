@@ -100,6 +100,7 @@ def result_message(
             model_requested=job.request.model.name,
             model_used=result.model,
             latency_ms=result.latency_ms,
+            warnings=list(job.request.warnings),
         )
     )
     return msg

@@ -1,24 +1,28 @@
 """Turning a submitted body (JSON, multipart, or a typed gRPC message) into one validated
 `ImageRequest`, with the contract's 400 messages. Pure apart from the multipart parser.
 
-Every path ends in `validate()`, so REST and gRPC clients get the same rules.
+Every path ends in `validate()`, so REST and gRPC clients get the same rules, the model
+catalogue's among them (api/lifecycle.py: a retired model or fallback is a 400).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from google.protobuf import json_format
 
+from imagejobs.api.lifecycle import lifecycle_warnings, utc_today
 from imagejobs.api.uploads import Upload, parse_multipart
 from imagejobs.domain import constants
 from imagejobs.domain.errors import ErrorContext, InvalidRequest, PayloadTooLarge
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
+from imagejobs.providers.catalogue import Catalogue
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.v1 import jobs_pb2
 
@@ -48,6 +52,7 @@ class ImageRequest:
     images: tuple[Upload, ...] = ()
     mask: Upload | None = None
     fallbacks: tuple[ModelRef, ...] = ()
+    warnings: tuple[str, ...] = ()  # the catalogue's word on deprecated models named
 
 
 def parse_body(kind: Kind, content_type: str, body: bytes, limits: Limits) -> ImageRequest:
@@ -134,7 +139,8 @@ def from_proto(kind: Kind, msg: jobs_pb2.ImageRequest, limits: Limits) -> ImageR
 
 @dataclass(frozen=True)
 class Limits:
-    """Input limits (issue: hardening); defaults suit the upstream APIs."""
+    """What a request is held to: input limits (defaults suit the upstream APIs), and the
+    model catalogue its models are looked up in on `today()`."""
 
     max_prompt_chars: int = constants.DEFAULT_MAX_PROMPT_CHARS
     max_n: int = constants.MAX_N
@@ -143,6 +149,8 @@ class Limits:
     max_total_bytes: int = constants.MAX_BODY_BYTES
     max_json_depth: int = constants.MAX_JSON_DEPTH
     max_fallbacks: int = constants.MAX_FALLBACKS
+    catalogue: Catalogue = field(default_factory=Catalogue.builtin)
+    today: Callable[[], date] = utc_today
 
 
 def validate(
@@ -179,6 +187,7 @@ def validate(
     params = _params(fields, extra, limits)
     _check_input_images(params.get("input_images"), limits, extra)
     fallbacks = _fallbacks(fields.get("fallbacks"), limits, extra)
+    warnings = lifecycle_warnings(limits.catalogue, limits.today(), kind, [model, *fallbacks])
     if kind is not Kind.GENERATION:
         _check_images(images, mask, limits, extra)
     return ImageRequest(
@@ -189,6 +198,7 @@ def validate(
         images=tuple(images[:1] if kind is Kind.VARIATION else images),
         mask=mask if kind is Kind.EDIT else None,
         fallbacks=fallbacks,
+        warnings=warnings,
     )
 
 

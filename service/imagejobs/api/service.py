@@ -199,6 +199,7 @@ class JobService(JobReader):
                 images=tuple(refs),
                 mask=mask,
                 fallbacks=request.fallbacks,
+                warnings=request.warnings,
             ),
         )
         created, indexed = await asyncio.gather(

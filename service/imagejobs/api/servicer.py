@@ -31,6 +31,7 @@ from imagejobs.api.fields import (
     submit_kind,
 )
 from imagejobs.api.messages import IMAGE_CHUNK_BYTES, delivery_message, inlines, job_message
+from imagejobs.api.models import listing, listing_json
 from imagejobs.api.reads import Page
 from imagejobs.api.render import deliveries_json, job_json, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
@@ -62,8 +63,11 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         self._auth = Authenticator(
             settings.key_policies(), require_key=settings.require_virtual_key
         )
+        self._catalogue = settings.model_catalogue()
         self._limits = Limits(
-            max_total_bytes=settings.max_body_bytes, max_file_bytes=settings.max_file_bytes
+            max_total_bytes=settings.max_body_bytes,
+            max_file_bytes=settings.max_file_bytes,
+            catalogue=self._catalogue,
         )
 
     def _base_url(self, md: dict[str, str]) -> str:
@@ -307,6 +311,27 @@ class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
         )
 
     # --- rendering ------------------------------------------------------------------
+
+    async def ListModels(
+        self, request: jobs_pb2.ListModelsRequest, context: Context
+    ) -> jobs_pb2.ListModelsResponse:
+        return self._models(self._auth.caller(metadata_of(context)))
+
+    async def ListModelsJson(
+        self, request: jobs_pb2.ListModelsJsonRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        models = self._models(self._auth.caller(metadata_of(context)))
+        return httpbody_pb2.HttpBody(content_type="application/json", data=listing_json(models))
+
+    def _models(self, caller: Caller) -> jobs_pb2.ListModelsResponse:
+        """The configured providers' model families, as `caller`'s key may see them."""
+        return listing(
+            self._catalogue,
+            self._settings.providers,
+            day=self._limits.today(),
+            max_n=self._limits.max_n,
+            policy=caller.policy,
+        )
 
     async def _fetch(self, job: Job) -> list[bytes]:
         """Every result image's bytes (JobNotFound if they expired meanwhile)."""

@@ -45,6 +45,8 @@ def result_dict(
         "model_used": result.model,
         "latency": result.latency_ms,
     }
+    if job.request.warnings:  # deprecated models named at submit (providers/catalogue.py)
+        out["extra_fields"]["warnings"] = list(job.request.warnings)
     return out
 
 

@@ -75,6 +75,7 @@ class ErrorCode(enum.StrEnum):
     MISSING_VIRTUAL_KEY = "missing_virtual_key"
     INVALID_VIRTUAL_KEY = "invalid_virtual_key"
     MODEL_NOT_ALLOWED = "model_not_allowed"
+    MODEL_RETIRED = "model_retired"  # the catalogue says the vendor no longer serves it
     JOB_NOT_FOUND = "job_not_found"
     CONFLICT = "conflict"
     JOB_NOT_CANCELLABLE = "job_not_cancellable"
@@ -104,6 +105,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_MODEL = "unsupported_model"
     INVALID_MODEL = "invalid_model"
     MODEL_NOT_FOUND = "model_not_found"
+    MODEL_NOT_MAPPED = "model_not_mapped"  # the HF Hub maps the repo to no such provider
     UNSUPPORTED_EDIT_TYPE = "unsupported_edit_type"
     MISSING_IMAGE = "missing_image"
     MISSING_MASK = "missing_mask"

@@ -80,6 +80,8 @@ class StoredRequest(BaseModel):
     images: tuple[ObjectRef, ...] = ()
     mask: ObjectRef | None = None
     fallbacks: tuple[ModelField, ...] = ()
+    # the model catalogue's word on deprecated models the request named, at submit
+    warnings: tuple[str, ...] = ()
 
     @property
     def response_format(self) -> str:

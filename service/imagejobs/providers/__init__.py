@@ -8,6 +8,9 @@ protocol. Only workers call them.
     polling.py    following an asynchronous upstream task (Replicate, BFL)
     normalize.py  size / aspect ratio / resolution and mask conventions
     registry.py   the one table of vendors
+    catalogue.py  the model catalogue (catalogue.toml, dated and sourced): per provider
+                  its model families, their status, replacement and what they support
+    hf_mapping.py a Hugging Face Hub repo -> the inference provider's model id
     <vendor>.py   openai, openai_compatible, azure, xai, nebius, gemini, vertex
                   (google_common), bedrock, huggingface, replicate, stability, bfl, mock
 """

@@ -69,6 +69,9 @@ VENDOR_OPTIONS = frozenset(
         "aws_secret_access_key",
         "aws_session_token",
         "poll_interval_s",
+        "model_map",
+        "hub_url",
+        "hub_cache_ttl_s",
     }
 )
 

@@ -72,6 +72,10 @@ class ProviderConfig:
     aws_secret_access_key: str = field(default="", repr=False)  # bedrock; key id in `keys`
     aws_session_token: str = field(default="", repr=False)
     poll_interval_s: float = 0.0  # replicate/bfl: seconds between task polls; 0 = default
+    # huggingface: `<inference-provider>/<repo>` -> the provider's model id (no Hub lookup)
+    model_map: Mapping[str, str] = field(default_factory=dict)
+    hub_url: str = ""  # huggingface: the Hub asked for inferenceProviderMapping
+    hub_cache_ttl_s: float = 0.0  # huggingface: seconds a Hub mapping is reused; 0 = default
     max_download_bytes: int = constants.MAX_DOWNLOAD_BYTES
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # caller-given input image URLs
 
@@ -271,6 +275,11 @@ KNOWN_PARAMS = frozenset(
         "type", "input_fidelity",
     }
 )  # fmt: skip
+
+
+# Sent on every call whose answer is JSON: vendors' SDKs send it, and some servers
+# answer `*/*` (httpx's default) with HTML error pages.
+ACCEPT_JSON: Mapping[str, str] = {"Accept": "application/json"}
 
 
 def b64(data: bytes) -> str:

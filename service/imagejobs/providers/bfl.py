@@ -31,6 +31,7 @@ from typing import Any
 from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, ErrorType
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
+    ACCEPT_JSON,
     ProviderRequest,
     ProviderResult,
     b64,
@@ -103,7 +104,7 @@ class BflProvider(TaskAdapter):
         return f"bfl task {_FAILED_AS.get(status, status.lower())}{suffix}"
 
     async def _one(self, model: str, body: TaskDoc, key: str, deadline: float) -> ProviderResult:
-        headers = {"x-key": key, "Accept": "application/json"}
+        headers = {"x-key": key, **ACCEPT_JSON}
         url = f"{self.base_url}/v1/{model}"
         created = await self.create(
             self._http.build_request("POST", url, json=body, headers=headers)

@@ -1,6 +1,6 @@
 """The Gemini API (generativelanguage.googleapis.com): Gemini image models and Imagen.
 
-- Gemini image models (`gemini-2.5-flash-image`, `gemini-3-pro-image-preview`):
+- Gemini image models (`gemini-3.1-flash-image`, `gemini-3-pro-image`):
   `POST {base}/v1beta/models/{model}:generateContent`. One image per call, so `n` fans
   out. Edits send the input images as `inlineData` beside the prompt; Gemini has no mask
   input, so a mask is ignored (describe the edit in the prompt). A generation's
@@ -8,7 +8,9 @@
 - Imagen (`imagen-4.0-generate-001`, ...): `POST {base}/v1beta/models/{model}:predict`,
   up to 4 images per call. The Gemini API has no Imagen edit endpoint (Vertex has) and
   rejects `negativePrompt` and `seed` for Imagen, so those are not sent; Imagen ignores
-  `input_images`.
+  `input_images`. Google shut Imagen down on the Gemini API in 2026 and the model
+  catalogue refuses it at submit; the path stays for Vertex (which subclasses this
+  adapter) and for a deployment whose catalogue says otherwise.
 - Variations: not offered by either model family.
 
 Auth is the `x-goog-api-key` header. Google errors (`{"error": {"code", "message",
@@ -26,6 +28,7 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.providers import google_common as gc
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
+    ACCEPT_JSON,
     JSONValue,
     ProviderRequest,
     ProviderResult,
@@ -101,7 +104,7 @@ class GeminiProvider(Adapter):
         return await fan_out(request, gc.IMAGEN_PER_CALL, imagen_call)
 
     async def _post(self, model: str, method: str, body: dict[str, JSONValue]) -> JSONValue:
-        headers = await self.auth_headers()
+        headers = {**(await self.auth_headers()), **ACCEPT_JSON}
         http_request = self._http.build_request(
             "POST", self.endpoint(model, method), json=body, headers=headers
         )

@@ -1,10 +1,12 @@
 """Hugging Face Inference Providers, through the router (`https://router.huggingface.co`).
 
-The model is `<inference-provider>/<repo id>`, e.g. `hf-inference/black-forest-labs/
-FLUX.1-schnell`; the repo id is sent as given (the router's own model-id mapping, which
-the HF client libraries look up on the Hub first, is not consulted: for `together` and
-`nebius` give the id that provider uses). Auth: `Authorization: Bearer <HF token>`.
-Every call makes one image, so `n` fans out (a `seed` goes up by one per call).
+The model is `<inference-provider>/<Hub repo id>`, e.g. `hf-inference/black-forest-labs/
+FLUX.1-schnell` or `together/black-forest-labs/FLUX.1-schnell`. As the official clients
+do, the model id sent to a provider is the one the Hub maps the repo to
+(`inferenceProviderMapping`, looked up and cached by hf_mapping.py, or the deployment's
+`model_map`); `hf-inference` takes the repo id itself. Auth: `Authorization: Bearer <HF
+token>`, on the Hub lookup too. Every call makes one image, so `n` fans out (a `seed`
+goes up by one per call).
 
 - `hf-inference`: `POST {base}/hf-inference/models/{repo}`.
   Generation: `{"inputs": prompt, "parameters": {width, height, num_inference_steps,
@@ -14,14 +16,17 @@ Every call makes one image, so `n` fans out (a `seed` goes up by one per call).
 - `together`: `POST {base}/together/v1/images/generations`, `{model, prompt, width,
   height, steps, seed, negative_prompt, response_format: "base64"}` → `data[].b64_json`.
 - `nebius`: `POST {base}/nebius/v1/images/generations`, `{model, prompt, width, height,
-  num_inference_steps, seed, negative_prompt, response_format: "b64_json"}`.
+  num_inference_steps, seed, negative_prompt, response_format: "b64_json"}`. Hugging Face
+  removed nebius from its routing layer in 2026 (the catalogue refuses it at submit);
+  the route stays for a deployment whose catalogue says otherwise.
   together and nebius have no edits here.
 
-Other inference providers (fal-ai, replicate, ...) need per-provider model ids and
-queue/polling protocols and are rejected with a 400. Variations: not offered.
+Other inference providers (fal-ai, replicate, ...) need queue/polling protocols of their
+own and are rejected with a 400. Variations: not offered.
 `width`/`height` are sent only when the request gives a shape (`size`, `aspect_ratio`/
 `resolution`, or `width`/`height`); unknown request keys pass through (into
-`parameters` for hf-inference, the top level otherwise).
+`parameters` for hf-inference, the top level otherwise). The JSON routes send `Accept:
+application/json` (hf-inference answers image bytes and gets the client default).
 """
 
 from __future__ import annotations
@@ -31,15 +36,21 @@ import binascii
 import re
 from collections.abc import Callable, Mapping
 
+import httpx
+
 from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode, UnsupportedOperation
 from imagejobs.domain.images import sniff_type
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
+    ACCEPT_JSON,
     KNOWN_PARAMS,
+    SYSTEM_CLOCK,
+    Clock,
     ImageOut,
     JSONValue,
+    ProviderConfig,
     ProviderRequest,
     ProviderResult,
     b64,
@@ -47,8 +58,16 @@ from imagejobs.providers.base import (
     invalid_input,
     seed_for,
 )
+from imagejobs.providers.hf_mapping import HubMapper
 
-VENDOR = Vendor(name="huggingface", key_env="HF_TOKEN", base_url="https://router.huggingface.co")
+HUB_URL = "https://huggingface.co"
+HUB_CACHE_TTL_S = 3600.0  # a Hub mapping is reused this long (seconds)
+VENDOR = Vendor(
+    name="huggingface",
+    key_env="HF_TOKEN",
+    base_url="https://router.huggingface.co",
+    options={"model_map": {}, "hub_url": HUB_URL, "hub_cache_ttl_s": HUB_CACHE_TTL_S},
+)
 INFERENCE_PROVIDERS = ("hf-inference", "together", "nebius")
 _REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _SHAPE_PARAMS = ("size", "aspect_ratio", "resolution")
@@ -118,6 +137,19 @@ class HuggingFaceProvider(Adapter):
     vendor = VENDOR
     operations: frozenset[Kind] = frozenset({Kind.GENERATION, Kind.EDIT})
 
+    def __init__(
+        self, config: ProviderConfig, http: httpx.AsyncClient, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        super().__init__(config, http, clock=clock)
+        self._mapper = HubMapper(
+            http,
+            self.send,
+            hub_url=self._config.hub_url,
+            ttl_s=self._config.hub_cache_ttl_s,
+            clock=clock,
+            model_map=self._config.model_map,
+        )
+
     async def execute(self, request: ProviderRequest) -> ProviderResult:
         inference_provider, repo = self._split(request.model)
         if request.kind is Kind.EDIT:
@@ -128,10 +160,11 @@ class HuggingFaceProvider(Adapter):
                     "an edit needs an input image", "image", ErrorCode.IMAGE_REQUIRED
                 )
         key = self._config.require_key()
+        model_id = await self._mapper.provider_id(inference_provider, repo, request.kind, key)
         seed = request.param_int("seed")
         call: Callable[[int | None], tuple[str, Body]]
         if inference_provider == "hf-inference":
-            url = f"{self.base_url}/hf-inference/models/{repo}"
+            url = f"{self.base_url}/hf-inference/models/{model_id}"
 
             def call(s: int | None) -> tuple[str, Body]:
                 return url, _hf_inference_body(request, s)
@@ -142,7 +175,7 @@ class HuggingFaceProvider(Adapter):
             fmt = "base64" if together else "b64_json"
 
             def call(s: int | None) -> tuple[str, Body]:
-                body = _openai_style_body(request, repo, s, steps=steps, response_format=fmt)
+                body = _openai_style_body(request, model_id, s, steps=steps, response_format=fmt)
                 return url, body
 
         async def one(count: int, index: int) -> ProviderResult:
@@ -163,9 +196,10 @@ class HuggingFaceProvider(Adapter):
         return inference_provider, repo
 
     async def _post(self, url: str, body: Body, key: str) -> ImageOut:
-        http_request = self._http.build_request(
-            "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
-        )
+        headers = {"Authorization": f"Bearer {key}"}
+        if "/hf-inference/" not in url:  # hf-inference answers image bytes, the others JSON
+            headers.update(ACCEPT_JSON)
+        http_request = self._http.build_request("POST", url, json=body, headers=headers)
         response = await self.send(http_request)
         ctype = response.headers.get("content-type", "").split(";")[0].strip()
         if ctype.startswith("image/"):

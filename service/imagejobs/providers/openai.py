@@ -45,6 +45,7 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.providers import normalize
 from imagejobs.providers.adapter import Adapter, Vendor
 from imagejobs.providers.base import (
+    ACCEPT_JSON,
     KNOWN_PARAMS,
     ImageInput,
     ImageOut,
@@ -175,7 +176,7 @@ class OpenAIProvider(Adapter):
             "POST",
             self.endpoint(request.kind, request.model),
             params=self.query(),
-            headers=self.auth_headers(),
+            headers={**self.auth_headers(), **ACCEPT_JSON},
             json=dict(body),
         )
 
@@ -189,7 +190,7 @@ class OpenAIProvider(Adapter):
             "POST",
             self.endpoint(request.kind, request.model),
             params=self.query(),
-            headers=self.auth_headers(),
+            headers={**self.auth_headers(), **ACCEPT_JSON},
             data={key: form_value(value) for key, value in fields.items()},
             files=[(part, (img.filename, img.data, img.content_type)) for part, img in files],
         )

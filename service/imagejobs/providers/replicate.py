@@ -34,6 +34,7 @@ from typing import Any
 from imagejobs.domain.errors import BadUpstreamResponse, ErrorCode
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import (
+    ACCEPT_JSON,
     ImageOut,
     ProviderRequest,
     ProviderResult,
@@ -83,7 +84,7 @@ class ReplicateProvider(TaskAdapter):
 
     async def execute(self, request: ProviderRequest) -> ProviderResult:
         deadline = self.deadline()
-        auth = {"Authorization": f"Bearer {self._config.require_key()}"}
+        auth = {"Authorization": f"Bearer {self._config.require_key()}", **ACCEPT_JSON}
         url, body = create_call(self.base_url, request.model, await prediction_input(request))
         created = await self.create(self._http.build_request("POST", url, json=body, headers=auth))
         final = await self.follow(

@@ -375,6 +375,7 @@ class ResultExtraFields(_message.Message):
     MODEL_REQUESTED_FIELD_NUMBER: _builtins.int
     MODEL_USED_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     request_type: _builtins.str
     """`image_generation`, `image_edit` or `image_variation`."""
     provider: _builtins.str
@@ -385,6 +386,12 @@ class ResultExtraFields(_message.Message):
     """The model that served it (a fallback's, when one did)."""
     latency_ms: _builtins.int
     """The provider call's duration in milliseconds (REST's `latency`)."""
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Deprecated models the request named, each with its sunset and replacement (the model
+        catalogue); empty when none was.
+        """
+
     def __init__(
         self,
         *,
@@ -393,10 +400,11 @@ class ResultExtraFields(_message.Message):
         model_requested: _builtins.str = ...,
         model_used: _builtins.str = ...,
         latency_ms: _builtins.int = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_ms", b"latency_ms", "model_requested", b"model_requested", "model_used", b"model_used", "provider", b"provider", "request_type", b"request_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_ms", b"latency_ms", "model_requested", b"model_requested", "model_used", b"model_used", "provider", b"provider", "request_type", b"request_type", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1401,3 +1409,179 @@ class StreamJobImageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamJobImageResponse: _TypeAlias = StreamJobImageResponse  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """Request for ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsJsonRequest(_message.Message):
+    """Request for ListModelsJson."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsJsonRequest: _TypeAlias = ListModelsJsonRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """Response for ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOGUE_DATE_FIELD_NUMBER: _builtins.int
+    MAX_N_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    catalogue_date: _builtins.str
+    """The day the catalogue's facts were read (`YYYY-MM-DD`)."""
+    max_n: _builtins.int
+    """The most images one job may ask for (`n`); larger than a family's `n_per_call`, the
+    job fans out into several upstream calls.
+    """
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderModels]:
+        """The configured providers, in name order."""
+
+    def __init__(
+        self,
+        *,
+        catalogue_date: _builtins.str = ...,
+        max_n: _builtins.int = ...,
+        providers: _abc.Iterable[Global___ProviderModels] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogue_date", b"catalogue_date", "max_n", b"max_n", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ProviderModels(_message.Message):
+    """One configured provider and its model families."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FAMILIES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The provider prefix of `provider/model`, e.g. `openai`."""
+    @_builtins.property
+    def families(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelFamily]:
+        """The families, in the order models are matched against them."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        families: _abc.Iterable[Global___ModelFamily] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["families", b"families", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderModels: _TypeAlias = ProviderModels  # noqa: Y015
+
+@_typing.final
+class ModelFamily(_message.Message):
+    """One model family of a provider, from the model catalogue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SUNSET_FIELD_NUMBER: _builtins.int
+    REPLACEMENT_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    EDIT_FIELD_NUMBER: _builtins.int
+    VARIATION_FIELD_NUMBER: _builtins.int
+    N_PER_CALL_FIELD_NUMBER: _builtins.int
+    SIZES_FIELD_NUMBER: _builtins.int
+    ASPECT_RATIOS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    pattern: _builtins.str
+    """An fnmatch pattern over the model name without the provider prefix, e.g. `imagen-*`."""
+    status: _builtins.str
+    """`current`, `deprecated` (runs, with a warning) or `retired` (refused at submit), today."""
+    sunset: _builtins.str
+    """The vendor's shutdown day (`YYYY-MM-DD`), when known."""
+    replacement: _builtins.str
+    """The `provider/model` to use instead (a `*` stands for the matched rest of the name)."""
+    generation: _builtins.bool
+    """Whether the family takes generations, edits and variations here."""
+    edit: _builtins.bool
+    """As `generation`, for edits."""
+    variation: _builtins.bool
+    """As `generation`, for variations."""
+    n_per_call: _builtins.int
+    """Images one upstream call returns; 0 when not stated."""
+    reason: _builtins.str
+    """Why it is deprecated or retired, in a few words."""
+    source: _builtins.str
+    """Where the facts were read."""
+    note: _builtins.str
+    """Caveats: disagreeing sources, what the adapter does not send."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Known `provider/model` ids of the family (empty for open-ended families)."""
+
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`size` values the family accepts (`WxH`), when it takes sizes."""
+
+    @_builtins.property
+    def aspect_ratios(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`aspect_ratio` values the family accepts, when it takes ratios."""
+
+    def __init__(
+        self,
+        *,
+        pattern: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        status: _builtins.str = ...,
+        sunset: _builtins.str = ...,
+        replacement: _builtins.str = ...,
+        generation: _builtins.bool = ...,
+        edit: _builtins.bool = ...,
+        variation: _builtins.bool = ...,
+        n_per_call: _builtins.int = ...,
+        sizes: _abc.Iterable[_builtins.str] | None = ...,
+        aspect_ratios: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        source: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "edit", b"edit", "generation", b"generation", "models", b"models", "n_per_call", b"n_per_call", "note", b"note", "pattern", b"pattern", "reason", b"reason", "replacement", b"replacement", "sizes", b"sizes", "source", b"source", "status", b"status", "sunset", b"sunset", "variation", b"variation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015

@@ -143,6 +143,16 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.RedeliverRequest.SerializeToString,
                 response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.WebhookDelivery.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/ListModels',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.ListModelsJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/ListModelsJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class ImageJobServiceServicer:
@@ -306,6 +316,26 @@ class ImageJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """--- models ---
+
+        The configured providers, each with its model families from the model catalogue:
+        status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+        family supports (operations, images per upstream call, sizes). REST clients use
+        ListModelsJson (the same listing, the same JSON).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelsJson(self, request, context):
+        """ListModels for REST: the listing rendered by the server, every field present (an
+        empty list is `[]`, a false flag `false`), so that forms can be built from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -383,6 +413,16 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
                     servicer.Redeliver,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.RedeliverRequest.FromString,
                     response_serializer=imagejobs_dot_v1_dot_jobs__pb2.WebhookDelivery.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListModelsJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelsJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -823,6 +863,60 @@ class ImageJobService:
             '/imagejobs.v1.ImageJobService/Redeliver',
             imagejobs_dot_v1_dot_jobs__pb2.RedeliverRequest.SerializeToString,
             imagejobs_dot_v1_dot_jobs__pb2.WebhookDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/ListModels',
+            imagejobs_dot_v1_dot_jobs__pb2.ListModelsRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelsJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/ListModelsJson',
+            imagejobs_dot_v1_dot_jobs__pb2.ListModelsJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -129,6 +129,18 @@ class ImageJobServiceStub:
     `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
     attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsRequest, _jobs_pb2.ListModelsResponse]
+    """--- models ---
+
+    The configured providers, each with its model families from the model catalogue:
+    status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+    family supports (operations, images per upstream call, sizes). REST clients use
+    ListModelsJson (the same listing, the same JSON).
+    """
+    ListModelsJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsJsonRequest, _httpbody_pb2.HttpBody]
+    """ListModels for REST: the listing rendered by the server, every field present (an
+    empty list is `[]`, a false flag `false`), so that forms can be built from it.
+    """
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -229,6 +241,18 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     """Delivers a finished (delivered or failed) delivery again, with the same
     `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
     attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsRequest, _jobs_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """--- models ---
+
+    The configured providers, each with its model families from the model catalogue:
+    status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+    family supports (operations, images per upstream call, sizes). REST clients use
+    ListModelsJson (the same listing, the same JSON).
+    """
+    ListModelsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListModels for REST: the listing rendered by the server, every field present (an
+    empty list is `[]`, a false flag `false`), so that forms can be built from it.
     """
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -417,6 +441,30 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delivers a finished (delivered or failed) delivery again, with the same
         `webhook-id` and body and a fresh retry budget; answers it `pending`. One still being
         attempted, a job without one, or an endpoint disabled now is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _jobs_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.ListModelsResponse, _abc.Awaitable[_jobs_pb2.ListModelsResponse]]:
+        """--- models ---
+
+        The configured providers, each with its model families from the model catalogue:
+        status (`current`, `deprecated`, `retired`), sunset date, replacement, and what the
+        family supports (operations, images per upstream call, sizes). REST clients use
+        ListModelsJson (the same listing, the same JSON).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelsJson(
+        self,
+        request: _jobs_pb2.ListModelsJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListModels for REST: the listing rendered by the server, every field present (an
+        empty list is `[]`, a false flag `false`), so that forms can be built from it.
         """
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -33,12 +33,12 @@ SECRET = "aws-secret-adapter-test-5b2e"  # bedrock's secret access key
 
 # provider -> a model its adapter accepts
 MODELS = {
-    "openai": "gpt-image-1",
+    "openai": "gpt-image-2.6-sunburst",
     "openai-compatible": "my-model",
-    "azure": "gpt-image-1",
-    "xai": "grok-2-image",
+    "azure": "gpt-image-2.6-sunburst",
+    "xai": "grok-imagine-image-2.0",
     "nebius": "black-forest-labs/flux-schnell",
-    "gemini": "gemini-2.5-flash-image",
+    "gemini": "gemini-3.1-flash-image",
     "huggingface": "hf-inference/black-forest-labs/FLUX.1-schnell",
     "bedrock": "amazon.nova-canvas-v1:0",
     "replicate": "owner/model",
@@ -188,6 +188,23 @@ async def test_every_vendor_scrubs_echoed_secrets(
     assert info.value.message == "bad: " + " / ".join([REDACTED] * len(config.secrets()))
 
 
+# vendors whose answers are JSON (stability and hf-inference answer image bytes)
+JSON_VENDORS = [name for name in UPSTREAM_VENDORS if name not in ("stability", "huggingface")]
+
+
+@pytest.mark.parametrize("name", JSON_VENDORS)
+async def test_every_json_call_asks_for_json(
+    name: str, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    """`Accept: application/json`, as the vendors' SDKs send it (httpx alone sends
+    `*/*`)."""
+    answer_everything(upstream, FakeResponse(400, {"error": {"message": "no"}}))
+    with pytest.raises(ProviderError):
+        await registry.build_provider(vendor_config(name, upstream.url), http).run(generation(name))
+    assert upstream.requests, "nothing was sent"
+    assert upstream.requests[0].headers["accept"] == "application/json"
+
+
 @pytest.mark.parametrize("name", UPSTREAM_VENDORS)
 async def test_every_vendor_answers_an_unusable_success_with_one_error(
     name: str, upstream: FakeUpstream, http: httpx.AsyncClient
@@ -305,7 +322,7 @@ def test_every_documented_vendor_setting_is_still_taken(tmp_path: Any) -> None:
         """
 [providers.azure]
 base_url = "https://res.openai.azure.com"
-deployments = {"gpt-image-1" = "images"}
+deployments = {"gpt-image-2.6-sunburst" = "images"}
 api_version = "2024-10-21"
 [providers.vertex]
 credentials_file = "/etc/sa.json"
@@ -325,7 +342,10 @@ poll_interval_s = 2
     bfl = settings.provider_config("bfl")
     assert azure is not None and vertex is not None and bedrock is not None
     assert replicate is not None and bfl is not None
-    assert (azure.deployments, azure.api_version) == ({"gpt-image-1": "images"}, "2024-10-21")
+    assert (azure.deployments, azure.api_version) == (
+        {"gpt-image-2.6-sunburst": "images"},
+        "2024-10-21",
+    )
     assert (vertex.credentials_file, vertex.project, vertex.region) == (
         "/etc/sa.json",
         "proj",

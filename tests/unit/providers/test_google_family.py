@@ -90,13 +90,13 @@ async def test_gemini_generate_content_request(
     gemini_fake: FakeGemini, http: httpx.AsyncClient
 ) -> None:
     provider = gemini_provider(gemini_fake, http)
-    request = gen("gemini-2.5-flash-image", size="1536x1024", seed=7, temperature=0.5)
+    request = gen("gemini-3.1-flash-image", size="1536x1024", seed=7, temperature=0.5)
     result = await provider.run(request)
 
     [sent] = gemini_fake.requests
     assert (sent.method, sent.path, sent.query) == (
         "POST",
-        "/v1beta/models/gemini-2.5-flash-image:generateContent",
+        "/v1beta/models/gemini-3.1-flash-image:generateContent",
         {},
     )
     assert sent.headers["x-goog-api-key"] == KEY
@@ -117,7 +117,7 @@ async def test_gemini_generate_content_request(
 async def test_gemini_1k_size_sends_no_image_size(
     gemini_fake: FakeGemini, http: httpx.AsyncClient
 ) -> None:
-    await gemini_provider(gemini_fake, http).run(gen("gemini-2.5-flash-image", size="768x1024"))
+    await gemini_provider(gemini_fake, http).run(gen("gemini-3.1-flash-image", size="768x1024"))
     config = gemini_fake.requests[0].json()["generationConfig"]
     assert config["imageConfig"] == {"aspectRatio": "3:4"}  # 1K is the default
 
@@ -161,14 +161,14 @@ async def test_gemini_edit_sends_images_inline_and_ignores_mask(
     image, mask = png_bytes(100), png_bytes(101)
     request = ProviderRequest(
         kind=Kind.EDIT,
-        model="gemini-2.5-flash-image",
+        model="gemini-3.1-flash-image",
         prompt="add a hat",
         images=(ImageInput(image), ImageInput(png_bytes(102), "image/jpeg")),
         mask=ImageInput(mask),
     )
     result = await gemini_provider(gemini_fake, http).run(request)
     [sent] = gemini_fake.requests
-    assert sent.path == "/v1beta/models/gemini-2.5-flash-image:generateContent"
+    assert sent.path == "/v1beta/models/gemini-3.1-flash-image:generateContent"
     assert sent.json()["contents"][0]["parts"] == [
         {"text": "add a hat"},
         {"inlineData": {"mimeType": "image/png", "data": b64(image)}},
@@ -180,7 +180,7 @@ async def test_gemini_edit_sends_images_inline_and_ignores_mask(
 async def test_gemini_input_images_param(gemini_fake: FakeGemini, http: httpx.AsyncClient) -> None:
     one, two = png_bytes(1), png_bytes(2)
     request = gen(
-        "gemini-2.5-flash-image", input_images=[f"data:image/png;base64,{b64(one)}", b64(two)]
+        "gemini-3.1-flash-image", input_images=[f"data:image/png;base64,{b64(one)}", b64(two)]
     )
     await gemini_provider(gemini_fake, http).run(request)
     parts = gemini_fake.requests[0].json()["contents"][0]["parts"]
@@ -192,7 +192,7 @@ async def test_gemini_input_images_param(gemini_fake: FakeGemini, http: httpx.As
 
 async def test_gemini_fan_out(gemini_fake: FakeGemini, http: httpx.AsyncClient) -> None:
     result = await gemini_provider(gemini_fake, http).run(
-        gen("gemini-2.5-flash-image", n=3, seed=5)
+        gen("gemini-3.1-flash-image", n=3, seed=5)
     )
     assert len(gemini_fake.requests) == 3
     assert sorted(r.json()["generationConfig"]["seed"] for r in gemini_fake.requests) == [5, 6, 7]
@@ -225,7 +225,7 @@ async def test_gemini_unsupported_operations(
 async def test_gemini_needs_a_key(gemini_fake: FakeGemini, http: httpx.AsyncClient) -> None:
     provider = gemini.build(ProviderConfig(name="gemini", base_url=gemini_fake.url), http)
     with pytest.raises(ProviderNotConfigured):
-        await provider.run(gen("gemini-2.5-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
 
 
 async def test_gemini_blocked_prompt_is_a_content_filter_error(
@@ -233,7 +233,7 @@ async def test_gemini_blocked_prompt_is_a_content_filter_error(
 ) -> None:
     gemini_fake.fail_next(FakeResponse(200, {"promptFeedback": {"blockReason": "SAFETY"}}))
     with pytest.raises(ProviderError) as info:
-        await gemini_provider(gemini_fake, http).run(gen("gemini-2.5-flash-image"))
+        await gemini_provider(gemini_fake, http).run(gen("gemini-3.1-flash-image"))
     assert (info.value.status_code, info.value.code) == (400, "content_filter")
     assert not info.value.retryable
 
@@ -272,7 +272,7 @@ async def test_client_error_carries_google_status(google: tuple[Any, Any]) -> No
     message = f"Invalid value at 'generation_config.image_config' (credential {secret})"
     fake.fail_next(google_error(400, message, "INVALID_ARGUMENT"))
     with pytest.raises(ProviderError) as info:
-        await provider.run(gen("gemini-2.5-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
     err = info.value
     assert (err.status_code, err.type, err.code) == (
         400,
@@ -307,7 +307,7 @@ async def test_rate_limit_retry_info_delay_is_honoured(google: tuple[Any, Any]) 
     clock = FakeClock()
     result = await call_with_retries(
         provider,
-        gen("gemini-2.5-flash-image"),
+        gen("gemini-3.1-flash-image"),
         policy=FAST_RETRIES,
         deadline=clock.now() + 10,
         clock=clock,
@@ -320,7 +320,7 @@ async def test_rate_limit_error_keeps_retry_info_and_status(google: tuple[Any, A
     fake, provider = google
     fake.fail_next(google_error(429, "Quota exceeded", "RESOURCE_EXHAUSTED", retry_delay="2.5s"))
     with pytest.raises(ProviderError) as info:
-        await provider.run(gen("gemini-2.5-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
     err = info.value
     assert (err.status_code, err.type, err.code) == (429, "rate_limit_error", "RESOURCE_EXHAUSTED")
     assert (err.retryable, err.retry_after) == (True, 2.5)
@@ -332,7 +332,7 @@ async def test_server_error_then_success(google: tuple[Any, Any]) -> None:
     attempts: list[int] = []
     result = await call_with_retries(
         provider,
-        gen("gemini-2.5-flash-image"),
+        gen("gemini-3.1-flash-image"),
         policy=FAST_RETRIES,
         deadline=time.monotonic() + 10,
         on_attempt=attempts.append,
@@ -345,7 +345,7 @@ async def test_timeout_is_retryable(google: tuple[Any, Any]) -> None:
     fake, provider = google
     fake.fail_next(FakeResponse(200, {}, delay_s=1.0))
     with pytest.raises(ProviderError) as info:
-        await provider.run(gen("gemini-2.5-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
     assert info.value.retryable
     assert info.value.status_code is None
     assert info.value.type == "timeout_error"
@@ -394,10 +394,10 @@ async def test_vertex_reuses_its_token(
     vertex_fake: FakeVertex, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     provider = vertex_provider(vertex_fake, http, tmp_path)
-    await provider.run(gen("gemini-2.5-flash-image"))
-    await provider.run(gen("gemini-2.5-flash-image"))
+    await provider.run(gen("gemini-3.1-flash-image"))
+    await provider.run(gen("gemini-3.1-flash-image"))
     assert len(vertex_fake.requests_to("/token")) == 1
-    calls = vertex_fake.requests_to(rf"{PROJECT_PATH}/gemini-2\.5-flash-image:generateContent")
+    calls = vertex_fake.requests_to(rf"{PROJECT_PATH}/gemini-3\.1-flash-image:generateContent")
     assert [c.headers["authorization"] for c in calls] == [f"Bearer {vertex_fake.issued[0]}"] * 2
 
 
@@ -405,8 +405,8 @@ async def test_vertex_refreshes_an_expiring_token(http: httpx.AsyncClient, tmp_p
     # google-auth refreshes tokens within 3m45s of expiry: a 60 s token is already stale.
     with FakeVertex(token_lifetime_s=60) as fake:
         provider = vertex_provider(fake, http, tmp_path)
-        await provider.run(gen("gemini-2.5-flash-image"))
-        await provider.run(gen("gemini-2.5-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
         assert len(fake.requests_to("/token")) == 2
         calls = fake.requests_to(rf"{PROJECT_PATH}/.*")
         assert [c.headers["authorization"] for c in calls] == [f"Bearer {t}" for t in fake.issued]
@@ -416,7 +416,7 @@ async def test_vertex_concurrent_calls_fetch_one_token(
     vertex_fake: FakeVertex, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     provider = vertex_provider(vertex_fake, http, tmp_path)
-    result = await provider.run(gen("gemini-2.5-flash-image", n=3))
+    result = await provider.run(gen("gemini-3.1-flash-image", n=3))
     assert len(vertex_fake.requests_to("/token")) == 1
     assert len(vertex_fake.requests_to(rf"{PROJECT_PATH}/.*")) == 3
     assert len(result.images) == 3
@@ -486,10 +486,10 @@ async def test_vertex_gemini_edit_and_no_variations(
     provider = vertex_provider(vertex_fake, http, tmp_path)
     image = ImageInput(png_bytes(3))
     edit = ProviderRequest(
-        kind=Kind.EDIT, model="gemini-2.5-flash-image", prompt="snow", images=(image,)
+        kind=Kind.EDIT, model="gemini-3.1-flash-image", prompt="snow", images=(image,)
     )
     await provider.run(edit)
-    [sent] = vertex_fake.requests_to(rf"{PROJECT_PATH}/gemini-2\.5-flash-image:generateContent")
+    [sent] = vertex_fake.requests_to(rf"{PROJECT_PATH}/gemini-3\.1-flash-image:generateContent")
     assert sent.json()["contents"][0]["parts"][1] == {
         "inlineData": {"mimeType": "image/png", "data": b64(image.data)}
     }
@@ -505,7 +505,7 @@ async def test_vertex_token_endpoint_rejection(
     provider = vertex_provider(vertex_fake, http, tmp_path)
     vertex_fake.write_service_account(tmp_path / "other.json")  # the fake now trusts another key
     with pytest.raises(ProviderError) as info:
-        await provider.run(gen("gemini-2.5-flash-image"))
+        await provider.run(gen("gemini-3.1-flash-image"))
     err = info.value
     assert (err.status_code, err.type, err.code) == (
         401,
@@ -519,7 +519,7 @@ async def test_vertex_token_endpoint_rejection(
 async def test_vertex_needs_credentials(http: httpx.AsyncClient) -> None:
     config = ProviderConfig(name="vertex", project="p", base_url="http://127.0.0.1:9")
     with pytest.raises(ProviderNotConfigured):
-        await vertex.build(config, http).run(gen("gemini-2.5-flash-image"))
+        await vertex.build(config, http).run(gen("gemini-3.1-flash-image"))
 
 
 async def test_vertex_endpoints(http: httpx.AsyncClient) -> None:
@@ -529,7 +529,7 @@ async def test_vertex_endpoints(http: httpx.AsyncClient) -> None:
         "/publishers/google/models/imagen-4.0-generate-001:predict"
     )
     global_ = vertex.build(ProviderConfig(name="vertex", project="p", region="global"), http)
-    assert global_.endpoint("gemini-3-pro-image-preview", "generateContent") == (
+    assert global_.endpoint("gemini-3-pro-image", "generateContent") == (
         "https://aiplatform.googleapis.com/v1/projects/p/locations/global"
-        "/publishers/google/models/gemini-3-pro-image-preview:generateContent"
+        "/publishers/google/models/gemini-3-pro-image:generateContent"
     )

@@ -47,7 +47,13 @@ def provider_for(
     fake: FakeHuggingFace, http: httpx.AsyncClient, *, key: str = TOKEN, timeout_s: float = 5.0
 ) -> huggingface.HuggingFaceProvider:
     keys = (WeightedKey(key),) if key else ()
-    config = ProviderConfig(name="huggingface", base_url=fake.url, keys=keys, timeout_s=timeout_s)
+    config = ProviderConfig(
+        name="huggingface",
+        base_url=fake.url,
+        hub_url=fake.hub_url,
+        keys=keys,
+        timeout_s=timeout_s,
+    )
     return huggingface.build(config, http)
 
 
@@ -128,7 +134,7 @@ async def test_together_text_to_image_request(
     assert (sent.method, sent.path) == ("POST", "/together/v1/images/generations")
     assert sent.headers["authorization"] == f"Bearer {TOKEN}"
     assert sent.json() == {
-        "model": FLUX,
+        "model": "black-forest-labs/FLUX.1-schnell-Free",  # Together's id, as the Hub maps it
         "prompt": "a lighthouse at dusk",
         "width": 1024,
         "height": 1024,
@@ -142,7 +148,7 @@ async def test_together_text_to_image_request(
 
 async def test_nebius_text_to_image_request(fake: FakeHuggingFace, http: httpx.AsyncClient) -> None:
     request = gen(
-        "nebius/black-forest-labs/flux-schnell",
+        f"nebius/{FLUX}",  # the Hub repo; the Hub maps it to Nebius's own id
         num_inference_steps=8,
         negative_prompt="text",
         guidance_scale=3.5,  # not accepted by Nebius: dropped

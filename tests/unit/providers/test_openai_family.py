@@ -88,15 +88,15 @@ class Case:
 
 
 OPENAI_PATHS = {kind: f"/v1/images/{kind.value}" for kind in Kind}
-AZURE_DEPLOYMENT = "/openai/deployments/gpt-image-1/images"
+AZURE_DEPLOYMENT = "/openai/deployments/gpt-image-2.6-sunburst/images"
 CASES = [
-    Case("openai", FakeOpenAI, openai.build, "gpt-image-1", OPENAI_PATHS),
+    Case("openai", FakeOpenAI, openai.build, "gpt-image-2.6-sunburst", OPENAI_PATHS),
     Case("openai-compatible", FakeOpenAI, openai_compatible.build, "flux-dev", OPENAI_PATHS),
     Case(
         "azure",
         FakeAzureOpenAI,
         azure.build,
-        "gpt-image-1",
+        "gpt-image-2.6-sunburst",
         {k: f"{AZURE_DEPLOYMENT}/{k.value}" for k in (Kind.GENERATION, Kind.EDIT)},
     ),
     Case(
@@ -299,7 +299,7 @@ async def test_default_base_urls(http: httpx.AsyncClient) -> None:
     client = http
     cfg = ProviderConfig(name="x", keys=(WeightedKey(KEY),))
     assert (
-        openai.OpenAIProvider(cfg, client).endpoint(Kind.EDIT, "gpt-image-1")
+        openai.OpenAIProvider(cfg, client).endpoint(Kind.EDIT, "gpt-image-2.6-sunburst")
         == "https://api.openai.com/v1/images/edits"
     )
     assert (
@@ -352,14 +352,14 @@ async def test_openai_generation_request_and_result(
     with FakeOpenAI(api_key=KEY) as fake:
         provider = build(config(name, fake.url), http)
         result = await provider.run(
-            ProviderRequest(Kind.GENERATION, "gpt-image-1", "a red fox", params)
+            ProviderRequest(Kind.GENERATION, "gpt-image-2.6-sunburst", "a red fox", params)
         )
         [sent] = fake.requests
     assert (sent.method, sent.path, sent.query) == ("POST", "/v1/images/generations", {})
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     assert sent.headers["content-type"] == "application/json"
     assert sent.json() == {
-        "model": "gpt-image-1",
+        "model": "gpt-image-2.6-sunburst",
         "prompt": "a red fox",
         "n": 2,
         "size": "1024x1536",
@@ -394,11 +394,11 @@ async def test_openai_generation_request_and_result(
 @pytest.mark.parametrize(
     ("model", "params", "size"),
     [
-        ("gpt-image-1", {"aspect_ratio": "16:9"}, "1536x1024"),
-        ("gpt-image-1", {"aspect_ratio": "9:16", "resolution": "2K"}, "1024x1536"),
-        ("gpt-image-1", {"aspect_ratio": "1:1"}, "1024x1024"),
-        ("gpt-image-1", {"resolution": "2K"}, None),
-        ("gpt-image-1", {"size": "auto", "aspect_ratio": "16:9"}, "auto"),
+        ("gpt-image-2.6-sunburst", {"aspect_ratio": "16:9"}, "1536x1024"),
+        ("gpt-image-2.6-sunburst", {"aspect_ratio": "9:16", "resolution": "2K"}, "1024x1536"),
+        ("gpt-image-2.6-sunburst", {"aspect_ratio": "1:1"}, "1024x1024"),
+        ("gpt-image-2.6-sunburst", {"resolution": "2K"}, None),
+        ("gpt-image-2.6-sunburst", {"size": "auto", "aspect_ratio": "16:9"}, "auto"),
         ("dall-e-3", {"aspect_ratio": "16:9"}, "1792x1024"),
         ("dall-e-2", {"aspect_ratio": "16:9"}, None),
         ("flux-dev", {"aspect_ratio": "16:9", "resolution": "1K"}, "1024x576"),
@@ -417,7 +417,8 @@ async def test_openai_maps_aspect_ratio_to_size(
 
 
 @pytest.mark.parametrize(
-    ("model", "sent"), [("gpt-image-1", None), ("chatgpt-image-latest", None), ("dall-e-3", "url")]
+    ("model", "sent"),
+    [("gpt-image-2.6-sunburst", None), ("chatgpt-image-latest", None), ("dall-e-3", "url")],
 )
 async def test_openai_response_format_only_for_models_that_take_it(
     model: str, sent: str | None, http: httpx.AsyncClient
@@ -475,7 +476,7 @@ async def test_openai_unusable_success_responses(
         fake.fail_next(FakeResponse(200, body))
         provider = openai.build(config("openai", fake.url), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(Kind.GENERATION, "gpt-image-1", "p"))
+            await provider.run(ProviderRequest(Kind.GENERATION, "gpt-image-2.6-sunburst", "p"))
     assert why in info.value.message
     assert (info.value.status_code, info.value.code) == (502, "invalid_upstream_response")
 
@@ -500,7 +501,7 @@ async def test_openai_edit_multipart(build: Build, name: str, http: httpx.AsyncC
         "flag": False,
     }
     request = ProviderRequest(
-        Kind.EDIT, "gpt-image-1", "put a hat on it", params, (IMAGE_A, IMAGE_B), MASK_IN
+        Kind.EDIT, "gpt-image-2.6-sunburst", "put a hat on it", params, (IMAGE_A, IMAGE_B), MASK_IN
     )
     with FakeOpenAI(api_key=KEY) as fake:
         provider = build(config(name, fake.url), http)
@@ -511,7 +512,7 @@ async def test_openai_edit_multipart(build: Build, name: str, http: httpx.AsyncC
     assert sent.headers["content-type"].startswith("multipart/form-data; boundary=")
     fields, files = sent.multipart()
     assert fields == {
-        "model": ["gpt-image-1"],
+        "model": ["gpt-image-2.6-sunburst"],
         "prompt": ["put a hat on it"],
         "n": ["1"],
         "size": ["1024x1024"],
@@ -547,7 +548,7 @@ async def test_openai_edit_without_an_image_is_rejected(http: httpx.AsyncClient)
     with FakeOpenAI() as fake:
         provider = openai.build(config("openai", fake.url), http)
         with pytest.raises(ProviderError) as info:
-            await provider.run(ProviderRequest(Kind.EDIT, "gpt-image-1", "p"))
+            await provider.run(ProviderRequest(Kind.EDIT, "gpt-image-2.6-sunburst", "p"))
         assert fake.requests == []
     assert (info.value.status_code, info.value.code, info.value.param) == (
         400,
@@ -616,9 +617,11 @@ async def test_compatible_base_url_with_v1_is_not_doubled(http: httpx.AsyncClien
 async def test_azure_generation_request(http: httpx.AsyncClient) -> None:
     params = {"n": 1, "size": "1024x1024", "quality": "high", "seed": 5, "mock_x": 1, "x": "y"}
     with FakeAzureOpenAI(api_key=KEY) as fake:
-        cfg = config("azure", fake.url, deployments={"gpt-image-1": "prod-images"})
+        cfg = config("azure", fake.url, deployments={"gpt-image-2.6-sunburst": "prod-images"})
         provider = azure.build(cfg, http)
-        result = await provider.run(ProviderRequest(Kind.GENERATION, "gpt-image-1", "p", params))
+        result = await provider.run(
+            ProviderRequest(Kind.GENERATION, "gpt-image-2.6-sunburst", "p", params)
+        )
         [sent] = fake.requests
     assert (sent.method, sent.path) == (
         "POST",
@@ -628,7 +631,7 @@ async def test_azure_generation_request(http: httpx.AsyncClient) -> None:
     assert sent.headers["api-key"] == KEY
     assert "authorization" not in sent.headers
     assert sent.json() == {
-        "model": "gpt-image-1",
+        "model": "gpt-image-2.6-sunburst",
         "prompt": "p",
         "n": 1,
         "size": "1024x1024",
@@ -641,17 +644,17 @@ async def test_azure_generation_request(http: httpx.AsyncClient) -> None:
 
 async def test_azure_edit_multipart_and_api_version(http: httpx.AsyncClient) -> None:
     request = ProviderRequest(
-        Kind.EDIT, "gpt-image-1", "p", {"size": "1024x1536"}, (IMAGE_A, IMAGE_B), MASK_IN
+        Kind.EDIT, "gpt-image-2.6-sunburst", "p", {"size": "1024x1536"}, (IMAGE_A, IMAGE_B), MASK_IN
     )
     with FakeAzureOpenAI(api_key=KEY) as fake:
         provider = azure.build(config("azure", fake.url, api_version="2025-06-01"), http)
         result = await provider.run(request)
         [sent] = fake.requests
-    assert sent.path == "/openai/deployments/gpt-image-1/images/edits"
+    assert sent.path == "/openai/deployments/gpt-image-2.6-sunburst/images/edits"
     assert sent.query == {"api-version": ["2025-06-01"]}
     assert sent.headers["api-key"] == KEY
     fields, files = sent.multipart()
-    assert fields == {"model": ["gpt-image-1"], "prompt": ["p"], "size": ["1024x1536"]}
+    assert fields == {"model": ["gpt-image-2.6-sunburst"], "prompt": ["p"], "size": ["1024x1536"]}
     assert {k: [(f, t, sha(d)) for f, t, d in v] for k, v in files.items()} == {
         "image[]": [("a.png", "image/png", sha(PNG_A)), ("b.jpg", "image/jpeg", sha(JPEG_B))],
         "mask": [("mask.png", "image/png", sha(MASK))],
@@ -663,7 +666,7 @@ async def test_azure_entra_token_goes_in_authorization(http: httpx.AsyncClient) 
     token = "Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi"
     with FakeAzureOpenAI(api_key=token) as fake:
         provider = azure.build(config("azure", fake.url, keys=(WeightedKey(token),)), http)
-        await provider.run(ProviderRequest(Kind.GENERATION, "gpt-image-1", "p"))
+        await provider.run(ProviderRequest(Kind.GENERATION, "gpt-image-2.6-sunburst", "p"))
         [sent] = fake.requests
     assert sent.headers["authorization"] == token
     assert "api-key" not in sent.headers
@@ -720,10 +723,12 @@ async def test_xai_maps_size_to_aspect_ratio(
     params = {"size": size, "response_format": "b64_json"}
     with FakeXAI() as fake:
         provider = xai.build(config("xai", fake.url), http)
-        result = await provider.run(ProviderRequest(Kind.GENERATION, "grok-2-image", "p", params))
+        result = await provider.run(
+            ProviderRequest(Kind.GENERATION, "grok-imagine-image-2.0", "p", params)
+        )
         [sent] = fake.requests
     assert sent.json() == {
-        "model": "grok-2-image",
+        "model": "grok-imagine-image-2.0",
         "prompt": "p",
         "aspect_ratio": ratio,
         "response_format": "b64_json",
