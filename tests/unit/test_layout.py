@@ -38,6 +38,8 @@ ALLOWED: dict[str, set[str]] = {
         "worker.finish",
         "providers.registry",
         "providers.catalogue",
+        # the price table: a submit's budget reservation is its estimate (issue 16)
+        "providers.pricing",
         "runtime.metrics",
     },
     "client": {"domain"},

@@ -45,6 +45,8 @@ def result_dict(
         "model_used": result.model,
         "latency": result.latency_ms,
     }
+    if result.cost_usd is not None:  # absent, not 0, for a model with no price
+        out["extra_fields"]["cost_usd"] = result.cost_usd
     if job.request.warnings:  # deprecated models named at submit (providers/catalogue.py)
         out["extra_fields"]["warnings"] = list(job.request.warnings)
     return out

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from imagejobs.domain.budget import BudgetHold, micro
 from imagejobs.domain.errors import ErrorCode, ErrorType, InvalidTransition, new_event_id
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelField
@@ -106,6 +107,9 @@ class StoredResult(BaseModel):
     provider: str
     model: str  # the model that served it (a fallback's, when one did)
     latency_ms: int
+    # USD, from the price of the model that served it (providers/pricing.py); None when
+    # it has no price (never 0 for "unknown")
+    cost_usd: float | None = None
 
 
 class StoredError(BaseModel):
@@ -134,6 +138,7 @@ class Job(BaseModel):
     owner: str = ""  # virtual-key id; '' = anonymous
     slot: str = ""  # the key's concurrency slot it holds until terminal ('' = none)
     webhook: str = ""  # the endpoint its end is delivered to (`x-bf-async-webhook`; '' = none)
+    budget: BudgetHold | None = None  # its reservation against the key's spend, until it ends
     created_at: float
     ttl_s: int
     request: StoredRequest
@@ -173,6 +178,16 @@ class Job(BaseModel):
     @property
     def provider(self) -> str:
         return self.request.model.provider
+
+    def settled_cost(self) -> int:
+        """What an ended job's budget hold settles to (µUSD): a completed job's cost (its
+        estimate when its model had no price by then), nothing for a failed or cancelled
+        one."""
+        if self.status is not Status.COMPLETED or self.result is None:
+            return 0
+        if self.result.cost_usd is not None:
+            return micro(self.result.cost_usd)
+        return self.budget.reserved_micro if self.budget is not None else 0
 
     def expired(self, now: float | None = None) -> bool:
         """True once a terminal job's result lifetime has passed."""

@@ -8,6 +8,7 @@ CPU and memory). What is recorded, and where:
     imagejobs_completions_total{status,provider} worker a terminal write that won
     imagejobs_job_seconds{kind,status}          worker submit -> terminal (histogram)
     imagejobs_provider_call_seconds{provider,outcome}  worker one provider call
+    imagejobs_cost_usd_total{provider,model,key} worker a completed job's cost (priced models)
     imagejobs_jobs_in_flight                    worker messages held right now
     imagejobs_queue_depth                       both  JOBQ messages not yet acked
     imagejobs_queue_undelivered                 both  of those, not yet handed to a worker
@@ -48,6 +49,7 @@ from prometheus_client import (
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
+from imagejobs.domain.keys import key_label
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
 from imagejobs.providers.registry import KNOWN_PROVIDERS
@@ -87,6 +89,13 @@ PROVIDER_SECONDS = Histogram(
     "One provider call (each retry counts), by provider and outcome.",
     ["provider", "outcome"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+COST = Counter(
+    "imagejobs_cost_usd",
+    "What completed jobs cost (USD, from the price table), by the provider and model that"
+    " served them and the virtual key (its id; anonymous; open).",
+    ["provider", "model", "key"],
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge(
@@ -166,6 +175,10 @@ def finished(job: Job, now: float | None = None) -> None:
     COMPLETIONS.labels(job.status.value, provider_label(provider)).inc()
     end = job.completed_at or now or time.time()
     JOB_SECONDS.labels(job.kind.value, job.status.value).observe(max(end - job.created_at, 0.0))
+    if job.result is not None and job.result.cost_usd:  # a model with no price: none counted
+        COST.labels(provider_label(provider), job.result.model, key_label(job.owner)).inc(
+            job.result.cost_usd
+        )
 
 
 def webhook_attempted(endpoint: str, outcome: str, seconds: float) -> None:

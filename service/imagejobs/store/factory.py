@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.store import jetstream
+from imagejobs.store.budgets import KeyBudgets
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.idempotency import IdempotencyClaims
@@ -36,8 +37,15 @@ def jetstream_backend(
     listen to (a plain `Notifier`, told nothing, when the process has no waiters)."""
     clock = clock or SystemClock()
     records = JobRecords(jetstream.StreamSubjects(js, JOBS_STREAM, "job store"))
-    queue = JetStreamQueue(nc, js)
+    queue = JetStreamQueue(
+        nc,
+        js,
+        fair_share=settings.fair_share,
+        weights=settings.lane_weights(),
+        template=jetstream.consumer_config(settings),
+    )
     outbox = JetStreamOutbox(js)
+    limits = jetstream.StreamSubjects(js, constants.LIMIT_STREAM, "quota")
     return Backend(
         records=records,
         queue=queue,
@@ -50,7 +58,7 @@ def jetstream_backend(
             clock=clock,
         ),
         quotas=KeyQuotas(
-            jetstream.StreamSubjects(js, constants.LIMIT_STREAM, "quota"),
+            limits,
             jetstream.StreamCounters(nc, js, constants.RATE_STREAM),
             records,
             slot_ttl_s=slot_ttl_s(settings),
@@ -61,6 +69,12 @@ def jetstream_backend(
         outbox_work=outbox,
         deliveries=DeliveryRecords(
             jetstream.StreamSubjects(js, constants.DELIVERY_STREAM, "webhook deliveries")
+        ),
+        budgets=KeyBudgets(
+            limits,
+            jetstream.StreamCounters(nc, js, constants.SPEND_STREAM),
+            records,
+            clock=clock,
         ),
     )
 

@@ -141,6 +141,17 @@ class ImageJobServiceStub:
     """ListModels for REST: the listing rendered by the server, every field present (an
     empty list is `[]`, a false flag `false`), so that forms can be built from it.
     """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.GetUsageResponse]
+    """--- governance ---
+
+    The caller's virtual key in its current budget period: spent by jobs that ended,
+    reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+    in the queue. UNAUTHENTICATED without a configured virtual key.
+    """
+    GetUsageJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageJsonRequest, _httpbody_pb2.HttpBody]
+    """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+    left out).
+    """
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -253,6 +264,17 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     ListModelsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListModelsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """ListModels for REST: the listing rendered by the server, every field present (an
     empty list is `[]`, a false flag `false`), so that forms can be built from it.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """--- governance ---
+
+    The caller's virtual key in its current budget period: spent by jobs that ended,
+    reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+    in the queue. UNAUTHENTICATED without a configured virtual key.
+    """
+    GetUsageJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+    left out).
     """
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -465,6 +487,29 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """ListModels for REST: the listing rendered by the server, every field present (an
         empty list is `[]`, a false flag `false`), so that forms can be built from it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _jobs_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetUsageResponse, _abc.Awaitable[_jobs_pb2.GetUsageResponse]]:
+        """--- governance ---
+
+        The caller's virtual key in its current budget period: spent by jobs that ended,
+        reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+        in the queue. UNAUTHENTICATED without a configured virtual key.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageJson(
+        self,
+        request: _jobs_pb2.GetUsageJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+        left out).
         """
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
