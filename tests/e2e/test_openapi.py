@@ -88,8 +88,9 @@ def _spec_paths() -> set[tuple[str, str]]:
 
 def test_every_proto_binding_is_in_the_spec_and_nothing_else() -> None:
     bindings = _binding_paths()
-    # 3 submits, 3 x (get, delete, image, events, deliveries), the job list, the models
-    assert len(bindings) == 20
+    # 3 submits, 3 x (get, delete, image, events, deliveries), the job list, the models,
+    # the usage report
+    assert len(bindings) == 21
     assert _spec_paths() - {("GET", "/health")} == bindings
 
 

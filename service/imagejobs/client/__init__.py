@@ -18,6 +18,7 @@ from __future__ import annotations
 from imagejobs.client.aio import AsyncClient
 from imagejobs.client.errors import (
     AuthenticationError,
+    BudgetExceeded,
     ClientError,
     Conflict,
     DeadlineExceeded,
@@ -32,7 +33,7 @@ from imagejobs.client.errors import (
 )
 from imagejobs.client.options import DEFAULT_SERVER, RetryPolicy
 from imagejobs.client.sync import Client
-from imagejobs.client.types import Image, Job, JobResult, TokenDetails, Usage
+from imagejobs.client.types import Image, Job, JobResult, KeyUsage, TokenDetails, Usage
 from imagejobs.domain.jobs import Status
 from imagejobs.domain.kinds import Kind
 
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_SERVER",
     "AsyncClient",
     "AuthenticationError",
+    "BudgetExceeded",
     "Client",
     "ClientError",
     "Conflict",
@@ -50,6 +52,7 @@ __all__ = [
     "Job",
     "JobFailed",
     "JobResult",
+    "KeyUsage",
     "Kind",
     "NotFound",
     "PermissionDenied",

@@ -35,7 +35,7 @@ from imagejobs.client.options import (
     retryable,
 )
 from imagejobs.client.requests import ImageInput, image_request
-from imagejobs.client.types import Image, Job, JobResult, job_of
+from imagejobs.client.types import Image, Job, JobResult, KeyUsage, job_of, key_usage_of
 from imagejobs.domain.jobs import Status
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.wire import kind_enum, status_enum
@@ -303,6 +303,11 @@ class AsyncClient:
             token = page.next_page_token
             if not token:
                 return
+
+    async def usage(self) -> KeyUsage:
+        """The client's virtual key's spend in its current budget period and its queue;
+        AuthenticationError without a configured key."""
+        return key_usage_of(await self._unary(self._stub.GetUsage, jobs_pb2.GetUsageRequest()))
 
     # --- conveniences ---------------------------------------------------------------
 

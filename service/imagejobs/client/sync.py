@@ -130,6 +130,7 @@ class Client:
     image = _blocking(AsyncClient.image)
     cancel = _blocking(AsyncClient.cancel)
     list = _iterating(AsyncClient.list)
+    usage = _blocking(AsyncClient.usage)
     generate = _blocking(AsyncClient.generate)
     edit = _blocking(AsyncClient.edit)
     vary = _blocking(AsyncClient.vary)
