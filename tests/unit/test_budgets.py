@@ -102,9 +102,7 @@ class Rig:
     runner: PricedRunner
 
     async def submit(self, who: Caller, request: ImageRequest | None = None) -> Job:
-        return await self.service.submit(
-            request or req(), ttl_s=600, request_id="r", caller=who
-        )
+        return await self.service.submit(request or req(), ttl_s=600, request_id="r", caller=who)
 
     async def run_all(self, backend: Backend | None = None) -> None:
         worker = Worker(
@@ -181,7 +179,8 @@ async def test_a_submit_past_the_budget_is_402_naming_the_period_and_holds_nothi
     assert "$0.03 per day" in message and "$0.03 reserved" in message
     assert "resets at 2027-01-16T00:00:00.000Z" in message
     assert await rig.spend(team) == (0, micro(3 * PRICE))  # the refused one holds nothing
-    assert len((await rig.service.list(team, status=None, kind=None, limit=10, page_token="")).jobs) == 3
+    page = await rig.service.list(team, status=None, kind=None, limit=10, page_token="")
+    assert len(page.jobs) == 3
     await rig.clock.advance(24 * 3600)  # the next day starts over
     await rig.submit(team)
 
@@ -189,7 +188,7 @@ async def test_a_submit_past_the_budget_is_402_naming_the_period_and_holds_nothi
 async def test_a_total_budget_never_resets(rig: Rig) -> None:
     team = caller("team", budget_usd=PRICE, budget_period=Period.TOTAL)
     await rig.submit(team)
-    with pytest.raises(BudgetExceeded, match="in total .* never resets"):
+    with pytest.raises(BudgetExceeded, match=r"in total .* never resets"):
         await rig.submit(team)
 
 

@@ -112,8 +112,7 @@ async def measure(*, fair_share: bool, backlog: int) -> tuple[float, int]:
     running = asyncio.create_task(worker.run())
     await clock.advance(1.0)  # the worker is busy with A's backlog
     b_jobs: list[Job] = [
-        await service.submit(request(), ttl_s=600, request_id="b", caller=KEY_B)
-        for _ in range(4)
+        await service.submit(request(), ttl_s=600, request_id="b", caller=KEY_B) for _ in range(4)
     ]
     started = clock.monotonic()
     try:
