@@ -7,8 +7,9 @@
 through Envoy; (c) the same loads against two baselines started in the same run (Envoy
 answering by itself; a no-op grpc.aio servicer behind our Envoy config), with our rate
 as a share of each; (d) end to end at fixed offered rates; (e) 2,000 slow jobs at once
-on one worker; (f) 4 x 4 MB images per job; (g) 1 vs 2 API and worker processes. Every
-count is cross-checked against the processes' Prometheus metrics. See bench/RESULTS.md.
+on one worker; (f) 4 x 4 MB images per job; (g) 1 vs 2 API and worker processes; (h) fair
+share between keys against FIFO (bench/fairshare.py). Every count is cross-checked
+against the processes' Prometheus metrics. See bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from imagejobs.testing import Samples
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 
-from bench import load
+from bench import fairshare, load
 from bench.load import LoadResult, percentile
 from bench.stack import BenchStack, Completions, job_id, memory_kb, metric
 
@@ -69,6 +70,11 @@ class Plan:
     big_side: int  # noise PNG side: 1160 -> 4.0 MB
     big_n: int
     big_fetches: int
+    fair_backlog: int  # (h): key A's queued jobs before key B's 4
+    fair_latency_ms: int
+    fair_observe_s: float  # (h): how long B's jobs are waited for
+    fair_drain_jobs: int  # (h): jobs per throughput drain
+    fair_rounds: int  # (h): drains of each configuration; the best is kept
 
 
 FULL = Plan(
@@ -93,6 +99,11 @@ FULL = Plan(
     big_side=1160,
     big_n=4,
     big_fetches=5,
+    fair_backlog=2000,
+    fair_latency_ms=500,
+    fair_observe_s=15.0,
+    fair_drain_jobs=3000,
+    fair_rounds=2,
 )
 SMOKE = Plan(
     name="smoke (tiny loads: a works-check, the numbers mean nothing)",
@@ -116,6 +127,11 @@ SMOKE = Plan(
     big_side=200,
     big_n=2,
     big_fetches=2,
+    fair_backlog=40,
+    fair_latency_ms=100,
+    fair_observe_s=3.0,
+    fair_drain_jobs=40,
+    fair_rounds=1,
 )
 
 
@@ -734,10 +750,12 @@ async def main_async(plan: Plan, root: Path, only: set[str]) -> Report:
             await large_results(bs, plan, report)
     finally:
         bs.stop()
+    if "fair" in only:  # stacks of its own (keys, fair share on and off)
+        await fairshare.fair_share(root / "fair", plan, report)
     return report
 
 
-PHASES = ("submit", "e2e", "workers", "slow", "large")
+PHASES = ("submit", "e2e", "workers", "slow", "large", "fair")
 
 
 def main() -> int:

@@ -40,7 +40,7 @@ def test_bench_smoke_runs_every_section_and_matches_the_metrics(tmp_path: Path) 
         pytest.fail(f"bench --smoke did not finish in 240 s: {stdout[-4000:]}{stderr[-4000:]}")
     assert bench.returncode == 0, stdout[-4000:] + stderr[-4000:]
     out = json.loads(numbers.read_text())
-    assert {row["section"] for row in out["rows"]} == set("abcdefg"), stdout
+    assert {row["section"] for row in out["rows"]} == set("abcdefgh"), stdout
     assert len(out["checks"]) >= 8
     for what, counted, scraped in out["checks"]:
         assert counted == scraped > 0, (what, counted, scraped)

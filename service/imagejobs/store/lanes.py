@@ -172,8 +172,14 @@ class LaneFetcher:
             plan = self._rotation.plan(self._available(short, left), left)
             if not plan:
                 break
-            for lane, count in plan:
-                msgs = await self._pull(lane).pull(count)
+            # the lanes' pulls at once: one round trip per take, however many lanes
+            answers = await asyncio.gather(
+                *(self._pull(lane).pull(count) for lane, count in plan), return_exceptions=True
+            )
+            failed = [a for a in answers if isinstance(a, BaseException)]
+            for (lane, count), msgs in zip(plan, answers, strict=True):
+                if isinstance(msgs, BaseException):
+                    continue
                 got.extend(msgs)
                 if len(msgs) < count:
                     short[lane] = len(msgs)
@@ -181,7 +187,9 @@ class LaneFetcher:
                     self._probed.add(lane)
                 else:  # keep it a candidate: the listing may undercount
                     self._waiting[lane] = max(self._waiting.get(lane, 0) - count, 1)
-            if len(got) >= batch or not short:
+            if failed and not got:  # messages some pulls did get are handed on first
+                raise failed[0]
+            if failed or len(got) >= batch or not short:
                 break
         return got
 
