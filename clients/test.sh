@@ -38,7 +38,7 @@ golang() {
     return 1
   fi
   GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" go vet ./... &&
-    GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" go test -count=1 -v ./...
+    GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" go test -count=1 -timeout=120s -v ./...
 }
 
 run() { # name, directory, function
