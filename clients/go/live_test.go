@@ -65,19 +65,25 @@ func mockRequest(t *testing.T, prompt string, extra map[string]interface{}) *ima
 	return req
 }
 
-func TestSubmitThenWatchUntilCompleted(t *testing.T) {
-	c, ctx := dial(t, "IMAGEJOBS_TARGET")
-	job, err := c.Submit(ctx, &imagejobsv1.SubmitImageJobRequest{
-		Kind: generation, Request: mockRequest(t, "steps", map[string]interface{}{"mock_latency_ms": 300}),
-	})
+// submitMock submits a generation of mockRequest(prompt, extra), or fails the test.
+func submitMock(ctx context.Context, t *testing.T, c *imagejobs.Client, prompt string,
+	extra map[string]interface{}) *imagejobsv1.Job {
+	t.Helper()
+	job, err := c.Submit(ctx, &imagejobsv1.SubmitImageJobRequest{Kind: generation, Request: mockRequest(t, prompt, extra)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return job
+}
+
+func TestSubmitThenWatchUntilCompleted(t *testing.T) {
+	c, ctx := dial(t, "IMAGEJOBS_TARGET")
+	job := submitMock(ctx, t, c, "steps", map[string]interface{}{"mock_latency_ms": 300})
 	if job.GetStatus() != imagejobsv1.JobStatus_JOB_STATUS_PENDING || job.GetKind() != generation {
 		t.Fatalf("submitted: %v %v", job.GetStatus(), job.GetKind())
 	}
 	var states []imagejobsv1.JobStatus
-	err = c.Watch(ctx, job.GetId(), func(seen *imagejobsv1.Job) error {
+	err := c.Watch(ctx, job.GetId(), func(seen *imagejobsv1.Job) error {
 		states = append(states, seen.GetStatus())
 		return nil
 	})
@@ -143,12 +149,7 @@ func TestA400CarriesTheTypedErrorDetail(t *testing.T) {
 
 func TestCancelEndsARunningJobAndASecondCancelIs409(t *testing.T) {
 	c, ctx := dial(t, "IMAGEJOBS_TARGET")
-	job, err := c.Submit(ctx, &imagejobsv1.SubmitImageJobRequest{
-		Kind: generation, Request: mockRequest(t, "slow", map[string]interface{}{"mock_latency_ms": 20000}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job := submitMock(ctx, t, c, "slow", map[string]interface{}{"mock_latency_ms": 20000})
 	cancelled, err := c.Cancel(ctx, job.GetId())
 	if err != nil {
 		t.Fatal(err)
@@ -196,12 +197,7 @@ func TestGenerateOfACancelledJobIsAJobFailedError(t *testing.T) {
 
 func TestWaitPastItsDeadlineReturnsTheJobAsLastSeen(t *testing.T) {
 	c, ctx := dial(t, "IMAGEJOBS_TARGET")
-	job, err := c.Submit(ctx, &imagejobsv1.SubmitImageJobRequest{
-		Kind: generation, Request: mockRequest(t, "slow", map[string]interface{}{"mock_latency_ms": 20000}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job := submitMock(ctx, t, c, "slow", map[string]interface{}{"mock_latency_ms": 20000})
 	short, done := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer done()
 	last, err := c.Wait(short, job.GetId())
@@ -216,10 +212,7 @@ func TestWaitPastItsDeadlineReturnsTheJobAsLastSeen(t *testing.T) {
 
 func TestListPagesNewestFirstAndOneKeyMakesOneJob(t *testing.T) {
 	c, ctx := dial(t, "IMAGEJOBS_TARGET")
-	first, err := c.Submit(ctx, &imagejobsv1.SubmitImageJobRequest{Kind: generation, Request: mockRequest(t, "one", nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := submitMock(ctx, t, c, "one", nil)
 	keyed := &imagejobsv1.SubmitImageJobRequest{Kind: generation, Request: mockRequest(t, "two", nil), IdempotencyKey: "k-1"}
 	second, err := c.Submit(ctx, keyed)
 	if err != nil {
