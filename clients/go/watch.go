@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"imagejobs/clients/go/imagejobsv1"
@@ -52,7 +53,7 @@ func (c *Client) Watch(ctx context.Context, jobID string, each func(*imagejobsv1
 			return fromRPC(err)
 		}
 		if sleep(ctx, c.retry.Backoff(retries)) != nil {
-			return fromRPC(ctx.Err())
+			return fromRPC(status.FromContextError(ctx.Err()).Err())
 		}
 	}
 }
