@@ -65,9 +65,14 @@ class JobReader:
         self.quotas = backend.quotas
         self.changes = backend.changes
         self.outbox = backend.outbox
+        self.presence = backend.presence
         self.limits = limits or ServiceLimits()
         self._clock = clock or SystemClock()
         self._repair_checked: dict[str, float] = {}
+
+    def now(self) -> float:
+        """The service clock's time (epoch s)."""
+        return self._clock.time()
 
     async def _read(self, kind: Kind | None, job_id: str, caller: Caller) -> tuple[Job, int]:
         """The job and its revision, if the caller may see it (and it is of `kind`, when

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the value types live with their JetStream implementation
     from imagejobs.store.idempotency import Claim
     from imagejobs.store.index import Entry
     from imagejobs.store.notifier import Listener
+    from imagejobs.store.presence import WorkerBeat
     from imagejobs.webhooks.delivery import DeliveryRecord
 
 
@@ -251,6 +252,22 @@ class StateChanges(Protocol):
         ...
 
 
+class Presence(Protocol):
+    """The live worker processes, each by its latest heartbeat (GetStats)."""
+
+    async def beat(self, beat: WorkerBeat, ttl_s: int) -> None:
+        """Announce the worker as `beat` says, listed for `ttl_s` seconds."""
+        ...
+
+    async def leave(self, worker_id: str) -> None:
+        """Remove the worker's announcement (it is stopping)."""
+        ...
+
+    async def workers(self) -> list[WorkerBeat]:
+        """Every worker whose last beat has not expired, by id."""
+        ...
+
+
 # --- webhooks ---------------------------------------------------------------------------
 
 
@@ -313,7 +330,8 @@ class DeliveryStore(Protocol):
 class Backend:
     """One implementation of each part, as the API service, the worker and the webhook
     dispatcher receive it. `queue` and `work` are the two sides of the same work queue;
-    `outbox` and `outbox_work` those of the webhook outbox."""
+    `outbox` and `outbox_work` those of the webhook outbox; workers announce themselves
+    in `presence`."""
 
     records: JobStore
     queue: JobQueue
@@ -326,3 +344,4 @@ class Backend:
     outbox: Outbox
     outbox_work: OutboxWork
     deliveries: DeliveryStore
+    presence: Presence
