@@ -19,6 +19,7 @@ from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job, ObjectRef, StoredRequest
 from imagejobs.domain.kinds import Kind
+from imagejobs.domain.models import ModelRef
 from imagejobs.store.clock import FakeClock
 from imagejobs.store.presence import WorkerBeat, presence_subject
 from imagejobs.store.protocols import Backend
@@ -38,12 +39,12 @@ def _edit(**params: object) -> Job:
         created_at=1_800_000_000.5,
         ttl_s=60,
         request=StoredRequest(
-            model="mock/m",
+            model=ModelRef.parse("mock/m"),
             prompt="add a sun",
             params=params,
             images=(ref,),
             mask=mask,
-            fallbacks=("mock/b",),
+            fallbacks=(ModelRef.parse("mock/b"),),
             warnings=("w",),
         ),
     )
