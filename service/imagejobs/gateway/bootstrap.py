@@ -7,6 +7,10 @@ gRPC, from the descriptor set), the router. rest.lua's limits and fallback error
 reach it as the route's metadata under the Lua filter's name (`handle:metadata()`), so
 its source is shipped and run as it is, never templated.
 
+The web console (`/console/`) is static files Envoy answers itself (direct responses,
+read from the working directory when Envoy starts), with a Content-Security-Policy that
+lets the page load and call nothing but this listener; every other path goes to the API.
+
 Pure: `build()` returns a dict; envoy.py writes it (with the files it names) to disk.
 """
 
@@ -30,10 +34,26 @@ CODEC_MAX_HEADERS_KB = 64
 CODEC_MAX_HEADERS = 200
 
 LUA_FILTER = "envoy.filters.http.lua"
+TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 BUFFER_LIMIT_BYTES = 1024 * 1024  # per connection, downstream and upstream
 STREAM_IDLE_TIMEOUT = "300s"
 GRPC_SERVICE = "imagejobs.v1.ImageJobService"
 API_CLUSTER = "api"
+
+CONSOLE_PATH = "/console/"
+# file -> its content type; index.html is the page at CONSOLE_PATH itself
+CONSOLE_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+}
+CONSOLE_MAX_FILE_BYTES = 256 * 1024  # Envoy refuses a larger direct-response body
+# the page may load and call its own origin only; images are fetched with the key and
+# shown from blob: URLs
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
@@ -54,15 +74,62 @@ def lua_metadata() -> dict[str, Any]:
     }
 
 
-def _route_config() -> dict[str, Any]:
-    route = {
+def _console_routes(console_dir: Path) -> list[dict[str, Any]]:
+    """`/console` (redirected to `/console/`), the page and its files, for GET and HEAD;
+    another method falls through to the API's routes (a 404 error body). The transcoder
+    is off on them: it would refuse a path that is no gRPC method before the router
+    answers."""
+    method = {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
+    off = {
+        TRANSCODER_FILTER: _typed("envoy.config.route.v3.FilterConfig", disabled=True),
+    }
+    routes: list[dict[str, Any]] = [
+        {
+            "match": {"path": CONSOLE_PATH.rstrip("/"), "headers": [method]},
+            "redirect": {"path_redirect": CONSOLE_PATH},
+            "typed_per_filter_config": off,
+        }
+    ]
+    for name, content_type in CONSOLE_FILES.items():
+        path = CONSOLE_PATH if name == "index.html" else CONSOLE_PATH + name
+        headers = {
+            "content-type": content_type,
+            "content-security-policy": CONSOLE_CSP,
+            "x-content-type-options": "nosniff",
+            "cache-control": "no-cache",
+        }
+        routes.append(
+            {
+                "match": {"path": path, "headers": [method]},
+                "direct_response": {"status": 200, "body": {"filename": str(console_dir / name)}},
+                "response_headers_to_add": [
+                    {
+                        "header": {"key": k, "value": v},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                    for k, v in headers.items()
+                ],
+                "typed_per_filter_config": off,
+            }
+        )
+    return routes
+
+
+def _route_config(console_dir: Path) -> dict[str, Any]:
+    api = {
         "match": {"prefix": "/"},
         # long-polls and streams are bounded by the servicer, not here
         "route": {"cluster": API_CLUSTER, "timeout": "0s"},
-        "metadata": {"filter_metadata": {LUA_FILTER: lua_metadata()}},
     }
-    host = {"name": "imagejobs", "domains": ["*"], "routes": [route]}
-    return {"name": "local", "virtual_hosts": [host]}
+    routes = [*_console_routes(console_dir), api]
+    for route in routes:  # rest.lua runs on every request and reads these
+        route["metadata"] = {"filter_metadata": {LUA_FILTER: lua_metadata()}}
+    host = {"name": "imagejobs", "domains": ["*"], "routes": routes}
+    return {
+        "name": "local",
+        "virtual_hosts": [host],
+        "max_direct_response_body_size_bytes": CONSOLE_MAX_FILE_BYTES,
+    }
 
 
 def _http_filters(settings: Settings, lua_path: Path, descriptor_path: Path) -> list[Any]:
@@ -91,12 +158,14 @@ def _http_filters(settings: Settings, lua_path: Path, descriptor_path: Path) -> 
     return [
         {"name": "envoy.filters.http.health_check", "typed_config": health},
         {"name": LUA_FILTER, "typed_config": lua},
-        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+        {"name": TRANSCODER_FILTER, "typed_config": transcoder},
         {"name": "envoy.filters.http.router", "typed_config": router},
     ]
 
 
-def _listener(settings: Settings, lua_path: Path, descriptor_path: Path) -> dict[str, Any]:
+def _listener(
+    settings: Settings, lua_path: Path, descriptor_path: Path, console_dir: Path
+) -> dict[str, Any]:
     manager = _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="ingress",
@@ -104,7 +173,7 @@ def _listener(settings: Settings, lua_path: Path, descriptor_path: Path) -> dict
         max_request_headers_kb=CODEC_MAX_HEADERS_KB,
         stream_idle_timeout=STREAM_IDLE_TIMEOUT,
         common_http_protocol_options={"max_headers_count": CODEC_MAX_HEADERS},
-        route_config=_route_config(),
+        route_config=_route_config(console_dir),
         local_reply_config=replies.local_reply_config(),
         http_filters=_http_filters(settings, lua_path, descriptor_path),
     )
@@ -165,13 +234,14 @@ def build(
     api_hosts: list[tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     """The bootstrap config. `lua_path` and `descriptor_path` are where rest.lua and the
-    descriptor set are (or will be) on disk; `api_hosts` (host, port) defaults to the
-    settings' API ports on `api_host`."""
+    descriptor set are (or will be) on disk, the console's files in `console/` beside
+    them; `api_hosts` (host, port) defaults to the settings' API ports on `api_host`."""
     hosts = api_hosts or [(settings.api_host, p) for p in settings.all_api_ports]
+    console_dir = lua_path.parent / "console"
     return {
         "admin": {"address": _address("127.0.0.1", settings.gateway_admin_port)},
         "static_resources": {
-            "listeners": [_listener(settings, lua_path, descriptor_path)],
+            "listeners": [_listener(settings, lua_path, descriptor_path, console_dir)],
             "clusters": [_cluster(hosts)],
         },
     }
