@@ -72,7 +72,10 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
             webhooks={w.name: w for w in settings.webhooks},
         )
         metrics_server = await metrics.start(
-            settings, metrics.api_ports(settings, port), backend.queue
+            settings,
+            metrics.api_ports(settings, port),
+            backend.queue,
+            also=lambda: metrics.sample_workers(backend.presence),
         )
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options())
         jobs_pb2_grpc.add_ImageJobServiceServicer_to_server(

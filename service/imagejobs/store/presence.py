@@ -74,9 +74,7 @@ class JetStreamPresence:
 
     async def workers(self) -> list[WorkerBeat]:
         with nats_errors("worker list"):
-            info = await self._js.stream_info(
-                constants.WORKERS_STREAM, subjects_filter=ALL_WORKERS
-            )
+            info = await self._js.stream_info(constants.WORKERS_STREAM, subjects_filter=ALL_WORKERS)
         found = []
         for subject in info.state.subjects or {}:
             data, _ = await last_on_subject(
