@@ -20,6 +20,7 @@ from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, Status, age_limit_error, is_job_id
 from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
+from imagejobs.runtime import logs
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.index import Entry, after, encode_token
 from imagejobs.store.protocols import Backend, StoredObject
@@ -87,6 +88,7 @@ class JobReader:
             or job.expired(self._clock.time())
         ):
             raise JobNotFound()
+        logs.tag(job)
         return await self._maintain(job, revision)
 
     async def get(self, kind: Kind | None, job_id: str, caller: Caller) -> Job:

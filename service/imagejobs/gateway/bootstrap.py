@@ -7,6 +7,10 @@ gRPC, from the descriptor set), the router. rest.lua's limits and fallback error
 reach it as the route's metadata under the Lua filter's name (`handle:metadata()`), so
 its source is shipped and run as it is, never templated.
 
+With `otlp_endpoint` set, Envoy traces every request with its OpenTelemetry tracer
+(honouring a caller's `traceparent`, passing its own on to the API) and exports the spans
+to that collector as `imagejobs-gateway`.
+
 The web console (`/console/`) is static files Envoy answers itself (direct responses,
 read from the working directory when Envoy starts), with a Content-Security-Policy that
 lets the page load and call nothing but this listener; every other path goes to the API.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from imagejobs.config import Settings
 from imagejobs.gateway import replies
@@ -39,6 +44,9 @@ BUFFER_LIMIT_BYTES = 1024 * 1024  # per connection, downstream and upstream
 STREAM_IDLE_TIMEOUT = "300s"
 GRPC_SERVICE = "imagejobs.v1.ImageJobService"
 API_CLUSTER = "api"
+OTLP_CLUSTER = "otlp"
+GATEWAY_SERVICE_NAME = "imagejobs-gateway"
+OTLP_DEFAULT_PORT = 4317
 
 CONSOLE_PATH = "/console/"
 # file -> its content type; index.html is the page at CONSOLE_PATH itself
@@ -177,6 +185,8 @@ def _listener(
         local_reply_config=replies.local_reply_config(),
         http_filters=_http_filters(settings, lua_path, descriptor_path),
     )
+    if settings.otlp_endpoint:
+        manager["tracing"] = _tracing()
     return {
         "name": "main",
         "address": _address(settings.host, settings.gateway_port),
@@ -194,12 +204,46 @@ def _listener(
     }
 
 
+def _tracing() -> dict[str, Any]:
+    """Every request traced (the collector decides what to keep) and exported over OTLP."""
+    otel = _typed(
+        "envoy.config.trace.v3.OpenTelemetryConfig",
+        grpc_service={"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+        service_name=GATEWAY_SERVICE_NAME,
+    )
+    return {
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": otel},
+        "random_sampling": {"value": 100},
+    }
+
+
+def _http2() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": {"max_concurrent_streams": 1000}},
+        )
+    }
+
+
+def _otlp_cluster(endpoint: str) -> dict[str, Any]:
+    """The OTLP/gRPC collector at `endpoint` (`http://host:port`)."""
+    url = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    address = _address(url.hostname or "127.0.0.1", url.port or OTLP_DEFAULT_PORT)
+    return {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": _http2(),
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
 def _cluster(api_hosts: list[tuple[str, int]]) -> dict[str, Any]:
     """The API processes, over h2c, each checked with the gRPC health protocol."""
-    http2 = _typed(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        explicit_http_config={"http2_protocol_options": {"max_concurrent_streams": 1000}},
-    )
     endpoints = [{"endpoint": {"address": _address(h, p)}} for h, p in api_hosts]
     return {
         "name": API_CLUSTER,
@@ -207,9 +251,7 @@ def _cluster(api_hosts: list[tuple[str, int]]) -> dict[str, Any]:
         "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "2s",
         "per_connection_buffer_limit_bytes": BUFFER_LIMIT_BYTES,
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
-        },
+        "typed_extension_protocol_options": _http2(),
         "load_assignment": {
             "cluster_name": API_CLUSTER,
             "endpoints": [{"lb_endpoints": endpoints}],
@@ -242,6 +284,7 @@ def build(
         "admin": {"address": _address("127.0.0.1", settings.gateway_admin_port)},
         "static_resources": {
             "listeners": [_listener(settings, lua_path, descriptor_path, console_dir)],
-            "clusters": [_cluster(hosts)],
+            "clusters": [_cluster(hosts)]
+            + ([_otlp_cluster(settings.otlp_endpoint)] if settings.otlp_endpoint else []),
         },
     }

@@ -16,7 +16,7 @@ counters), so that the logic on top of them is written once for both implementat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -103,10 +103,17 @@ class QueueDepth(Protocol):
 class JobQueue(QueueDepth, Protocol):
     """The work queue as the API uses it."""
 
-    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+    async def publish(
+        self,
+        job_id: str,
+        record: bytes = b"",
+        revision: int = 0,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         """Enqueue the job, once per job id within the duplicate window (a repeat is
         dropped); QueueFull when the queue is at its bound. With the record as written
-        and its revision, the first delivery carries them (`Delivery.record`)."""
+        and its revision, the first delivery carries them (`Delivery.record`); every
+        delivery carries `trace`, the submit's trace context (`Delivery.trace`)."""
         ...
 
     async def contains(self, job_id: str) -> bool:
@@ -156,6 +163,11 @@ class Delivery(Settle, Protocol):
 
     def record(self) -> tuple[Job, int] | None:
         """The pending record (and revision) a first delivery carries; None otherwise."""
+        ...
+
+    @property
+    def trace(self) -> Mapping[str, str]:
+        """The trace context the message was published with (W3C headers; {} if none)."""
         ...
 
 

@@ -30,7 +30,7 @@ import httpx
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreError
-from imagejobs.runtime import metrics
+from imagejobs.runtime import metrics, tracing
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.factory import open_backend
 from imagejobs.store.presence import WorkerBeat
@@ -174,6 +174,7 @@ class Worker:
 async def serve(settings: Settings) -> None:
     """Run one worker process on JetStream until SIGTERM/SIGINT."""
     worker_id = default_worker_id()
+    flush_spans = tracing.setup(settings, "imagejobs-worker")
     http = httpx.AsyncClient(
         timeout=None,  # each call is bounded by its provider's timeout_s instead
         limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
@@ -199,3 +200,4 @@ async def serve(settings: Settings) -> None:
         finally:
             if metrics_server is not None:
                 await metrics_server.close()
+            flush_spans()
