@@ -187,6 +187,15 @@ def _listener(
     )
     if settings.otlp_endpoint:
         manager["tracing"] = _tracing()
+        # Envoy would otherwise decide sampling from x-request-id (and rewrite a UUID one
+        # to record that decision); callers send any request id they like
+        manager["request_id_extension"] = {
+            "typed_config": _typed(
+                "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+                pack_trace_reason=False,
+                use_request_id_for_trace_sampling=False,
+            )
+        }
     return {
         "name": "main",
         "address": _address(settings.host, settings.gateway_port),

@@ -19,7 +19,8 @@ One job's trace (W3C trace context, `traceparent` / `tracestate`):
                                imagejobs.provider_call   one call; each retry is another
                              imagejobs.store_images      the result images written
                              imagejobs.finish      the terminal write, the intent, the ack
-    imagejobs-dispatcher   imagejobs.webhook       one delivery attempt
+    imagejobs-dispatcher       imagejobs.webhook   one delivery attempt (each one a child
+                                                   of the span that owed it: the finish)
 
 The context travels in the job's work-queue message (headers `traceparent`,
 `tracestate`) and in the webhook intent. Attributes: `imagejobs.job_id`, `.kind`,
