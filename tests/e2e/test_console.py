@@ -123,7 +123,7 @@ def test_the_console_submits_shows_cancels_and_renders_errors(
     assert page.is_visible("#jobs-empty")  # a new key: no jobs
 
     # a generation through the form: the image appears, full size and as a thumbnail
-    _submit(page, "a red fox in the snow")
+    _submit(page, "a red fox in the snow", '{"mock_cost_usd_ticks": 700000000}')
     page.wait_for_selector("#job-status[data-status=completed]")
     page.wait_for_function(IMAGE_LOADED, arg="#job-images img")
     size = page.eval_on_selector("#job-images img", "i => [i.naturalWidth, i.naturalHeight]")
@@ -132,6 +132,7 @@ def test_the_console_submits_shows_cancels_and_renders_errors(
     assert '"prompt": "a red fox in the snow"' in page.inner_text("#job-request")
     row = page.inner_text("#jobs tbody tr")
     assert "completed" in row and "mock/image-1" in row and "mock" in row
+    assert "$0.0700" in row  # the cost the provider reported: 7 * 10^8 ticks
 
     # an edit: an uploaded image and a mask
     page.check("input[name=kind][value=edits]")

@@ -7,8 +7,7 @@ StreamJobEvents and GetJobImage, with their headers as metadata and (for a submi
 raw body in `http_body`; their answers are JSON the servicer renders itself (render.py),
 and the servicer tells Envoy which HTTP status to use through the `x-http-status` initial
 metadata (202 for a still-running job; the gateway itself answers a successful submit
-with 202). The console's extra reads (a job's request, the queue's stats) are in
-console_reads.py.
+with 202). The console's reads (GetSubmission, GetStats): console_reads.py.
 """
 
 from __future__ import annotations

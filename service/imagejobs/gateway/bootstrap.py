@@ -52,8 +52,12 @@ CONSOLE_PATH = "/console/"
 # file -> its content type; index.html is the page at CONSOLE_PATH itself
 CONSOLE_FILES = {
     "index.html": "text/html; charset=utf-8",
-    "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    # JavaScript modules (`import`), which browsers load natively: no build step
+    "console.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
+    "form.js": "text/javascript; charset=utf-8",
 }
 CONSOLE_MAX_FILE_BYTES = 256 * 1024  # Envoy refuses a larger direct-response body
 # the page may load and call its own origin only; images are fetched with the key and
