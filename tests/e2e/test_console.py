@@ -106,12 +106,23 @@ def _use_key(page: Page, key: str) -> None:
 
 
 def _submit(page: Page, prompt: str, extra: str = "", kind: str = "generations") -> None:
+    """Submit through the form; returns once the job's view shows the new job."""
+    before = page.text_content("#job-id") or ""
     page.check(f"input[name=kind][value={kind}]")
     page.fill("#model", "mock/image-1")
     page.fill("#prompt", prompt)
     page.fill("#size", "128x96")
     page.fill("#extra", extra)
     page.click("#submit-button")
+    page.wait_for_function(
+        "before => (document.querySelector('#job-id').textContent || '') !== before", arg=before
+    )
+
+
+def _request(page: Page) -> str:
+    """The job view's request, once it has loaded."""
+    page.wait_for_function("() => document.querySelector('#job-request').textContent !== '…'")
+    return page.inner_text("#job-request")
 
 
 def test_the_console_submits_shows_cancels_and_renders_errors(
@@ -129,10 +140,12 @@ def test_the_console_submits_shows_cancels_and_renders_errors(
     size = page.eval_on_selector("#job-images img", "i => [i.naturalWidth, i.naturalHeight]")
     assert size == [128, 96]
     page.wait_for_function(IMAGE_LOADED, arg="#jobs td.thumbs img")
-    assert '"prompt": "a red fox in the snow"' in page.inner_text("#job-request")
-    row = page.inner_text("#jobs tbody tr")
-    assert "completed" in row and "mock/image-1" in row and "mock" in row
-    assert "$0.0700" in row  # the cost the provider reported: 7 * 10^8 ticks
+    assert '"prompt": "a red fox in the snow"' in _request(page)
+    # status, model (from the job's request, fetched by the row), provider, and the cost
+    # the provider reported (7 * 10^8 ticks)
+    first = "#jobs tbody tr:first-child"
+    page.wait_for_selector(f"{first}:has-text('mock/image-1'):has-text('$0.0700')")
+    assert page.get_attribute(first, "data-status") == "completed"
 
     # an edit: an uploaded image and a mask
     page.check("input[name=kind][value=edits]")
@@ -141,7 +154,7 @@ def test_the_console_submits_shows_cancels_and_renders_errors(
     _submit(page, "add a sun", kind="edits")
     page.wait_for_selector("#job-status[data-status=completed]")
     page.wait_for_function(IMAGE_LOADED, arg="#job-images img")
-    request = page.inner_text("#job-request")
+    request = _request(page)
     assert '"kind": "edits"' in request and '"filename": "mask.png"' in request
 
     # a running job, cancelled from its view; live updates move it on
