@@ -8,7 +8,7 @@
 #
 # Needs Node 20+ with npm (the TypeScript client's packages come from its lockfile, by
 # `npm ci`, when node_modules is missing or older than the lockfile) and Go 1.19+ with
-# Debian's gRPC and protobuf packages (.ci/run installs them; see clients/go/go.mod).
+# Debian's gRPC and protobuf packages (scripts/toolchains.sh installs them; see clients/go/go.mod).
 set -uo pipefail
 : "${IMAGEJOBS_TARGET:?set IMAGEJOBS_TARGET to host:port of the stack}"
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -7,12 +7,14 @@
 #   clients/go/go.mod); golang/protobuf 1.5 replaces the 1.3 that grpc-dev would bring
 #   (1.3 cannot marshal protoc-gen-go 1.28's messages). They build the Go client and give
 #   the code generator its Go plugins.
+# - Debian's chromium (the web console's browser test, driven by playwright) and
+#   prometheus (promtool's rule checks, and a real server scraping a stack).
 # - the TypeScript client's npm packages, exactly as its lockfile pins them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
-  golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc)
+  golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc chromium prometheus)
 
 apt_install() {
   local missing=()

@@ -1,7 +1,7 @@
 """The TypeScript and Go clients (clients/) against the session's live stack: this runs
 `clients/test.sh` with IMAGEJOBS_TARGET at Envoy's port and IMAGEJOBS_API_TARGET at an API
 process, and prints its output (each language's, under a line naming it) into the test
-log, passing or not. Node and Go must be installed (.ci/run installs them); in CI a
+log, passing or not. Node and Go must be installed (scripts/toolchains.sh installs them); in CI a
 missing one fails, locally it skips."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_every_language_client_passes_against_the_stack(
     for tool in ("node", "npm", "go", "gofmt"):
         if shutil.which(tool) is None:
             if os.environ.get("CI"):
-                pytest.fail(f"{tool} is required in CI (.ci/run installs it)")
+                pytest.fail(f"{tool} is required in CI (scripts/toolchains.sh installs it)")
             pytest.skip(f"{tool} not installed")
     env = {
         **os.environ,

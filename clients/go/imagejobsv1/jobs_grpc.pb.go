@@ -74,6 +74,19 @@ type ImageJobServiceClient interface {
 	// ListModels for REST: the listing rendered by the server, every field present (an
 	// empty list is `[]`, a false flag `false`), so that forms can be built from it.
 	ListModelsJson(ctx context.Context, in *ListModelsJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// The job's request as it was accepted: kind, model, prompt, the other request fields,
+	// fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+	// the job's owner sees it, for as long as the job itself. REST clients use
+	// GetSubmissionJson.
+	GetSubmission(ctx context.Context, in *GetSubmissionRequest, opts ...grpc.CallOption) (*Submission, error)
+	// GetSubmission for REST: the request rendered by the server, every field present but
+	// `mask`.
+	GetSubmissionJson(ctx context.Context, in *GetSubmissionJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// The work queue now and the workers consuming it (each heartbeats every 5 s and is
+	// listed until 15 s after its last beat). REST clients use GetStatsJson.
+	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*Stats, error)
+	// GetStats for REST: the same, rendered by the server.
+	GetStatsJson(ctx context.Context, in *GetStatsJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type imageJobServiceClient struct {
@@ -306,6 +319,42 @@ func (c *imageJobServiceClient) ListModelsJson(ctx context.Context, in *ListMode
 	return out, nil
 }
 
+func (c *imageJobServiceClient) GetSubmission(ctx context.Context, in *GetSubmissionRequest, opts ...grpc.CallOption) (*Submission, error) {
+	out := new(Submission)
+	err := c.cc.Invoke(ctx, "/imagejobs.v1.ImageJobService/GetSubmission", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageJobServiceClient) GetSubmissionJson(ctx context.Context, in *GetSubmissionJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/imagejobs.v1.ImageJobService/GetSubmissionJson", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageJobServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*Stats, error) {
+	out := new(Stats)
+	err := c.cc.Invoke(ctx, "/imagejobs.v1.ImageJobService/GetStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageJobServiceClient) GetStatsJson(ctx context.Context, in *GetStatsJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/imagejobs.v1.ImageJobService/GetStatsJson", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImageJobServiceServer is the server API for ImageJobService service.
 // All implementations must embed UnimplementedImageJobServiceServer
 // for forward compatibility
@@ -366,6 +415,19 @@ type ImageJobServiceServer interface {
 	// ListModels for REST: the listing rendered by the server, every field present (an
 	// empty list is `[]`, a false flag `false`), so that forms can be built from it.
 	ListModelsJson(context.Context, *ListModelsJsonRequest) (*httpbody.HttpBody, error)
+	// The job's request as it was accepted: kind, model, prompt, the other request fields,
+	// fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+	// the job's owner sees it, for as long as the job itself. REST clients use
+	// GetSubmissionJson.
+	GetSubmission(context.Context, *GetSubmissionRequest) (*Submission, error)
+	// GetSubmission for REST: the request rendered by the server, every field present but
+	// `mask`.
+	GetSubmissionJson(context.Context, *GetSubmissionJsonRequest) (*httpbody.HttpBody, error)
+	// The work queue now and the workers consuming it (each heartbeats every 5 s and is
+	// listed until 15 s after its last beat). REST clients use GetStatsJson.
+	GetStats(context.Context, *GetStatsRequest) (*Stats, error)
+	// GetStats for REST: the same, rendered by the server.
+	GetStatsJson(context.Context, *GetStatsJsonRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedImageJobServiceServer()
 }
 
@@ -423,6 +485,18 @@ func (UnimplementedImageJobServiceServer) ListModels(context.Context, *ListModel
 }
 func (UnimplementedImageJobServiceServer) ListModelsJson(context.Context, *ListModelsJsonRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModelsJson not implemented")
+}
+func (UnimplementedImageJobServiceServer) GetSubmission(context.Context, *GetSubmissionRequest) (*Submission, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSubmission not implemented")
+}
+func (UnimplementedImageJobServiceServer) GetSubmissionJson(context.Context, *GetSubmissionJsonRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSubmissionJson not implemented")
+}
+func (UnimplementedImageJobServiceServer) GetStats(context.Context, *GetStatsRequest) (*Stats, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedImageJobServiceServer) GetStatsJson(context.Context, *GetStatsJsonRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStatsJson not implemented")
 }
 func (UnimplementedImageJobServiceServer) mustEmbedUnimplementedImageJobServiceServer() {}
 
@@ -752,6 +826,78 @@ func _ImageJobService_ListModelsJson_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageJobService_GetSubmission_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSubmissionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageJobServiceServer).GetSubmission(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/imagejobs.v1.ImageJobService/GetSubmission",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageJobServiceServer).GetSubmission(ctx, req.(*GetSubmissionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageJobService_GetSubmissionJson_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSubmissionJsonRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageJobServiceServer).GetSubmissionJson(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/imagejobs.v1.ImageJobService/GetSubmissionJson",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageJobServiceServer).GetSubmissionJson(ctx, req.(*GetSubmissionJsonRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageJobService_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageJobServiceServer).GetStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/imagejobs.v1.ImageJobService/GetStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageJobServiceServer).GetStats(ctx, req.(*GetStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageJobService_GetStatsJson_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsJsonRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageJobServiceServer).GetStatsJson(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/imagejobs.v1.ImageJobService/GetStatsJson",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageJobServiceServer).GetStatsJson(ctx, req.(*GetStatsJsonRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ImageJobService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "imagejobs.v1.ImageJobService",
 	HandlerType: (*ImageJobServiceServer)(nil),
@@ -811,6 +957,22 @@ var _ImageJobService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListModelsJson",
 			Handler:    _ImageJobService_ListModelsJson_Handler,
+		},
+		{
+			MethodName: "GetSubmission",
+			Handler:    _ImageJobService_GetSubmission_Handler,
+		},
+		{
+			MethodName: "GetSubmissionJson",
+			Handler:    _ImageJobService_GetSubmissionJson_Handler,
+		},
+		{
+			MethodName: "GetStats",
+			Handler:    _ImageJobService_GetStats_Handler,
+		},
+		{
+			MethodName: "GetStatsJson",
+			Handler:    _ImageJobService_GetStatsJson_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -19,6 +19,7 @@ from imagejobs.store.index import JetStreamIndex, index_ttl_s
 from imagejobs.store.notifier import JetStreamNotifier, Notifier
 from imagejobs.store.objects import JetStreamObjects
 from imagejobs.store.outbox import JetStreamOutbox
+from imagejobs.store.presence import JetStreamPresence
 from imagejobs.store.protocols import Backend
 from imagejobs.store.queue import JetStreamQueue
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
@@ -62,6 +63,7 @@ def jetstream_backend(
         deliveries=DeliveryRecords(
             jetstream.StreamSubjects(js, constants.DELIVERY_STREAM, "webhook deliveries")
         ),
+        presence=JetStreamPresence(js),
     )
 
 

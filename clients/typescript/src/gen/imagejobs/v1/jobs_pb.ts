@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file imagejobs/v1/jobs.proto.
  */
 export const file_imagejobs_v1_jobs: GenFile = /*@__PURE__*/
-  fileDesc("ChdpbWFnZWpvYnMvdjEvam9icy5wcm90bxIMaW1hZ2Vqb2JzLnYxIpADCgNKb2ISCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRInCgZzdGF0dXMYCiABKA4yFy5pbWFnZWpvYnMudjEuSm9iU3RhdHVzEiMKBGtpbmQYCyABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZBIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKC3N0YXR1c19jb2RlGAcgASgFSACIAQESJwoGcmVzdWx0GAwgASgLMhcuaW1hZ2Vqb2JzLnYxLkpvYlJlc3VsdBIqCgVlcnJvchgJIAEoCzIbLmltYWdlam9icy52MS5FcnJvclJlc3BvbnNlQg4KDF9zdGF0dXNfY29kZUoECAMQBEoECAgQCSLsAQoJSm9iUmVzdWx0Eg8KB2NyZWF0ZWQYASABKAMSKQoGaW1hZ2VzGAIgAygLMhkuaW1hZ2Vqb2JzLnYxLlJlc3VsdEltYWdlEhIKCmJhY2tncm91bmQYAyABKAkSFQoNb3V0cHV0X2Zvcm1hdBgEIAEoCRIPCgdxdWFsaXR5GAUgASgJEgwKBHNpemUYBiABKAkSIgoFdXNhZ2UYByABKAsyEy5pbWFnZWpvYnMudjEuVXNhZ2USNQoMZXh0cmFfZmllbGRzGAggASgLMh8uaW1hZ2Vqb2JzLnYxLlJlc3VsdEV4dHJhRmllbGRzInYKC1Jlc3VsdEltYWdlEg0KBWluZGV4GAEgASgFEgwKBGRhdGEYAiABKAwSCwoDdXJsGAMgASgJEhYKDnJldmlzZWRfcHJvbXB0GAQgASgJEhEKCW1pbWVfdHlwZRgFIAEoCRISCgpzaXplX2J5dGVzGAYgASgDIpwCCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAMSFQoNb3V0cHV0X3Rva2VucxgCIAEoAxIUCgx0b3RhbF90b2tlbnMYAyABKAMSOAoUaW5wdXRfdG9rZW5zX2RldGFpbHMYBCABKAsyGi5pbWFnZWpvYnMudjEuVG9rZW5EZXRhaWxzEjkKFW91dHB1dF90b2tlbnNfZGV0YWlscxgFIAEoCzIaLmltYWdlam9icy52MS5Ub2tlbkRldGFpbHMSLQoFb3RoZXIYBiADKAsyHi5pbWFnZWpvYnMudjEuVXNhZ2UuT3RoZXJFbnRyeRosCgpPdGhlckVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEiOQoMVG9rZW5EZXRhaWxzEhMKC3RleHRfdG9rZW5zGAEgASgDEhQKDGltYWdlX3Rva2VucxgCIAEoAyKOAQoRUmVzdWx0RXh0cmFGaWVsZHMSFAoMcmVxdWVzdF90eXBlGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEhcKD21vZGVsX3JlcXVlc3RlZBgDIAEoCRISCgptb2RlbF91c2VkGAQgASgJEhIKCmxhdGVuY3lfbXMYBSABKAMSEAoId2FybmluZ3MYBiADKAkivgEKDUVycm9yUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSDAoEdHlwZRgCIAEoCRIYChBpc19iaWZyb3N0X2Vycm9yGAMgASgIEhMKC3N0YXR1c19jb2RlGAQgASgFEigKBWVycm9yGAUgASgLMhkuaW1hZ2Vqb2JzLnYxLkVycm9yRGV0YWlsEjQKDGV4dHJhX2ZpZWxkcxgGIAEoCzIeLmltYWdlam9icy52MS5FcnJvckV4dHJhRmllbGRzIlsKC0Vycm9yRGV0YWlsEgwKBHR5cGUYASABKAkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg0KBXBhcmFtGAQgASgJEhAKCGV2ZW50X2lkGAUgASgJIlMKEEVycm9yRXh0cmFGaWVsZHMSEAoIcHJvdmlkZXIYASABKAkSFwoPbW9kZWxfcmVxdWVzdGVkGAIgASgJEhQKDHJlcXVlc3RfdHlwZRgDIAEoCSLtBAoMSW1hZ2VSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRIOCgFuGAMgASgFSACIAQESDAoEc2l6ZRgEIAEoCRIPCgdxdWFsaXR5GAUgASgJEg0KBXN0eWxlGAYgASgJEhcKD3Jlc3BvbnNlX2Zvcm1hdBgHIAEoCRISCgpiYWNrZ3JvdW5kGAggASgJEhIKCm1vZGVyYXRpb24YCSABKAkSFQoNb3V0cHV0X2Zvcm1hdBgKIAEoCRIfChJvdXRwdXRfY29tcHJlc3Npb24YCyABKAVIAYgBARIbCg5wYXJ0aWFsX2ltYWdlcxgMIAEoBUgCiAEBEhEKBHNlZWQYDSABKANIA4gBARIXCg9uZWdhdGl2ZV9wcm9tcHQYDiABKAkSIAoTbnVtX2luZmVyZW5jZV9zdGVwcxgPIAEoBUgEiAEBEgwKBHVzZXIYECABKAkSFAoMaW5wdXRfaW1hZ2VzGBEgAygJEhQKDGFzcGVjdF9yYXRpbxgSIAEoCRISCgpyZXNvbHV0aW9uGBMgASgJEhEKCWZhbGxiYWNrcxgUIAMoCRIOCgZpbWFnZXMYFSADKAwSDAoEbWFzaxgWIAEoDBIMCgR0eXBlGBcgASgJEhYKDmlucHV0X2ZpZGVsaXR5GBggASgJEiYKBWV4dHJhGBkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEIECgJfbkIVChNfb3V0cHV0X2NvbXByZXNzaW9uQhEKD19wYXJ0aWFsX2ltYWdlc0IHCgVfc2VlZEIWChRfbnVtX2luZmVyZW5jZV9zdGVwcyLaAQoVU3VibWl0SW1hZ2VKb2JSZXF1ZXN0EiMKBGtpbmQYByABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZBIrCgdyZXF1ZXN0GAMgASgLMhouaW1hZ2Vqb2JzLnYxLkltYWdlUmVxdWVzdBIaChJyZXN1bHRfdHRsX3NlY29uZHMYBCABKAMSEgoKcmVxdWVzdF9pZBgFIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBiABKAkSDwoHd2ViaG9vaxgIIAEoCUoECAEQAkoECAIQA1IJaHR0cF9ib2R5IlIKGVN1Ym1pdEltYWdlSm9iSnNvblJlcXVlc3QSDAoEa2luZBgBIAEoCRInCglodHRwX2JvZHkYAiABKAsyFC5nb29nbGUuYXBpLkh0dHBCb2R5IlgKDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAIgASgJEgwKBHdhaXQYAyABKAESIwoEa2luZBgEIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kSgQIARACIj8KEUdldEpvYkpzb25SZXF1ZXN0EgwKBGtpbmQYASABKAkSDgoGam9iX2lkGAIgASgJEgwKBHdhaXQYAyABKAEiTQoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYAiABKAkSIwoEa2luZBgDIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kSgQIARACIjQKFENhbmNlbEpvYkpzb25SZXF1ZXN0EgwKBGtpbmQYASABKAkSDgoGam9iX2lkGAIgASgJIkwKD1dhdGNoSm9iUmVxdWVzdBIOCgZqb2JfaWQYAiABKAkSIwoEa2luZBgDIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kSgQIARACIjYKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDAoEa2luZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkijgEKD0xpc3RKb2JzUmVxdWVzdBInCgZzdGF0dXMYBSABKA4yFy5pbWFnZWpvYnMudjEuSm9iU3RhdHVzEiMKBGtpbmQYBiABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZBINCgVsaW1pdBgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJSgQIARACSgQIAhADIlYKE0xpc3RKb2JzSnNvblJlcXVlc3QSDgoGc3RhdHVzGAEgASgJEgwKBGtpbmQYAiABKAkSDQoFbGltaXQYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJMChBMaXN0Sm9ic1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5pbWFnZWpvYnMudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJBChJHZXRKb2JJbWFnZVJlcXVlc3QSDAoEa2luZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSDQoFaW5kZXgYAyABKAUiOgoTR2V0Sm9iSW1hZ2VSZXNwb25zZRIjCgVpbWFnZRgBIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkiTAoVTGlzdERlbGl2ZXJpZXNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIjCgRraW5kGAIgASgOMhUuaW1hZ2Vqb2JzLnYxLkpvYktpbmQiOQoZTGlzdERlbGl2ZXJpZXNKc29uUmVxdWVzdBIMCgRraW5kGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJLChZMaXN0RGVsaXZlcmllc1Jlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5pbWFnZWpvYnMudjEuV2ViaG9va0RlbGl2ZXJ5IkcKEFJlZGVsaXZlclJlcXVlc3QSDgoGam9iX2lkGAEgASgJEiMKBGtpbmQYAiABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZCKuAwoPV2ViaG9va0RlbGl2ZXJ5EhIKCndlYmhvb2tfaWQYASABKAkSEAoIZW5kcG9pbnQYAiABKAkSDQoFZXZlbnQYAyABKAkSNAoGc3RhdHVzGAQgASgOMiQuaW1hZ2Vqb2JzLnYxLldlYmhvb2tEZWxpdmVyeS5TdGF0dXMSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1lbmRwb2ludF9nb25lGAcgASgIEhYKDnRvdGFsX2F0dGVtcHRzGAggASgFEg0KBXJvdW5kGAkgASgFEi4KCGF0dGVtcHRzGAogAygLMhwuaW1hZ2Vqb2JzLnYxLldlYmhvb2tBdHRlbXB0Il0KBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABISCg5TVEFUVVNfUEVORElORxABEhQKEFNUQVRVU19ERUxJVkVSRUQQAhIRCg1TVEFUVVNfRkFJTEVEEAMiuwIKDldlYmhvb2tBdHRlbXB0EjAKDGF0dGVtcHRlZF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLc3RhdHVzX2NvZGUYAiABKAVIAIgBARINCgVlcnJvchgDIAEoCRITCgtkdXJhdGlvbl9tcxgEIAEoBRI1CgdvdXRjb21lGAUgASgOMiQuaW1hZ2Vqb2JzLnYxLldlYmhvb2tBdHRlbXB0Lk91dGNvbWUicgoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFQoRT1VUQ09NRV9ERUxJVkVSRUQQARIRCg1PVVRDT01FX1JFVFJZEAISEgoOT1VUQ09NRV9GQUlMRUQQAxIQCgxPVVRDT01FX0dPTkUQBEIOCgxfc3RhdHVzX2NvZGUiWwoVU3RyZWFtSm9iSW1hZ2VSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVpbmRleBgCIAEoBRIjCgRraW5kGAMgASgOMhUuaW1hZ2Vqb2JzLnYxLkpvYktpbmQiYAoWU3RyZWFtSm9iSW1hZ2VSZXNwb25zZRIUCgxjb250ZW50X3R5cGUYASABKAkSEgoKc2l6ZV9ieXRlcxgCIAEoAxIOCgZvZmZzZXQYAyABKAMSDAoEZGF0YRgEIAEoDCITChFMaXN0TW9kZWxzUmVxdWVzdCIXChVMaXN0TW9kZWxzSnNvblJlcXVlc3QibAoSTGlzdE1vZGVsc1Jlc3BvbnNlEhYKDmNhdGFsb2d1ZV9kYXRlGAEgASgJEg0KBW1heF9uGAIgASgFEi8KCXByb3ZpZGVycxgDIAMoCzIcLmltYWdlam9icy52MS5Qcm92aWRlck1vZGVscyJLCg5Qcm92aWRlck1vZGVscxIMCgRuYW1lGAEgASgJEisKCGZhbWlsaWVzGAIgAygLMhkuaW1hZ2Vqb2JzLnYxLk1vZGVsRmFtaWx5IoACCgtNb2RlbEZhbWlseRIPCgdwYXR0ZXJuGAEgASgJEg4KBm1vZGVscxgCIAMoCRIOCgZzdGF0dXMYAyABKAkSDgoGc3Vuc2V0GAQgASgJEhMKC3JlcGxhY2VtZW50GAUgASgJEhIKCmdlbmVyYXRpb24YBiABKAgSDAoEZWRpdBgHIAEoCBIRCgl2YXJpYXRpb24YCCABKAgSEgoKbl9wZXJfY2FsbBgJIAEoBRINCgVzaXplcxgKIAMoCRIVCg1hc3BlY3RfcmF0aW9zGAsgAygJEg4KBnJlYXNvbhgMIAEoCRIOCgZzb3VyY2UYDSABKAkSDAoEbm90ZRgOIAEoCSqlAQoJSm9iU3RhdHVzEhoKFkpPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJKT0JfU1RBVFVTX1BFTkRJTkcQARIZChVKT0JfU1RBVFVTX1BST0NFU1NJTkcQAhIYChRKT0JfU1RBVFVTX0NPTVBMRVRFRBADEhUKEUpPQl9TVEFUVVNfRkFJTEVEEAQSGAoUSk9CX1NUQVRVU19DQU5DRUxMRUQQBSpnCgdKb2JLaW5kEhgKFEpPQl9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTSk9CX0tJTkRfR0VORVJBVElPThABEhEKDUpPQl9LSU5EX0VESVQQAhIWChJKT0JfS0lORF9WQVJJQVRJT04QAzLqEgoPSW1hZ2VKb2JTZXJ2aWNlEkoKDlN1Ym1pdEltYWdlSm9iEiMuaW1hZ2Vqb2JzLnYxLlN1Ym1pdEltYWdlSm9iUmVxdWVzdBoRLmltYWdlam9icy52MS5Kb2IiABLqAQoSU3VibWl0SW1hZ2VKb2JKc29uEicuaW1hZ2Vqb2JzLnYxLlN1Ym1pdEltYWdlSm9iSnNvblJlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5IpQBgtPkkwKNAToJaHR0cF9ib2R5Wio6CWh0dHBfYm9keSIdL3YxL2FzeW5jL2ltYWdlcy97a2luZD1lZGl0c31aLzoJaHR0cF9ib2R5IiIvdjEvYXN5bmMvaW1hZ2VzL3traW5kPXZhcmlhdGlvbnN9IiMvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWdlbmVyYXRpb25zfRI6CgZHZXRKb2ISGy5pbWFnZWpvYnMudjEuR2V0Sm9iUmVxdWVzdBoRLmltYWdlam9icy52MS5Kb2IiABLUAQoKR2V0Sm9iSnNvbhIfLmltYWdlam9icy52MS5HZXRKb2JKc29uUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkijgGC0+STAocBWigSJi92MS9hc3luYy9pbWFnZXMve2tpbmQ9ZWRpdHN9L3tqb2JfaWR9Wi0SKy92MS9hc3luYy9pbWFnZXMve2tpbmQ9dmFyaWF0aW9uc30ve2pvYl9pZH0SLC92MS9hc3luYy9pbWFnZXMve2tpbmQ9Z2VuZXJhdGlvbnN9L3tqb2JfaWR9EqUCCgtHZXRKb2JJbWFnZRIgLmltYWdlam9icy52MS5HZXRKb2JJbWFnZVJlcXVlc3QaIS5pbWFnZWpvYnMudjEuR2V0Sm9iSW1hZ2VSZXNwb25zZSLQAYLT5JMCyQFaPmIFaW1hZ2USNS92MS9hc3luYy9pbWFnZXMve2tpbmQ9ZWRpdHN9L3tqb2JfaWR9L2ltYWdlcy97aW5kZXh9WkNiBWltYWdlEjovdjEvYXN5bmMvaW1hZ2VzL3traW5kPXZhcmlhdGlvbnN9L3tqb2JfaWR9L2ltYWdlcy97aW5kZXh9YgVpbWFnZRI7L3YxL2FzeW5jL2ltYWdlcy97a2luZD1nZW5lcmF0aW9uc30ve2pvYl9pZH0vaW1hZ2VzL3tpbmRleH0SXwoOU3RyZWFtSm9iSW1hZ2USIy5pbWFnZWpvYnMudjEuU3RyZWFtSm9iSW1hZ2VSZXF1ZXN0GiQuaW1hZ2Vqb2JzLnYxLlN0cmVhbUpvYkltYWdlUmVzcG9uc2UiADABEkAKCUNhbmNlbEpvYhIeLmltYWdlam9icy52MS5DYW5jZWxKb2JSZXF1ZXN0GhEuaW1hZ2Vqb2JzLnYxLkpvYiIAEtoBCg1DYW5jZWxKb2JKc29uEiIuaW1hZ2Vqb2JzLnYxLkNhbmNlbEpvYkpzb25SZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSKOAYLT5JMChwFaKComL3YxL2FzeW5jL2ltYWdlcy97a2luZD1lZGl0c30ve2pvYl9pZH1aLSorL3YxL2FzeW5jL2ltYWdlcy97a2luZD12YXJpYXRpb25zfS97am9iX2lkfSosL3YxL2FzeW5jL2ltYWdlcy97a2luZD1nZW5lcmF0aW9uc30ve2pvYl9pZH0SQAoIV2F0Y2hKb2ISHS5pbWFnZWpvYnMudjEuV2F0Y2hKb2JSZXF1ZXN0GhEuaW1hZ2Vqb2JzLnYxLkpvYiIAMAES9QEKD1N0cmVhbUpvYkV2ZW50cxIkLmltYWdlam9icy52MS5TdHJlYW1Kb2JFdmVudHNSZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSKjAYLT5JMCnAFaLxItL3YxL2FzeW5jL2ltYWdlcy97a2luZD1lZGl0c30ve2pvYl9pZH0vZXZlbnRzWjQSMi92MS9hc3luYy9pbWFnZXMve2tpbmQ9dmFyaWF0aW9uc30ve2pvYl9pZH0vZXZlbnRzEjMvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWdlbmVyYXRpb25zfS97am9iX2lkfS9ldmVudHMwARJLCghMaXN0Sm9icxIdLmltYWdlam9icy52MS5MaXN0Sm9ic1JlcXVlc3QaHi5pbWFnZWpvYnMudjEuTGlzdEpvYnNSZXNwb25zZSIAEmYKDExpc3RKb2JzSnNvbhIhLmltYWdlam9icy52MS5MaXN0Sm9ic0pzb25SZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSIdgtPkkwIXEhUvdjEvYXN5bmMvaW1hZ2VzL2pvYnMSXQoOTGlzdERlbGl2ZXJpZXMSIy5pbWFnZWpvYnMudjEuTGlzdERlbGl2ZXJpZXNSZXF1ZXN0GiQuaW1hZ2Vqb2JzLnYxLkxpc3REZWxpdmVyaWVzUmVzcG9uc2UiABKFAgoSTGlzdERlbGl2ZXJpZXNKc29uEicuaW1hZ2Vqb2JzLnYxLkxpc3REZWxpdmVyaWVzSnNvblJlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5Iq8BgtPkkwKoAVozEjEvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWVkaXRzfS97am9iX2lkfS9kZWxpdmVyaWVzWjgSNi92MS9hc3luYy9pbWFnZXMve2tpbmQ9dmFyaWF0aW9uc30ve2pvYl9pZH0vZGVsaXZlcmllcxI3L3YxL2FzeW5jL2ltYWdlcy97a2luZD1nZW5lcmF0aW9uc30ve2pvYl9pZH0vZGVsaXZlcmllcxJMCglSZWRlbGl2ZXISHi5pbWFnZWpvYnMudjEuUmVkZWxpdmVyUmVxdWVzdBodLmltYWdlam9icy52MS5XZWJob29rRGVsaXZlcnkiABJRCgpMaXN0TW9kZWxzEh8uaW1hZ2Vqb2JzLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiAuaW1hZ2Vqb2JzLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIAEmwKDkxpc3RNb2RlbHNKc29uEiMuaW1hZ2Vqb2JzLnYxLkxpc3RNb2RlbHNKc29uUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkiH4LT5JMCGRIXL3YxL2FzeW5jL2ltYWdlcy9tb2RlbHNiBnByb3RvMw", [file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChdpbWFnZWpvYnMvdjEvam9icy5wcm90bxIMaW1hZ2Vqb2JzLnYxIpADCgNKb2ISCgoCaWQYASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoCRInCgZzdGF0dXMYCiABKA4yFy5pbWFnZWpvYnMudjEuSm9iU3RhdHVzEiMKBGtpbmQYCyABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZBIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKC3N0YXR1c19jb2RlGAcgASgFSACIAQESJwoGcmVzdWx0GAwgASgLMhcuaW1hZ2Vqb2JzLnYxLkpvYlJlc3VsdBIqCgVlcnJvchgJIAEoCzIbLmltYWdlam9icy52MS5FcnJvclJlc3BvbnNlQg4KDF9zdGF0dXNfY29kZUoECAMQBEoECAgQCSLsAQoJSm9iUmVzdWx0Eg8KB2NyZWF0ZWQYASABKAMSKQoGaW1hZ2VzGAIgAygLMhkuaW1hZ2Vqb2JzLnYxLlJlc3VsdEltYWdlEhIKCmJhY2tncm91bmQYAyABKAkSFQoNb3V0cHV0X2Zvcm1hdBgEIAEoCRIPCgdxdWFsaXR5GAUgASgJEgwKBHNpemUYBiABKAkSIgoFdXNhZ2UYByABKAsyEy5pbWFnZWpvYnMudjEuVXNhZ2USNQoMZXh0cmFfZmllbGRzGAggASgLMh8uaW1hZ2Vqb2JzLnYxLlJlc3VsdEV4dHJhRmllbGRzInYKC1Jlc3VsdEltYWdlEg0KBWluZGV4GAEgASgFEgwKBGRhdGEYAiABKAwSCwoDdXJsGAMgASgJEhYKDnJldmlzZWRfcHJvbXB0GAQgASgJEhEKCW1pbWVfdHlwZRgFIAEoCRISCgpzaXplX2J5dGVzGAYgASgDIpwCCgVVc2FnZRIUCgxpbnB1dF90b2tlbnMYASABKAMSFQoNb3V0cHV0X3Rva2VucxgCIAEoAxIUCgx0b3RhbF90b2tlbnMYAyABKAMSOAoUaW5wdXRfdG9rZW5zX2RldGFpbHMYBCABKAsyGi5pbWFnZWpvYnMudjEuVG9rZW5EZXRhaWxzEjkKFW91dHB1dF90b2tlbnNfZGV0YWlscxgFIAEoCzIaLmltYWdlam9icy52MS5Ub2tlbkRldGFpbHMSLQoFb3RoZXIYBiADKAsyHi5pbWFnZWpvYnMudjEuVXNhZ2UuT3RoZXJFbnRyeRosCgpPdGhlckVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEiOQoMVG9rZW5EZXRhaWxzEhMKC3RleHRfdG9rZW5zGAEgASgDEhQKDGltYWdlX3Rva2VucxgCIAEoAyKOAQoRUmVzdWx0RXh0cmFGaWVsZHMSFAoMcmVxdWVzdF90eXBlGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEhcKD21vZGVsX3JlcXVlc3RlZBgDIAEoCRISCgptb2RlbF91c2VkGAQgASgJEhIKCmxhdGVuY3lfbXMYBSABKAMSEAoId2FybmluZ3MYBiADKAkivgEKDUVycm9yUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSDAoEdHlwZRgCIAEoCRIYChBpc19iaWZyb3N0X2Vycm9yGAMgASgIEhMKC3N0YXR1c19jb2RlGAQgASgFEigKBWVycm9yGAUgASgLMhkuaW1hZ2Vqb2JzLnYxLkVycm9yRGV0YWlsEjQKDGV4dHJhX2ZpZWxkcxgGIAEoCzIeLmltYWdlam9icy52MS5FcnJvckV4dHJhRmllbGRzIlsKC0Vycm9yRGV0YWlsEgwKBHR5cGUYASABKAkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEg0KBXBhcmFtGAQgASgJEhAKCGV2ZW50X2lkGAUgASgJIlMKEEVycm9yRXh0cmFGaWVsZHMSEAoIcHJvdmlkZXIYASABKAkSFwoPbW9kZWxfcmVxdWVzdGVkGAIgASgJEhQKDHJlcXVlc3RfdHlwZRgDIAEoCSLtBAoMSW1hZ2VSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRIOCgFuGAMgASgFSACIAQESDAoEc2l6ZRgEIAEoCRIPCgdxdWFsaXR5GAUgASgJEg0KBXN0eWxlGAYgASgJEhcKD3Jlc3BvbnNlX2Zvcm1hdBgHIAEoCRISCgpiYWNrZ3JvdW5kGAggASgJEhIKCm1vZGVyYXRpb24YCSABKAkSFQoNb3V0cHV0X2Zvcm1hdBgKIAEoCRIfChJvdXRwdXRfY29tcHJlc3Npb24YCyABKAVIAYgBARIbCg5wYXJ0aWFsX2ltYWdlcxgMIAEoBUgCiAEBEhEKBHNlZWQYDSABKANIA4gBARIXCg9uZWdhdGl2ZV9wcm9tcHQYDiABKAkSIAoTbnVtX2luZmVyZW5jZV9zdGVwcxgPIAEoBUgEiAEBEgwKBHVzZXIYECABKAkSFAoMaW5wdXRfaW1hZ2VzGBEgAygJEhQKDGFzcGVjdF9yYXRpbxgSIAEoCRISCgpyZXNvbHV0aW9uGBMgASgJEhEKCWZhbGxiYWNrcxgUIAMoCRIOCgZpbWFnZXMYFSADKAwSDAoEbWFzaxgWIAEoDBIMCgR0eXBlGBcgASgJEhYKDmlucHV0X2ZpZGVsaXR5GBggASgJEiYKBWV4dHJhGBkgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEIECgJfbkIVChNfb3V0cHV0X2NvbXByZXNzaW9uQhEKD19wYXJ0aWFsX2ltYWdlc0IHCgVfc2VlZEIWChRfbnVtX2luZmVyZW5jZV9zdGVwcyLaAQoVU3VibWl0SW1hZ2VKb2JSZXF1ZXN0EiMKBGtpbmQYByABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZBIrCgdyZXF1ZXN0GAMgASgLMhouaW1hZ2Vqb2JzLnYxLkltYWdlUmVxdWVzdBIaChJyZXN1bHRfdHRsX3NlY29uZHMYBCABKAMSEgoKcmVxdWVzdF9pZBgFIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBiABKAkSDwoHd2ViaG9vaxgIIAEoCUoECAEQAkoECAIQA1IJaHR0cF9ib2R5IlIKGVN1Ym1pdEltYWdlSm9iSnNvblJlcXVlc3QSDAoEa2luZBgBIAEoCRInCglodHRwX2JvZHkYAiABKAsyFC5nb29nbGUuYXBpLkh0dHBCb2R5IlgKDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAIgASgJEgwKBHdhaXQYAyABKAESIwoEa2luZBgEIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kSgQIARACIj8KEUdldEpvYkpzb25SZXF1ZXN0EgwKBGtpbmQYASABKAkSDgoGam9iX2lkGAIgASgJEgwKBHdhaXQYAyABKAEiTQoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYAiABKAkSIwoEa2luZBgDIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kSgQIARACIjQKFENhbmNlbEpvYkpzb25SZXF1ZXN0EgwKBGtpbmQYASABKAkSDgoGam9iX2lkGAIgASgJIkwKD1dhdGNoSm9iUmVxdWVzdBIOCgZqb2JfaWQYAiABKAkSIwoEa2luZBgDIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kSgQIARACIjYKFlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QSDAoEa2luZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkijgEKD0xpc3RKb2JzUmVxdWVzdBInCgZzdGF0dXMYBSABKA4yFy5pbWFnZWpvYnMudjEuSm9iU3RhdHVzEiMKBGtpbmQYBiABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZBINCgVsaW1pdBgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJSgQIARACSgQIAhADIlYKE0xpc3RKb2JzSnNvblJlcXVlc3QSDgoGc3RhdHVzGAEgASgJEgwKBGtpbmQYAiABKAkSDQoFbGltaXQYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJMChBMaXN0Sm9ic1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5pbWFnZWpvYnMudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJBChJHZXRKb2JJbWFnZVJlcXVlc3QSDAoEa2luZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSDQoFaW5kZXgYAyABKAUiOgoTR2V0Sm9iSW1hZ2VSZXNwb25zZRIjCgVpbWFnZRgBIAEoCzIULmdvb2dsZS5hcGkuSHR0cEJvZHkiTAoVTGlzdERlbGl2ZXJpZXNSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIjCgRraW5kGAIgASgOMhUuaW1hZ2Vqb2JzLnYxLkpvYktpbmQiOQoZTGlzdERlbGl2ZXJpZXNKc29uUmVxdWVzdBIMCgRraW5kGAEgASgJEg4KBmpvYl9pZBgCIAEoCSJLChZMaXN0RGVsaXZlcmllc1Jlc3BvbnNlEjEKCmRlbGl2ZXJpZXMYASADKAsyHS5pbWFnZWpvYnMudjEuV2ViaG9va0RlbGl2ZXJ5IkcKEFJlZGVsaXZlclJlcXVlc3QSDgoGam9iX2lkGAEgASgJEiMKBGtpbmQYAiABKA4yFS5pbWFnZWpvYnMudjEuSm9iS2luZCKuAwoPV2ViaG9va0RlbGl2ZXJ5EhIKCndlYmhvb2tfaWQYASABKAkSEAoIZW5kcG9pbnQYAiABKAkSDQoFZXZlbnQYAyABKAkSNAoGc3RhdHVzGAQgASgOMiQuaW1hZ2Vqb2JzLnYxLldlYmhvb2tEZWxpdmVyeS5TdGF0dXMSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1lbmRwb2ludF9nb25lGAcgASgIEhYKDnRvdGFsX2F0dGVtcHRzGAggASgFEg0KBXJvdW5kGAkgASgFEi4KCGF0dGVtcHRzGAogAygLMhwuaW1hZ2Vqb2JzLnYxLldlYmhvb2tBdHRlbXB0Il0KBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABISCg5TVEFUVVNfUEVORElORxABEhQKEFNUQVRVU19ERUxJVkVSRUQQAhIRCg1TVEFUVVNfRkFJTEVEEAMiuwIKDldlYmhvb2tBdHRlbXB0EjAKDGF0dGVtcHRlZF9hdBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLc3RhdHVzX2NvZGUYAiABKAVIAIgBARINCgVlcnJvchgDIAEoCRITCgtkdXJhdGlvbl9tcxgEIAEoBRI1CgdvdXRjb21lGAUgASgOMiQuaW1hZ2Vqb2JzLnYxLldlYmhvb2tBdHRlbXB0Lk91dGNvbWUicgoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFQoRT1VUQ09NRV9ERUxJVkVSRUQQARIRCg1PVVRDT01FX1JFVFJZEAISEgoOT1VUQ09NRV9GQUlMRUQQAxIQCgxPVVRDT01FX0dPTkUQBEIOCgxfc3RhdHVzX2NvZGUiWwoVU3RyZWFtSm9iSW1hZ2VSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRINCgVpbmRleBgCIAEoBRIjCgRraW5kGAMgASgOMhUuaW1hZ2Vqb2JzLnYxLkpvYktpbmQiYAoWU3RyZWFtSm9iSW1hZ2VSZXNwb25zZRIUCgxjb250ZW50X3R5cGUYASABKAkSEgoKc2l6ZV9ieXRlcxgCIAEoAxIOCgZvZmZzZXQYAyABKAMSDAoEZGF0YRgEIAEoDCITChFMaXN0TW9kZWxzUmVxdWVzdCIXChVMaXN0TW9kZWxzSnNvblJlcXVlc3QibAoSTGlzdE1vZGVsc1Jlc3BvbnNlEhYKDmNhdGFsb2d1ZV9kYXRlGAEgASgJEg0KBW1heF9uGAIgASgFEi8KCXByb3ZpZGVycxgDIAMoCzIcLmltYWdlam9icy52MS5Qcm92aWRlck1vZGVscyJLCg5Qcm92aWRlck1vZGVscxIMCgRuYW1lGAEgASgJEisKCGZhbWlsaWVzGAIgAygLMhkuaW1hZ2Vqb2JzLnYxLk1vZGVsRmFtaWx5IoACCgtNb2RlbEZhbWlseRIPCgdwYXR0ZXJuGAEgASgJEg4KBm1vZGVscxgCIAMoCRIOCgZzdGF0dXMYAyABKAkSDgoGc3Vuc2V0GAQgASgJEhMKC3JlcGxhY2VtZW50GAUgASgJEhIKCmdlbmVyYXRpb24YBiABKAgSDAoEZWRpdBgHIAEoCBIRCgl2YXJpYXRpb24YCCABKAgSEgoKbl9wZXJfY2FsbBgJIAEoBRINCgVzaXplcxgKIAMoCRIVCg1hc3BlY3RfcmF0aW9zGAsgAygJEg4KBnJlYXNvbhgMIAEoCRIOCgZzb3VyY2UYDSABKAkSDAoEbm90ZRgOIAEoCSJLChRHZXRTdWJtaXNzaW9uUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSIwoEa2luZBgCIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kIjgKGEdldFN1Ym1pc3Npb25Kc29uUmVxdWVzdBIMCgRraW5kGAEgASgJEg4KBmpvYl9pZBgCIAEoCSLBAgoKU3VibWlzc2lvbhIOCgZqb2JfaWQYASABKAkSIwoEa2luZBgCIAEoDjIVLmltYWdlam9icy52MS5Kb2JLaW5kEg0KBW1vZGVsGAMgASgJEg4KBnByb21wdBgEIAEoCRInCgZwYXJhbXMYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhEKCWZhbGxiYWNrcxgGIAMoCRIoCgZpbWFnZXMYByADKAsyGC5pbWFnZWpvYnMudjEuSW5wdXRJbWFnZRImCgRtYXNrGAggASgLMhguaW1hZ2Vqb2JzLnYxLklucHV0SW1hZ2USDwoHd2ViaG9vaxgJIAEoCRIQCgh3YXJuaW5ncxgKIAMoCRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFCgpJbnB1dEltYWdlEhEKCW1pbWVfdHlwZRgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgDEhAKCGZpbGVuYW1lGAMgASgJIhEKD0dldFN0YXRzUmVxdWVzdCIVChNHZXRTdGF0c0pzb25SZXF1ZXN0IoYBCgVTdGF0cxIoCgR0aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVxdWV1ZRgCIAEoCzIYLmltYWdlam9icy52MS5RdWV1ZVN0YXRzEioKB3dvcmtlcnMYAyADKAsyGS5pbWFnZWpvYnMudjEuV29ya2VyU3RhdHMiRQoKUXVldWVTdGF0cxIQCghtZXNzYWdlcxgBIAEoAxITCgt1bmRlbGl2ZXJlZBgCIAEoAxIQCghtYXhfam9icxgDIAEoAyKeAQoLV29ya2VyU3RhdHMSCgoCaWQYASABKAkSEwoLY29uY3VycmVuY3kYAiABKAUSEQoJaW5fZmxpZ2h0GAMgASgFEi4KCnN0YXJ0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB3NlZW5fYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKqUBCglKb2JTdGF0dXMSGgoWSk9CX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEkpPQl9TVEFUVVNfUEVORElORxABEhkKFUpPQl9TVEFUVVNfUFJPQ0VTU0lORxACEhgKFEpPQl9TVEFUVVNfQ09NUExFVEVEEAMSFQoRSk9CX1NUQVRVU19GQUlMRUQQBBIYChRKT0JfU1RBVFVTX0NBTkNFTExFRBAFKmcKB0pvYktpbmQSGAoUSk9CX0tJTkRfVU5TUEVDSUZJRUQQABIXChNKT0JfS0lORF9HRU5FUkFUSU9OEAESEQoNSk9CX0tJTkRfRURJVBACEhYKEkpPQl9LSU5EX1ZBUklBVElPThADMuMWCg9JbWFnZUpvYlNlcnZpY2USSgoOU3VibWl0SW1hZ2VKb2ISIy5pbWFnZWpvYnMudjEuU3VibWl0SW1hZ2VKb2JSZXF1ZXN0GhEuaW1hZ2Vqb2JzLnYxLkpvYiIAEuoBChJTdWJtaXRJbWFnZUpvYkpzb24SJy5pbWFnZWpvYnMudjEuU3VibWl0SW1hZ2VKb2JKc29uUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkilAGC0+STAo0BOglodHRwX2JvZHlaKjoJaHR0cF9ib2R5Ih0vdjEvYXN5bmMvaW1hZ2VzL3traW5kPWVkaXRzfVovOglodHRwX2JvZHkiIi92MS9hc3luYy9pbWFnZXMve2tpbmQ9dmFyaWF0aW9uc30iIy92MS9hc3luYy9pbWFnZXMve2tpbmQ9Z2VuZXJhdGlvbnN9EjoKBkdldEpvYhIbLmltYWdlam9icy52MS5HZXRKb2JSZXF1ZXN0GhEuaW1hZ2Vqb2JzLnYxLkpvYiIAEtQBCgpHZXRKb2JKc29uEh8uaW1hZ2Vqb2JzLnYxLkdldEpvYkpzb25SZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSKOAYLT5JMChwFaKBImL3YxL2FzeW5jL2ltYWdlcy97a2luZD1lZGl0c30ve2pvYl9pZH1aLRIrL3YxL2FzeW5jL2ltYWdlcy97a2luZD12YXJpYXRpb25zfS97am9iX2lkfRIsL3YxL2FzeW5jL2ltYWdlcy97a2luZD1nZW5lcmF0aW9uc30ve2pvYl9pZH0SpQIKC0dldEpvYkltYWdlEiAuaW1hZ2Vqb2JzLnYxLkdldEpvYkltYWdlUmVxdWVzdBohLmltYWdlam9icy52MS5HZXRKb2JJbWFnZVJlc3BvbnNlItABgtPkkwLJAVo+YgVpbWFnZRI1L3YxL2FzeW5jL2ltYWdlcy97a2luZD1lZGl0c30ve2pvYl9pZH0vaW1hZ2VzL3tpbmRleH1aQ2IFaW1hZ2USOi92MS9hc3luYy9pbWFnZXMve2tpbmQ9dmFyaWF0aW9uc30ve2pvYl9pZH0vaW1hZ2VzL3tpbmRleH1iBWltYWdlEjsvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWdlbmVyYXRpb25zfS97am9iX2lkfS9pbWFnZXMve2luZGV4fRJfCg5TdHJlYW1Kb2JJbWFnZRIjLmltYWdlam9icy52MS5TdHJlYW1Kb2JJbWFnZVJlcXVlc3QaJC5pbWFnZWpvYnMudjEuU3RyZWFtSm9iSW1hZ2VSZXNwb25zZSIAMAESQAoJQ2FuY2VsSm9iEh4uaW1hZ2Vqb2JzLnYxLkNhbmNlbEpvYlJlcXVlc3QaES5pbWFnZWpvYnMudjEuSm9iIgAS2gEKDUNhbmNlbEpvYkpzb24SIi5pbWFnZWpvYnMudjEuQ2FuY2VsSm9iSnNvblJlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5Io4BgtPkkwKHAVooKiYvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWVkaXRzfS97am9iX2lkfVotKisvdjEvYXN5bmMvaW1hZ2VzL3traW5kPXZhcmlhdGlvbnN9L3tqb2JfaWR9KiwvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWdlbmVyYXRpb25zfS97am9iX2lkfRJACghXYXRjaEpvYhIdLmltYWdlam9icy52MS5XYXRjaEpvYlJlcXVlc3QaES5pbWFnZWpvYnMudjEuSm9iIgAwARL1AQoPU3RyZWFtSm9iRXZlbnRzEiQuaW1hZ2Vqb2JzLnYxLlN0cmVhbUpvYkV2ZW50c1JlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5IqMBgtPkkwKcAVovEi0vdjEvYXN5bmMvaW1hZ2VzL3traW5kPWVkaXRzfS97am9iX2lkfS9ldmVudHNaNBIyL3YxL2FzeW5jL2ltYWdlcy97a2luZD12YXJpYXRpb25zfS97am9iX2lkfS9ldmVudHMSMy92MS9hc3luYy9pbWFnZXMve2tpbmQ9Z2VuZXJhdGlvbnN9L3tqb2JfaWR9L2V2ZW50czABEksKCExpc3RKb2JzEh0uaW1hZ2Vqb2JzLnYxLkxpc3RKb2JzUmVxdWVzdBoeLmltYWdlam9icy52MS5MaXN0Sm9ic1Jlc3BvbnNlIgASZgoMTGlzdEpvYnNKc29uEiEuaW1hZ2Vqb2JzLnYxLkxpc3RKb2JzSnNvblJlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5Ih2C0+STAhcSFS92MS9hc3luYy9pbWFnZXMvam9icxJdCg5MaXN0RGVsaXZlcmllcxIjLmltYWdlam9icy52MS5MaXN0RGVsaXZlcmllc1JlcXVlc3QaJC5pbWFnZWpvYnMudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZSIAEoUCChJMaXN0RGVsaXZlcmllc0pzb24SJy5pbWFnZWpvYnMudjEuTGlzdERlbGl2ZXJpZXNKc29uUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkirwGC0+STAqgBWjMSMS92MS9hc3luYy9pbWFnZXMve2tpbmQ9ZWRpdHN9L3tqb2JfaWR9L2RlbGl2ZXJpZXNaOBI2L3YxL2FzeW5jL2ltYWdlcy97a2luZD12YXJpYXRpb25zfS97am9iX2lkfS9kZWxpdmVyaWVzEjcvdjEvYXN5bmMvaW1hZ2VzL3traW5kPWdlbmVyYXRpb25zfS97am9iX2lkfS9kZWxpdmVyaWVzEkwKCVJlZGVsaXZlchIeLmltYWdlam9icy52MS5SZWRlbGl2ZXJSZXF1ZXN0Gh0uaW1hZ2Vqb2JzLnYxLldlYmhvb2tEZWxpdmVyeSIAElEKCkxpc3RNb2RlbHMSHy5pbWFnZWpvYnMudjEuTGlzdE1vZGVsc1JlcXVlc3QaIC5pbWFnZWpvYnMudjEuTGlzdE1vZGVsc1Jlc3BvbnNlIgASbAoOTGlzdE1vZGVsc0pzb24SIy5pbWFnZWpvYnMudjEuTGlzdE1vZGVsc0pzb25SZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSIfgtPkkwIZEhcvdjEvYXN5bmMvaW1hZ2VzL21vZGVscxJPCg1HZXRTdWJtaXNzaW9uEiIuaW1hZ2Vqb2JzLnYxLkdldFN1Ym1pc3Npb25SZXF1ZXN0GhguaW1hZ2Vqb2JzLnYxLlN1Ym1pc3Npb24iABL6AQoRR2V0U3VibWlzc2lvbkpzb24SJi5pbWFnZWpvYnMudjEuR2V0U3VibWlzc2lvbkpzb25SZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSKmAYLT5JMCnwFaMBIuL3YxL2FzeW5jL2ltYWdlcy97a2luZD1lZGl0c30ve2pvYl9pZH0vcmVxdWVzdFo1EjMvdjEvYXN5bmMvaW1hZ2VzL3traW5kPXZhcmlhdGlvbnN9L3tqb2JfaWR9L3JlcXVlc3QSNC92MS9hc3luYy9pbWFnZXMve2tpbmQ9Z2VuZXJhdGlvbnN9L3tqb2JfaWR9L3JlcXVlc3QSQAoIR2V0U3RhdHMSHS5pbWFnZWpvYnMudjEuR2V0U3RhdHNSZXF1ZXN0GhMuaW1hZ2Vqb2JzLnYxLlN0YXRzIgASZwoMR2V0U3RhdHNKc29uEiEuaW1hZ2Vqb2JzLnYxLkdldFN0YXRzSnNvblJlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5Ih6C0+STAhgSFi92MS9hc3luYy9pbWFnZXMvc3RhdHNiBnByb3RvMw", [file_google_api_annotations, file_google_api_httpbody, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A job. Unset fields are unset (REST omits them).
@@ -1759,6 +1759,339 @@ export const ModelFamilySchema: GenMessage<ModelFamily> = /*@__PURE__*/
   messageDesc(file_imagejobs_v1_jobs, 35);
 
 /**
+ * Request for GetSubmission.
+ *
+ * @generated from message imagejobs.v1.GetSubmissionRequest
+ */
+export type GetSubmissionRequest = Message<"imagejobs.v1.GetSubmissionRequest"> & {
+  /**
+   * The job id.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * Optional: the job's kind (another kind is NOT_FOUND); unspecified = any.
+   *
+   * @generated from field: imagejobs.v1.JobKind kind = 2;
+   */
+  kind: JobKind;
+};
+
+/**
+ * Describes the message imagejobs.v1.GetSubmissionRequest.
+ * Use `create(GetSubmissionRequestSchema)` to create a new message.
+ */
+export const GetSubmissionRequestSchema: GenMessage<GetSubmissionRequest> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 36);
+
+/**
+ * Request for GetSubmissionJson (REST).
+ *
+ * @generated from message imagejobs.v1.GetSubmissionJsonRequest
+ */
+export type GetSubmissionJsonRequest = Message<"imagejobs.v1.GetSubmissionJsonRequest"> & {
+  /**
+   * `generations`, `edits` or `variations`; must match the job's kind.
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * The job id.
+   *
+   * @generated from field: string job_id = 2;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message imagejobs.v1.GetSubmissionJsonRequest.
+ * Use `create(GetSubmissionJsonRequestSchema)` to create a new message.
+ */
+export const GetSubmissionJsonRequestSchema: GenMessage<GetSubmissionJsonRequest> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 37);
+
+/**
+ * A job's request, as the API accepted it.
+ *
+ * @generated from message imagejobs.v1.Submission
+ */
+export type Submission = Message<"imagejobs.v1.Submission"> & {
+  /**
+   * The job id.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * What the job does.
+   *
+   * @generated from field: imagejobs.v1.JobKind kind = 2;
+   */
+  kind: JobKind;
+
+  /**
+   * `provider/model`, as requested.
+   *
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * The prompt; empty when none was given.
+   *
+   * @generated from field: string prompt = 4;
+   */
+  prompt: string;
+
+  /**
+   * Every other request field as validated (`size`, `n`, provider parameters, ...); a
+   * text longer than 4096 characters (a base64 `input_images` entry) is cut, with
+   * `… (<n> characters)` appended.
+   *
+   * @generated from field: google.protobuf.Struct params = 5;
+   */
+  params?: JsonObject | undefined;
+
+  /**
+   * The `provider/model` fallbacks, in order.
+   *
+   * @generated from field: repeated string fallbacks = 6;
+   */
+  fallbacks: string[];
+
+  /**
+   * Edits and variations: the uploaded images, in order (their sizes, not their bytes).
+   *
+   * @generated from field: repeated imagejobs.v1.InputImage images = 7;
+   */
+  images: InputImage[];
+
+  /**
+   * Edits: the uploaded mask, when one was given.
+   *
+   * @generated from field: imagejobs.v1.InputImage mask = 8;
+   */
+  mask?: InputImage | undefined;
+
+  /**
+   * The webhook endpoint the job's end is delivered to; empty when none.
+   *
+   * @generated from field: string webhook = 9;
+   */
+  webhook: string;
+
+  /**
+   * The model catalogue's warnings about deprecated models the request named.
+   *
+   * @generated from field: repeated string warnings = 10;
+   */
+  warnings: string[];
+
+  /**
+   * When the job was accepted (millisecond precision).
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 11;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message imagejobs.v1.Submission.
+ * Use `create(SubmissionSchema)` to create a new message.
+ */
+export const SubmissionSchema: GenMessage<Submission> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 38);
+
+/**
+ * One uploaded image of a Submission.
+ *
+ * @generated from message imagejobs.v1.InputImage
+ */
+export type InputImage = Message<"imagejobs.v1.InputImage"> & {
+  /**
+   * e.g. `image/png`.
+   *
+   * @generated from field: string mime_type = 1;
+   */
+  mimeType: string;
+
+  /**
+   * Its size in bytes.
+   *
+   * @generated from field: int64 size_bytes = 2;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * The upload's file name, when the form gave one.
+   *
+   * @generated from field: string filename = 3;
+   */
+  filename: string;
+};
+
+/**
+ * Describes the message imagejobs.v1.InputImage.
+ * Use `create(InputImageSchema)` to create a new message.
+ */
+export const InputImageSchema: GenMessage<InputImage> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 39);
+
+/**
+ * Request for GetStats.
+ *
+ * @generated from message imagejobs.v1.GetStatsRequest
+ */
+export type GetStatsRequest = Message<"imagejobs.v1.GetStatsRequest"> & {
+};
+
+/**
+ * Describes the message imagejobs.v1.GetStatsRequest.
+ * Use `create(GetStatsRequestSchema)` to create a new message.
+ */
+export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 40);
+
+/**
+ * Request for GetStatsJson.
+ *
+ * @generated from message imagejobs.v1.GetStatsJsonRequest
+ */
+export type GetStatsJsonRequest = Message<"imagejobs.v1.GetStatsJsonRequest"> & {
+};
+
+/**
+ * Describes the message imagejobs.v1.GetStatsJsonRequest.
+ * Use `create(GetStatsJsonRequestSchema)` to create a new message.
+ */
+export const GetStatsJsonRequestSchema: GenMessage<GetStatsJsonRequest> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 41);
+
+/**
+ * The work queue and its workers, now.
+ *
+ * @generated from message imagejobs.v1.Stats
+ */
+export type Stats = Message<"imagejobs.v1.Stats"> & {
+  /**
+   * When this was read (millisecond precision).
+   *
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The work queue.
+   *
+   * @generated from field: imagejobs.v1.QueueStats queue = 2;
+   */
+  queue?: QueueStats | undefined;
+
+  /**
+   * The live workers, by id.
+   *
+   * @generated from field: repeated imagejobs.v1.WorkerStats workers = 3;
+   */
+  workers: WorkerStats[];
+};
+
+/**
+ * Describes the message imagejobs.v1.Stats.
+ * Use `create(StatsSchema)` to create a new message.
+ */
+export const StatsSchema: GenMessage<Stats> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 42);
+
+/**
+ * The work queue (the JOBQ stream and its workers' consumer).
+ *
+ * @generated from message imagejobs.v1.QueueStats
+ */
+export type QueueStats = Message<"imagejobs.v1.QueueStats"> & {
+  /**
+   * Messages not acked yet: jobs waiting or running.
+   *
+   * @generated from field: int64 messages = 1;
+   */
+  messages: bigint;
+
+  /**
+   * Of those, the ones no worker has been handed yet.
+   *
+   * @generated from field: int64 undelivered = 2;
+   */
+  undelivered: bigint;
+
+  /**
+   * The queue's bound (`queue_max_jobs`); a submit beyond it is 429.
+   *
+   * @generated from field: int64 max_jobs = 3;
+   */
+  maxJobs: bigint;
+};
+
+/**
+ * Describes the message imagejobs.v1.QueueStats.
+ * Use `create(QueueStatsSchema)` to create a new message.
+ */
+export const QueueStatsSchema: GenMessage<QueueStats> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 43);
+
+/**
+ * One live worker process, as its last heartbeat told.
+ *
+ * @generated from message imagejobs.v1.WorkerStats
+ */
+export type WorkerStats = Message<"imagejobs.v1.WorkerStats"> & {
+  /**
+   * `<host>-<pid>`.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Jobs it runs at most at once (`worker_concurrency`).
+   *
+   * @generated from field: int32 concurrency = 2;
+   */
+  concurrency: number;
+
+  /**
+   * Jobs it held at its last heartbeat.
+   *
+   * @generated from field: int32 in_flight = 3;
+   */
+  inFlight: number;
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 4;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * Its last heartbeat.
+   *
+   * @generated from field: google.protobuf.Timestamp seen_at = 5;
+   */
+  seenAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message imagejobs.v1.WorkerStats.
+ * Use `create(WorkerStatsSchema)` to create a new message.
+ */
+export const WorkerStatsSchema: GenMessage<WorkerStats> = /*@__PURE__*/
+  messageDesc(file_imagejobs_v1_jobs, 44);
+
+/**
  * A job's state. REST prints the lowercase word after the prefix (`pending`, …).
  *
  *     pending -> processing -> completed | failed | cancelled   (pending -> failed | cancelled too)
@@ -2085,6 +2418,51 @@ export const ImageJobService: GenService<{
   listModelsJson: {
     methodKind: "unary";
     input: typeof ListModelsJsonRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * The job's request as it was accepted: kind, model, prompt, the other request fields,
+   * fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+   * the job's owner sees it, for as long as the job itself. REST clients use
+   * GetSubmissionJson.
+   *
+   * @generated from rpc imagejobs.v1.ImageJobService.GetSubmission
+   */
+  getSubmission: {
+    methodKind: "unary";
+    input: typeof GetSubmissionRequestSchema;
+    output: typeof SubmissionSchema;
+  },
+  /**
+   * GetSubmission for REST: the request rendered by the server, every field present but
+   * `mask`.
+   *
+   * @generated from rpc imagejobs.v1.ImageJobService.GetSubmissionJson
+   */
+  getSubmissionJson: {
+    methodKind: "unary";
+    input: typeof GetSubmissionJsonRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * The work queue now and the workers consuming it (each heartbeats every 5 s and is
+   * listed until 15 s after its last beat). REST clients use GetStatsJson.
+   *
+   * @generated from rpc imagejobs.v1.ImageJobService.GetStats
+   */
+  getStats: {
+    methodKind: "unary";
+    input: typeof GetStatsRequestSchema;
+    output: typeof StatsSchema;
+  },
+  /**
+   * GetStats for REST: the same, rendered by the server.
+   *
+   * @generated from rpc imagejobs.v1.ImageJobService.GetStatsJson
+   */
+  getStatsJson: {
+    methodKind: "unary";
+    input: typeof GetStatsJsonRequestSchema;
     output: typeof HttpBodySchema;
   },
 }> = /*@__PURE__*/
