@@ -63,11 +63,13 @@ def test_an_image_priced_job_takes_quality_then_size_then_the_base_price() -> No
 
 
 def test_a_reported_cost_wins_when_the_provider_sent_one() -> None:
-    xai = PriceRule(model="xai/*", reported_cost=True, per_image_usd=0.08)
-    assert xai.cost({"cost_in_usd_ticks": 200_000_000}, 1, [], []) == micro(0.02)
-    assert xai.cost({}, 2, [], []) == micro(0.16)  # none reported: the list price
-    # a rule without reported_cost ignores it
-    assert IMAGES.cost({"cost_in_usd_ticks": 1}, 1, [], []) == micro(0.04)
+    table = PriceTable([PriceRule(model="xai/*", per_image_usd=0.08)])
+    billed = {"cost_in_usd_ticks": 200_000_000}
+    assert table.cost(ref("xai/grok-imagine-image"), billed, 1, {}, {}) == micro(0.02)
+    assert table.cost(ref("xai/grok-imagine-image"), {}, 2, {}, {}) == micro(0.16)  # list price
+    # a bill prices a model the table does not know; without one such a model has none
+    assert table.cost(ref("mock/m"), billed, 1, {}, {}) == micro(0.02)
+    assert table.cost(ref("mock/m"), {"cost_in_usd_ticks": -5}, 1, {}, {}) is None
 
 
 def test_the_first_matching_rule_wins_and_the_config_comes_first() -> None:

@@ -20,6 +20,7 @@ from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, Status, age_limit_error, is_job_id
 from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
+from imagejobs.runtime import logs
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.index import Entry, after, encode_token
 from imagejobs.store.protocols import Backend, StoredObject
@@ -66,9 +67,14 @@ class JobReader:
         self.changes = backend.changes
         self.outbox = backend.outbox
         self.budgets = backend.budgets
+        self.presence = backend.presence
         self.limits = limits or ServiceLimits()
         self._clock = clock or SystemClock()
         self._repair_checked: dict[str, float] = {}
+
+    def now(self) -> float:
+        """The service clock's time (epoch s)."""
+        return self._clock.time()
 
     async def _read(self, kind: Kind | None, job_id: str, caller: Caller) -> tuple[Job, int]:
         """The job and its revision, if the caller may see it (and it is of `kind`, when
@@ -83,6 +89,7 @@ class JobReader:
             or job.expired(self._clock.time())
         ):
             raise JobNotFound()
+        logs.tag(job)
         return await self._maintain(job, revision)
 
     async def get(self, kind: Kind | None, job_id: str, caller: Caller) -> Job:

@@ -30,6 +30,7 @@ from imagejobs.domain.jobs import Job, ObjectRef, StoredRequest
 from imagejobs.domain.keys import Caller, KeyPolicy
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.pricing import PriceTable
+from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend
 from imagejobs.webhooks.endpoints import WebhookSettings
@@ -147,8 +148,12 @@ class JobService(JobReader):
             return job
         if self.hooks.after_record is not None:
             self.hooks.after_record(job)
+        tracing.annotate(job)  # the submit's span: the job's trace starts here
+        logs.tag(job)
         try:
-            await self.queue.publish(job.id, job.dumps(), revision, owner=job.owner)
+            await self.queue.publish(
+                job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner
+            )
         except BaseException:
             await self._take_back(job, caller, key)
             raise

@@ -16,8 +16,12 @@ An entry prices by tokens, by image, or both:
   `resolution` such as `1K`) times the images returned: the cost of an image-priced
   model, and the estimate a submit reserves for a token-priced one (its usage is known
   only at the end), or its cost when the provider reported no usage;
-- `reported_cost = true`: the provider's own figure wins when it sent one (xAI's
-  `usage.cost_in_usd_ticks`, 10^10 ticks per dollar).
+
+A provider that reports what it billed (xAI's `usage.cost_in_usd_ticks`, 10^10 ticks per
+dollar; the mock's `mock_cost_usd_ticks`) is taken at its word, for any model, priced or
+not: that figure is the job's cost, and no price is applied on top of it (a bill is
+exact; a list price is an estimate). The entry of such a model still gives the estimate
+a submit reserves.
 
 Amounts are whole micro-dollars (domain/budget.py): a token count times a price per
 million tokens in dollars is already micro-dollars.
@@ -57,7 +61,6 @@ class PriceRule(BaseModel):
     per_image_usd: Rate = Field(default=None, ge=0)
     by_size: dict[str, float] = Field(default_factory=dict)  # `WxH` or a resolution (`1K`)
     by_quality: dict[str, float] = Field(default_factory=dict)
-    reported_cost: bool = False  # the provider's own cost in the usage wins (xAI)
     source: str = ""  # where the list price was read
     note: str = ""
 
@@ -106,15 +109,19 @@ class PriceRule(BaseModel):
     ) -> int | None:
         """What a job that returned `images` images with this `usage` cost (µUSD)."""
         usage = usage or {}
-        ticks = _count(usage, "cost_in_usd_ticks")
-        if self.reported_cost and ticks is not None:
-            return round(ticks / TICKS_PER_MICRO_USD)
         if self.token_priced:
             by_tokens = self.token_cost(usage)
             if by_tokens is not None:
                 return by_tokens
         price = self.image_price(sizes, qualities)
         return None if price is None else micro(price * images)
+
+
+def reported_cost(usage: Mapping[str, Any] | None) -> int | None:
+    """What the provider said it billed for the job (µUSD), from `cost_in_usd_ticks`; None
+    when it said nothing (or something negative)."""
+    ticks = _count(usage or {}, "cost_in_usd_ticks")
+    return None if ticks is None or ticks < 0 else round(ticks / TICKS_PER_MICRO_USD)
 
 
 def _or(rate: Rate, default: float) -> float:
@@ -181,7 +188,10 @@ class PriceTable:
     ) -> int | None:
         """A finished job's cost (µUSD) from the model that served it, the provider's
         usage and echoed `fields` (size, quality), and the request's `params`; None when
-        the model has no price."""
+        the model has no price. What the provider reported billing wins over any price."""
+        billed = reported_cost(usage)
+        if billed is not None:
+            return billed
         rule = self.rule(model)
         if rule is None:
             return None

@@ -8,10 +8,13 @@ CPU and memory). What is recorded, and where:
     imagejobs_completions_total{status,provider} worker a terminal write that won
     imagejobs_job_seconds{kind,status}          worker submit -> terminal (histogram)
     imagejobs_provider_call_seconds{provider,outcome}  worker one provider call
-    imagejobs_cost_usd_total{provider,model,key} worker a completed job's cost (priced models)
+    imagejobs_cost_usd_total{provider,model,key} worker a completed job's cost, once per job
+                                                       (result.cost_usd: the provider's bill
+                                                       when it sent one, else the price table)
     imagejobs_jobs_in_flight                    worker messages held right now
     imagejobs_queue_depth                       both  JOBQ messages not yet acked
     imagejobs_queue_undelivered                 both  of those, not yet handed to a worker
+    imagejobs_workers                           API   live worker processes (heartbeats)
     imagejobs_webhook_attempts_total{endpoint,outcome}   dispatcher  one delivery attempt:
                                                       delivered, retry, failed or gone
     imagejobs_webhook_deliveries_total{endpoint,outcome} dispatcher  a delivery finished:
@@ -53,7 +56,7 @@ from imagejobs.domain.keys import key_label
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
 from imagejobs.providers.registry import KNOWN_PROVIDERS
-from imagejobs.store.protocols import QueueDepth
+from imagejobs.store.protocols import Presence, QueueDepth
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,6 @@ QUEUE_SAMPLE_INTERVAL_S = 2.0
 WORKER_PORT_SEARCH = 16  # ports a worker tries beyond worker_processes (extra workers)
 MAX_API_OFFSET = 64
 _KINDS = frozenset(k.value for k in Kind)
-
 SUBMITS = Counter(
     "imagejobs_submits",
     "Submit calls by kind and result ('accepted' or the error code).",
@@ -93,8 +95,10 @@ PROVIDER_SECONDS = Histogram(
 )
 COST = Counter(
     "imagejobs_cost_usd",
-    "What completed jobs cost (USD, from the price table), by the provider and model that"
-    " served them and the virtual key (its id; anonymous; open).",
+    "What completed jobs cost in USD (each job's cost_usd, counted once at its completion:"
+    " the provider's reported bill, usage.cost_in_usd_ticks, when it sent one, else the"
+    " price table), by the provider and model that served them and the virtual key (its"
+    " id; anonymous; open).",
     ["provider", "model", "key"],
     registry=REGISTRY,
 )
@@ -112,6 +116,12 @@ QUEUE_DEPTH = Gauge(
 QUEUE_UNDELIVERED = Gauge(
     "imagejobs_queue_undelivered",
     "Work-queue messages no worker has been handed yet; sampled with queue_depth.",
+    registry=REGISTRY,
+)
+WORKERS = Gauge(
+    "imagejobs_workers",
+    "Live worker processes (each heartbeats every 5 s; listed 15 s after its last); "
+    "sampled with queue_depth by API processes.",
     registry=REGISTRY,
 )
 
@@ -175,9 +185,10 @@ def finished(job: Job, now: float | None = None) -> None:
     COMPLETIONS.labels(job.status.value, provider_label(provider)).inc()
     end = job.completed_at or now or time.time()
     JOB_SECONDS.labels(job.kind.value, job.status.value).observe(max(end - job.created_at, 0.0))
-    if job.result is not None and job.result.cost_usd:  # a model with no price: none counted
-        COST.labels(provider_label(provider), job.result.model, key_label(job.owner)).inc(
-            job.result.cost_usd
+    result = job.result
+    if result is not None and result.cost_usd is not None:  # no price, no bill: none counted
+        COST.labels(provider_label(provider), result.model, key_label(job.owner)).inc(
+            result.cost_usd
         )
 
 
@@ -246,6 +257,11 @@ async def sample_queue(queue: QueueDepth) -> None:
     messages, undelivered = await queue.depth()
     QUEUE_DEPTH.set(messages)
     QUEUE_UNDELIVERED.set(undelivered)
+
+
+async def sample_workers(presence: Presence) -> None:
+    """Count the live workers once into their gauge."""
+    WORKERS.set(len(await presence.workers()))
 
 
 Sampler = Callable[[], Awaitable[None]]

@@ -20,6 +20,7 @@ from imagejobs.store.index import JetStreamIndex, index_ttl_s
 from imagejobs.store.notifier import JetStreamNotifier, Notifier
 from imagejobs.store.objects import JetStreamObjects
 from imagejobs.store.outbox import JetStreamOutbox
+from imagejobs.store.presence import JetStreamPresence
 from imagejobs.store.protocols import Backend
 from imagejobs.store.queue import JetStreamQueue
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
@@ -76,6 +77,7 @@ def jetstream_backend(
             records,
             clock=clock,
         ),
+        presence=JetStreamPresence(js),
     )
 
 

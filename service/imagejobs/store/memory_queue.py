@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
@@ -42,6 +42,7 @@ class _Queued:
     available_at: float  # monotonic time from which it may be (re)delivered
     num_delivered: int = 0
     lane: str = ANONYMOUS
+    trace: Mapping[str, str] = field(default_factory=dict)
 
 
 class MemoryDelivery:
@@ -61,6 +62,10 @@ class MemoryDelivery:
         m = self._message
         revision = str(m.revision) if m.revision else ""
         return first_delivery_record(m.data, revision, self.num_delivered)
+
+    @property
+    def trace(self) -> Mapping[str, str]:
+        return self._message.trace
 
     async def ack(self) -> None:
         self._queue.remove(self._message)
@@ -117,7 +122,13 @@ class MemoryQueue:
     # --- the API's side ---------------------------------------------------------------
 
     async def publish(
-        self, job_id: str, record: bytes = b"", revision: int = 0, *, owner: str = ""
+        self,
+        job_id: str,
+        record: bytes = b"",
+        revision: int = 0,
+        trace: Mapping[str, str] | None = None,
+        *,
+        owner: str = "",
     ) -> None:
         now = self._clock.monotonic()
         self._forget_old_ids(now)
@@ -133,6 +144,7 @@ class MemoryQueue:
             self._seq,
             available_at=now,
             lane=lane_of(owner, self._fair),
+            trace=dict(trace or {}),
         )
         self._published[job_id] = now
         self._changed.set()

@@ -41,6 +41,7 @@ from imagejobs.store.protocols import Closeable, Delivery
 log = logging.getLogger(__name__)
 
 RECORD_REVISION_HEADER = "Imagejobs-Revision"  # the revision of the record a message carries
+TRACE_HEADERS = ("traceparent", "tracestate")  # the submit's trace context (W3C)
 SHORTEST_FETCH_S = 0.05  # nats-py refuses a fetch without a timeout
 LANE_ENSURE_EVERY_S = 60.0  # an API process re-makes a lane's consumer this often (removed?)
 LANE_INACTIVE_S = 24 * 3600.0  # a lane consumer nobody pulls from this long is removed
@@ -98,6 +99,11 @@ class JetStreamDelivery:
     def record(self) -> tuple[Job, int] | None:
         revision = (self._msg.headers or {}).get(RECORD_REVISION_HEADER, "")
         return first_delivery_record(self._msg.data or b"", revision, self.num_delivered)
+
+    @property
+    def trace(self) -> Mapping[str, str]:
+        headers = self._msg.headers or {}
+        return {name: headers[name] for name in TRACE_HEADERS if headers.get(name)}
 
     async def ack(self) -> None:
         await _settle("ack", self._msg.ack())
@@ -182,16 +188,24 @@ class JetStreamQueue:
     # --- the API's side ---------------------------------------------------------------
 
     async def publish(
-        self, job_id: str, record: bytes = b"", revision: int = 0, *, owner: str = ""
+        self,
+        job_id: str,
+        record: bytes = b"",
+        revision: int = 0,
+        trace: Mapping[str, str] | None = None,
+        *,
+        owner: str = "",
     ) -> None:
         """Enqueue the job in its owner's lane (idempotent per job id within the duplicate
         window), then tell idle workers. With the record as just written and its
-        revision, a worker can claim it without a read."""
+        revision, a worker can claim it without a read; `trace` (the submit's trace
+        context) goes along as headers."""
         lane = lane_of(owner, self._fair)
         await self._ensure_lane(lane)
         headers = {"Nats-Msg-Id": job_id}
         if record and revision:
             headers[RECORD_REVISION_HEADER] = str(revision)
+        headers.update({k: v for k, v in (trace or {}).items() if k in TRACE_HEADERS})
         await publish(
             self._js,
             lane_subject(lane, job_id),

@@ -27,7 +27,7 @@ from imagejobs.providers.base import (
     ProviderResult,
 )
 from imagejobs.providers.registry import build_provider
-from imagejobs.runtime import metrics
+from imagejobs.runtime import logs, metrics, tracing
 from imagejobs.store.protocols import ObjectStore
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 
@@ -53,7 +53,9 @@ class JobRunner:
             config = self._settings.provider_config(name)
             if config is None:
                 raise ProviderNotConfigured(name)
-            self._providers[name] = metrics.timed(build_provider(config, self._http))
+            self._providers[name] = tracing.traced(
+                metrics.timed(build_provider(config, self._http))
+            )
             self._limits[name] = asyncio.Semaphore(config.concurrency)
             self._policies[name] = RetryPolicy(max_retries=config.max_retries)
         return self._providers[name], self._limits[name], self._policies[name]
@@ -66,7 +68,7 @@ class JobRunner:
         error: ProviderError | None = None
         failed_model = job.request.model  # the candidate whose error is reported
         started = time.monotonic()
-        for model in (job.request.model, *job.request.fallbacks):
+        for fallback, model in enumerate((job.request.model, *job.request.fallbacks)):
             provider_name, model_name = model.provider, model.name
             request = dataclasses.replace(base, model=model_name, attempt=attempts + 1)
             made = [attempts]  # provider calls so far, updated by call_with_retries
@@ -74,15 +76,26 @@ class JobRunner:
             def count(n: int, made: list[int] = made) -> None:
                 made[0] = n
 
+            candidate: tracing.Attributes = {
+                tracing.PREFIX + "provider": provider_name,
+                tracing.PREFIX + "model": model_name,
+                tracing.PREFIX + "fallback": fallback,
+            }
+            logs.tag(provider=provider_name)  # this candidate's, in the lines about it
             try:
                 provider, limit, policy = self._provider(provider_name)
-                async with limit:  # excess jobs wait here instead of failing
-                    result = await asyncio.wait_for(
-                        call_with_retries(
-                            provider, request, policy=policy, deadline=deadline, on_attempt=count
-                        ),
-                        timeout=max(deadline - time.monotonic(), 0.001),
-                    )
+                with tracing.span(tracing.PREFIX + "provider", attributes=candidate):
+                    async with limit:  # excess jobs wait here instead of failing
+                        result = await asyncio.wait_for(
+                            call_with_retries(
+                                provider,
+                                request,
+                                policy=policy,
+                                deadline=deadline,
+                                on_attempt=count,
+                            ),
+                            timeout=max(deadline - time.monotonic(), 0.001),
+                        )
             except ProviderError as exc:
                 attempts = made[0]
                 error, failed_model = exc, model
@@ -134,13 +147,18 @@ class JobRunner:
     ) -> StoredResult:
         ttl = job.ttl_s + RESULT_EXTRA_TTL_S
         images = []
-        for i, image in enumerate(result.images):
-            object_id = f"{job.id}.out{i}"
-            await self._objects.put(object_id, image.data, image.content_type, ttl)
-            ref = ObjectRef(
-                object_id=object_id, content_type=image.content_type, size=len(image.data)
-            )
-            images.append(ResultImage(ref=ref, revised_prompt=image.revised_prompt))
+        stored: tracing.Attributes = {
+            tracing.PREFIX + "images": len(result.images),
+            tracing.PREFIX + "bytes": sum(len(i.data) for i in result.images),
+        }
+        with tracing.span(tracing.PREFIX + "store_images", attributes=stored):
+            for i, image in enumerate(result.images):
+                object_id = f"{job.id}.out{i}"
+                await self._objects.put(object_id, image.data, image.content_type, ttl)
+                ref = ObjectRef(
+                    object_id=object_id, content_type=image.content_type, size=len(image.data)
+                )
+                images.append(ResultImage(ref=ref, revised_prompt=image.revised_prompt))
         cost = self._prices.cost(
             ModelRef(provider, model), result.usage, len(images), result.fields, job.request.params
         )
