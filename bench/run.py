@@ -765,8 +765,12 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PHASES), help=f"subset of {PHASES}")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--fair-backlog", type=int, help="(h) key A's queued jobs (2000)")
+    parser.add_argument("--fair-drain", type=int, help="(h) jobs per throughput drain (3000)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
+    sizes = {"fair_backlog": args.fair_backlog, "fair_drain_jobs": args.fair_drain}
+    plan = Plan(**{**plan.__dict__, **{k: v for k, v in sizes.items() if v}})
     if plan.tool == "h2load" and (args.python_load or not load.have_h2load()):
         if not args.python_load:
             print("h2load not found (apt-get install nghttp2-client): Python load instead")

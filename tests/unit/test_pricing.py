@@ -5,7 +5,9 @@ UTC windows budgets are spent in."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,6 +133,17 @@ def test_the_shipped_table_is_dated_sourced_and_prices_the_current_models() -> N
         family = Catalogue.builtin().family(ref(model))
         assert family is not None and family.status.value == "current", model
     assert table.estimate(ref("mock/image-1"), {}) is None  # the offline mock is free
+
+
+def test_the_documented_price_table_is_the_shipped_one() -> None:
+    """docs/governance.md prints the shipped table: its date, each pattern and its
+    per-image price, in order (a price changed in one place only fails here)."""
+    text = (Path(__file__).parents[2] / "docs" / "governance.md").read_text()
+    table = PriceTable.builtin()
+    assert table.read_on is not None and f"read {table.read_on.isoformat()}" in text
+    rows = re.findall(r"^\| `([^`]+)` \|[^|]*\| \$([\d.]+)", text, flags=re.MULTILINE)
+    shipped = [(r.model, r.per_image_usd) for r in table.rules]
+    assert [(model, float(price)) for model, price in rows] == shipped
 
 
 def test_a_broken_shipped_table_fails_with_its_name() -> None:
