@@ -15,7 +15,7 @@ and the generated messages.
 
 from __future__ import annotations
 
-from imagejobs.client.aio import AsyncClient
+from imagejobs.client.aio import AsyncClient, Shaping
 from imagejobs.client.errors import (
     AuthenticationError,
     ClientError,
@@ -30,7 +30,7 @@ from imagejobs.client.errors import (
     ServerUnavailable,
     WaitTimeout,
 )
-from imagejobs.client.options import DEFAULT_SERVER, RetryPolicy
+from imagejobs.client.options import DEFAULT_SERVER, ClientOptions, RetryPolicy
 from imagejobs.client.sync import Client
 from imagejobs.client.types import Image, Job, JobResult, TokenDetails, Usage
 from imagejobs.domain.jobs import Status
@@ -42,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "ClientError",
+    "ClientOptions",
     "Conflict",
     "DeadlineExceeded",
     "Image",
@@ -56,6 +57,7 @@ __all__ = [
     "RateLimited",
     "RetryPolicy",
     "ServerUnavailable",
+    "Shaping",
     "Status",
     "TokenDetails",
     "Usage",
