@@ -197,7 +197,7 @@ def _stream(settings: Settings, name: str, prefix: str, **config: Any) -> js_api
         name=name,
         subjects=[f"{prefix}.>"],
         allow_direct=True,
-        num_replicas=settings.stream_replicas,
+        num_replicas=settings.replicas,
         storage=js_api.StorageType.FILE,
         **config,
     )
