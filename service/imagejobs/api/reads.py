@@ -65,14 +65,19 @@ class JobReader:
         self.quotas = backend.quotas
         self.changes = backend.changes
         self.outbox = backend.outbox
+        self.health = backend.health
         self.limits = limits or ServiceLimits()
         self._clock = clock or SystemClock()
         self._repair_checked: dict[str, float] = {}
 
     async def _read(self, kind: Kind | None, job_id: str, caller: Caller) -> tuple[Job, int]:
         """The job and its revision, if the caller may see it (and it is of `kind`, when
-        one is given: job ids are unique, so the kind only narrows)."""
-        found = await self.records.get(job_id) if is_job_id(job_id) else None
+        one is given: job ids are unique, so the kind only narrows). The latest write is
+        read, so JobNotFound is only ever said of a job that does not exist or has expired;
+        while the store has no leader, only a terminal job can be read (StoreUnavailable
+        otherwise: 503, never a 404 that might be wrong)."""
+        leaderless = not self.health.accepting
+        found = await self.records.get(job_id, leaderless=leaderless) if is_job_id(job_id) else None
         if found is None:
             raise JobNotFound()
         job, revision = found

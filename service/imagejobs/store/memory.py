@@ -33,6 +33,7 @@ from imagejobs.domain.errors import RevisionConflict
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import Clock
 from imagejobs.store.deliveries import DeliveryRecords
+from imagejobs.store.health import MemoryHealth
 from imagejobs.store.idempotency import IdempotencyClaims
 from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
@@ -81,9 +82,15 @@ class MemorySubjects:
             return None
         return message
 
-    async def last(self, subject: str) -> tuple[bytes, int]:
+    def _last(self, subject: str) -> tuple[bytes, int]:
         message = self._live(subject)
         return (message.data, message.seq) if message is not None else (b"", 0)
+
+    async def last(self, subject: str) -> tuple[bytes, int]:
+        return self._last(subject)
+
+    async def any_copy(self, subject: str) -> tuple[bytes, int]:
+        return self._last(subject)  # one copy: always the latest
 
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
@@ -201,4 +208,5 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         outbox=outbox,
         outbox_work=outbox,
         deliveries=DeliveryRecords(MemorySubjects(clock)),
+        health=MemoryHealth(),
     )

@@ -41,7 +41,14 @@ class Subjects(Protocol):
 
     async def last(self, subject: str) -> tuple[bytes, int]:
         """The subject's last message data and sequence: (b"", 0) when there is none
-        (never written, or expired); data b"" with a sequence for a delete marker."""
+        (never written, or expired); data b"" with a sequence for a delete marker. Sees
+        every write acknowledged before the call (on a cluster: read from the leader)."""
+        ...
+
+    async def any_copy(self, subject: str) -> tuple[bytes, int]:
+        """As `last`, from any copy of the stream (on a cluster: any replica, also while
+        there is no leader): maybe an older value, and (b"", 0) may only mean that copy
+        lacks it. Only for values that never change once written."""
         ...
 
     async def put(
@@ -88,8 +95,10 @@ class JobStore(Protocol):
         """Remove a record (a submit that was not accepted after all)."""
         ...
 
-    async def get(self, job_id: str) -> tuple[Job, int] | None:
-        """The record and its revision, or None when absent, deleted or expired."""
+    async def get(self, job_id: str, *, leaderless: bool = False) -> tuple[Job, int] | None:
+        """The record and its revision as last written, or None when absent, deleted or
+        expired. While the latest write cannot be read (or with `leaderless`: the caller
+        knows it cannot), only a terminal record is returned; else StoreUnavailable."""
         ...
 
 
@@ -251,6 +260,24 @@ class StateChanges(Protocol):
         ...
 
 
+class StoreHealth(Protocol):
+    """Whether this process can accept jobs now (store/health.py)."""
+
+    @property
+    def accepting(self) -> bool:
+        """The job records and the work queue can take writes (as of the last probe)."""
+        ...
+
+    @property
+    def reason(self) -> str:
+        """Why not ('' while accepting)."""
+        ...
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(accepting)` whenever `accepting` changes."""
+        ...
+
+
 # --- webhooks ---------------------------------------------------------------------------
 
 
@@ -313,7 +340,8 @@ class DeliveryStore(Protocol):
 class Backend:
     """One implementation of each part, as the API service, the worker and the webhook
     dispatcher receive it. `queue` and `work` are the two sides of the same work queue;
-    `outbox` and `outbox_work` those of the webhook outbox."""
+    `outbox` and `outbox_work` those of the webhook outbox; `health` says whether jobs can
+    be accepted now."""
 
     records: JobStore
     queue: JobQueue
@@ -326,3 +354,4 @@ class Backend:
     outbox: Outbox
     outbox_work: OutboxWork
     deliveries: DeliveryStore
+    health: StoreHealth
