@@ -18,9 +18,10 @@ from imagejobs.domain.errors import JobNotFound, StoreUnavailable
 from imagejobs.domain.jobs import Job, Status
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock
-from imagejobs.store.health import MemoryHealth
+from imagejobs.store.health import MemoryHealth, stream_problem
 from imagejobs.store.protocols import Backend
 from imagejobs.worker.worker import Worker
+from nats.js import api as js_api
 
 from tests.unit.conftest import ALICE, ScriptedRunner, make_worker, submit
 
@@ -179,3 +180,29 @@ async def test_an_idempotent_retry_at_once_resumes_a_submit_that_died_before_pub
     assert again.status is Status.PENDING
     assert await degraded.backend.queue.contains(again.id)
     assert await listed(degraded.service) == [again.id]
+
+
+def stream_info(
+    leader: str, replicas: list[tuple[str, bool]] | None, wanted: int
+) -> js_api.StreamInfo:
+    response: dict[str, Any] = {
+        "config": {"name": "KV_JOBS", "num_replicas": wanted},
+        "state": {"messages": 0, "bytes": 0, "first_seq": 0, "last_seq": 0, "consumer_count": 0},
+    }
+    if replicas is not None:
+        response["cluster"] = {
+            "leader": leader,
+            "replicas": [{"name": n, "current": c, "active": 0} for n, c in replicas],
+        }
+    info: js_api.StreamInfo = js_api.StreamInfo.from_response(response)
+    return info
+
+
+def test_a_stream_accepts_writes_with_a_leader_and_a_quorum_of_current_replicas() -> None:
+    assert stream_problem(stream_info("", None, 1)) == ""  # one server: no cluster
+    assert stream_problem(stream_info("n1", [("n2", True), ("n3", False)], 3)) == ""
+    assert "no leader" in stream_problem(stream_info("", [("n2", True), ("n3", True)], 3))
+    assert "no quorum" in stream_problem(stream_info("n1", [("n2", False), ("n3", False)], 3))
+    assert "no quorum" in stream_problem(
+        stream_info("n1", [("n2", True), ("n3", False), ("n4", False), ("n5", False)], 5)
+    )
