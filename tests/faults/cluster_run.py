@@ -1,6 +1,7 @@
 """The counted failure run on a 3-node JetStream cluster, as a reusable engine: the load
 (steady submits through Envoy by clients that retry with the same Idempotency-Key,
-readers polling accepted jobs, a load balancer's /health probe), the faults (node kills,
+each accepted job polled by its client until it is terminal, a load balancer's /health
+probe), the faults (node kills,
 a rolling restart, quorum loss), every attempt recorded with its time, and the report
 (the window during which submits failed around each fault; availability while the
 cluster had no quorum). `tests/faults/test_cluster_run.py` runs it bounded in the
@@ -9,13 +10,14 @@ default run and as a longer soak.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +27,10 @@ from imagejobs.store.records import JOBS_STREAM
 from imagejobs.testing import Stack
 
 CRITICAL = (JOBS_STREAM, constants.QUEUE_STREAM)  # the job-record and work-queue streams
-RETRY_PAUSE_S = 0.2  # a client's pause before retrying a failed submit
-READERS = 3
-READ_PAUSE_S = 0.1  # per reader, between polls
+RETRY_PAUSE_S = 0.2  # a client's pause before retrying a failed submit without Retry-After
+MAX_RETRY_PAUSE_S = 2.0
+IN_FLIGHT = 64  # HTTP calls the load has in flight at most
+POLL_EVERY_S = 1.0  # a client polls its accepted job this often until it is terminal
 HEALTH_EVERY_S = 0.25
 GIVE_UP_S = 30.0  # after the load stops, a job still not accepted is given up on
 
@@ -66,20 +69,23 @@ class Record:
     health: list[Attempt] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     accepted: dict[int, str] = field(default_factory=dict)  # job number -> id
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def all_submits(self) -> list[Attempt]:
         return sorted((a for tries in self.submits.values() for a in tries), key=lambda a: a.at)
 
 
-def attempt(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Attempt:
-    """Make one call and record it."""
-    started = time.monotonic()
-    try:
-        r = client.request(method, path, **kwargs)
-    except httpx.TransportError:
-        return Attempt(started, time.monotonic() - started, 0)
-    took = time.monotonic() - started
+async def attempt(
+    client: httpx.AsyncClient, method: str, path: str, *, bounded: bool = True, **kwargs: Any
+) -> Attempt:
+    """Make one call and record it. `bounded`: one of at most IN_FLIGHT calls at once (the
+    load shares two cores with the stack: unbounded, its own queueing would be measured)."""
+    async with _in_flight() if bounded else contextlib.nullcontext():
+        started = time.monotonic()
+        try:
+            r = await client.request(method, path, **kwargs)
+        except httpx.TransportError:
+            return Attempt(started, time.monotonic() - started, 0)
+        took = time.monotonic() - started
     error_body = False
     job_id = ""
     if r.headers.get("content-type", "").startswith("application/json"):
@@ -90,22 +96,38 @@ def attempt(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Atte
     return Attempt(started, took, r.status_code, job_id, error_body, retry_after)
 
 
+def retry_pause(failed: Attempt) -> float:
+    """How long a careful client waits before retrying: the answer's Retry-After (capped
+    at MAX_RETRY_PAUSE_S), with jitter so that clients do not retry in step."""
+    after = float(failed.retry_after) if failed.retry_after else RETRY_PAUSE_S
+    return min(after, MAX_RETRY_PAUSE_S) * random.uniform(0.5, 1.0)
+
+
+_SLOTS: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _in_flight() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    return _SLOTS.setdefault(loop, asyncio.Semaphore(IN_FLIGHT))
+
+
 class Load:
-    """Submitters, readers and the /health probe against `stack`'s Envoy, until `stop()`."""
+    """The clients, against `stack`'s Envoy, on an event loop of their own (a thread)
+    until `stop()`: `rate_per_s` new jobs a second, each submitted until accepted (the same
+    Idempotency-Key every time) and then polled by its client right away and every
+    POLL_EVERY_S until it is terminal, as a client waiting for its image does; and a load
+    balancer's /health probe."""
 
     def __init__(self, stack: Stack, key: str, rate_per_s: float, record: Record) -> None:
-        self.stack = stack
+        self.url = stack.url
         self.rate = rate_per_s
         self.record = record
         self.headers = {"x-bf-vk": key}
-        self.client = httpx.Client(
-            base_url=stack.url, timeout=30, limits=httpx.Limits(max_connections=200)
-        )
-        self._stop = threading.Event()
+        self._stopping: asyncio.Event | None = None
         self._stopped_at = 0.0
-        self._threads: list[threading.Thread] = []
-        self._pool = ThreadPoolExecutor(48)
-        self._futures: list[Any] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),))
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def body(self, n: int) -> dict[str, Any]:
         return {
@@ -115,67 +137,73 @@ class Load:
             "mock_latency_ms": random.randint(300, 2000),
         }
 
-    def submit_until_accepted(self, n: int) -> None:
-        """Job `n` as a careful client sends it: retried with the same key until a 202
-        (for GIVE_UP_S at most after the load stops)."""
+    def _given_up(self) -> bool:
+        return bool(self._stopped_at) and time.monotonic() > self._stopped_at + GIVE_UP_S
+
+    async def _job(self, client: httpx.AsyncClient, n: int) -> None:
+        """Job `n`: submitted until a 202, then followed until terminal."""
         tries = self.record.submits.setdefault(n, [])
         headers = self.headers | {"Idempotency-Key": f"cluster-run-{n}"}
         body = self.body(n)
         while True:
-            seen = attempt(
-                self.client, "POST", "/v1/async/images/generations", json=body, headers=headers
+            seen = await attempt(
+                client, "POST", "/v1/async/images/generations", json=body, headers=headers
             )
             tries.append(seen)
             if seen.status == 202:
-                with self.record.lock:
-                    self.record.accepted.setdefault(n, seen.job_id)
+                self.record.accepted.setdefault(n, seen.job_id)
+                break
+            if self._given_up():
                 return
-            if self._stopped_at and time.monotonic() > self._stopped_at + GIVE_UP_S:
+            await asyncio.sleep(retry_pause(seen))
+        path = f"/v1/async/images/generations/{seen.job_id}"
+        while not self._given_up():
+            read = await attempt(client, "GET", path, headers=self.headers)
+            self.record.reads.append(read)
+            if read.status == 200:
                 return
-            time.sleep(RETRY_PAUSE_S)
+            await asyncio.sleep(POLL_EVERY_S)
 
-    def _submitter(self) -> None:
-        begin = time.monotonic()
-        n = 0
-        while not self._stop.is_set():
-            due = begin + n / self.rate
-            time.sleep(max(0.0, due - time.monotonic()))
-            self._futures.append(self._pool.submit(self.submit_until_accepted, n))
-            n += 1
+    async def _health(self, client: httpx.AsyncClient, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            probe = await attempt(client, "GET", "/health", bounded=False, timeout=2)
+            self.record.health.append(probe)
+            await asyncio.sleep(HEALTH_EVERY_S)
 
-    def _reader(self) -> None:
-        while not self._stop.is_set():
-            with self.record.lock:
-                ids = list(self.record.accepted.values())
-            if ids:
-                recent = ids[-50:]
-                job_id = random.choice(recent if random.random() < 0.7 else ids)
-                path = f"/v1/async/images/generations/{job_id}"
-                seen = attempt(self.client, "GET", path, headers=self.headers)
-                self.record.reads.append(seen)
-            time.sleep(READ_PAUSE_S)
-
-    def _health(self) -> None:
-        while not self._stop.is_set():
-            seen = attempt(self.client, "GET", "/health", timeout=2)
-            self.record.health.append(seen)
-            time.sleep(HEALTH_EVERY_S)
+    async def _run(self) -> None:
+        stopping = self._stopping = asyncio.Event()
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as client:
+            health = asyncio.create_task(self._health(client, stopping))
+            begin = time.monotonic()
+            n = 0
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        stopping.wait(), begin + n / self.rate - time.monotonic()
+                    )
+                if stopping.is_set():
+                    break
+                task = asyncio.create_task(self._job(client, n))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                n += 1
+            await asyncio.gather(*self._tasks)
+            await health
 
     def start(self) -> None:
-        targets = [self._submitter, self._health] + [self._reader] * READERS
-        self._threads = [threading.Thread(target=t, daemon=True) for t in targets]
-        for t in self._threads:
-            t.start()
+        self._thread.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop making new jobs; wait for every started job to be accepted."""
+    def stop(self, timeout_s: float = GIVE_UP_S + 30.0) -> None:
+        """Make no new jobs; wait until every job made is accepted and followed to its end
+        (or given up on, GIVE_UP_S after now)."""
         self._stopped_at = time.monotonic()
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout_s)
-        for future in list(self._futures):
-            future.result(timeout=timeout_s)
-        self._pool.shutdown()
+        stopping = self._stopping
+        if stopping is not None:
+            self._loop.call_soon_threadsafe(stopping.set)
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the load did not stop"
+        self._loop.close()
 
 
 # --- the faults -------------------------------------------------------------------------
@@ -314,10 +342,11 @@ def report(record: Record, run_end: float) -> str:
                 f"{availability(record.reads, start, end, {200, 202})}, /health "
                 f"{dict(Counter(a.status for a in record.health if start <= a.at < end))}"
             )
-    slowest = max((a.took for a in submits), default=0.0)
+    took = sorted(a.took for a in submits) or [0.0]
     lines.append(
         f"  {len(record.accepted)} jobs accepted from {len(submits)} submit attempts "
-        f"(slowest {slowest:.2f} s); {len(record.reads)} reads "
-        f"{dict(Counter(a.status for a in record.reads))}"
+        f"(p50 {took[len(took) // 2]:.3f} s, p99 {took[len(took) * 99 // 100]:.2f} s, "
+        f"slowest {took[-1]:.2f} s, {sum(t > 2.0 for t in took)} over 2 s); "
+        f"{len(record.reads)} reads {dict(Counter(a.status for a in record.reads))}"
     )
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def jetstream_backend(
     `health` the probe of whether jobs can be accepted (one that is never run, and so
     says "accepting" while connected, when the process does not need it)."""
     clock = clock or SystemClock()
-    records = JobRecords(jetstream.StreamSubjects(js, JOBS_STREAM, "job store"))
+    records = JobRecords(jetstream.StreamSubjects(nc, js, JOBS_STREAM, "job store"))
     queue = JetStreamQueue(nc, js)
     outbox = JetStreamOutbox(js)
     return Backend(
@@ -60,12 +60,12 @@ def jetstream_backend(
         objects=JetStreamObjects(nc, js, settings.store_timeout_s),
         index=JetStreamIndex(js, ttl_s=index_ttl_s(settings)),
         idempotency=IdempotencyClaims(
-            jetstream.StreamSubjects(js, constants.IDEMPOTENCY_STREAM, "idempotency"),
+            jetstream.StreamSubjects(nc, js, constants.IDEMPOTENCY_STREAM, "idempotency"),
             ttl_s=settings.idempotency_ttl_s,
             clock=clock,
         ),
         quotas=KeyQuotas(
-            jetstream.StreamSubjects(js, constants.LIMIT_STREAM, "quota"),
+            jetstream.StreamSubjects(nc, js, constants.LIMIT_STREAM, "quota"),
             jetstream.StreamCounters(nc, js, constants.RATE_STREAM, settings.store_timeout_s),
             records,
             slot_ttl_s=slot_ttl_s(settings),
@@ -75,7 +75,7 @@ def jetstream_backend(
         outbox=outbox,
         outbox_work=outbox,
         deliveries=DeliveryRecords(
-            jetstream.StreamSubjects(js, constants.DELIVERY_STREAM, "webhook deliveries")
+            jetstream.StreamSubjects(nc, js, constants.DELIVERY_STREAM, "webhook deliveries")
         ),
         health=health or JetStreamHealth(nc),
     )

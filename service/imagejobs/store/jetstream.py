@@ -30,6 +30,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code: Nats-Expected-Last-Subject-Sequence failed
 NO_MESSAGE_FOUND = 10037  # JetStream err_code of a get: the subject has no message
+REPLICA_READ_TIMEOUT_S = 0.5  # a direct get: any replica answers it in milliseconds
+MULTI_LAST_BATCH = 1000  # subjects one `any_copies` answers at most
 MAX_MSGS_EXCEEDED = 10077  # JetStream err_code: the stream's max_msgs reached (discard new)
 MAX_BYTES_EXCEEDED = 10047
 QUEUE_FULL_RETRY_AFTER_S = 5
@@ -112,6 +115,36 @@ async def last_on_subject(
     return msg.data or b"", int(msg.seq or 0)
 
 
+async def direct_batch(
+    nc: Client,
+    stream: str,
+    request: Mapping[str, object],
+    what: str,
+    *,
+    timeout_s: float,
+    buffer_bytes: int = 64 * 1024 * 1024,
+) -> list[Msg]:
+    """A batched direct get (`batch`, `multi_last`: NATS >= 2.11), answered by one
+    replica: its messages in order, up to the end-of-batch status (204) or a 404. A
+    replica behind the latest writes may end early; `timeout_s` bounds the wait for each
+    message."""
+    with nats_errors(what):
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, pending_bytes_limit=buffer_bytes)
+        try:
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
+            found: list[Msg] = []
+            while True:
+                msg = await sub.next_msg(timeout=timeout_s)
+                if (msg.headers or {}).get("Status"):  # 204 EOB, or 404 nothing
+                    return found
+                found.append(msg)
+        finally:
+            await sub.unsubscribe()
+
+
 async def any_replica_last(
     js: JetStreamContext, stream: str, subject: str, what: str
 ) -> tuple[bytes, int]:
@@ -127,10 +160,14 @@ async def any_replica_last(
 
 
 class StreamSubjects:
-    """`Subjects` on one stream with one message per subject and per-message TTLs."""
+    """`Subjects` on one stream with one message per subject and per-message TTLs. Reads
+    from any replica wait REPLICA_READ_TIMEOUT_S at most: one answers in milliseconds
+    when any is up, and they stand in for a leader that did not answer in time."""
 
-    def __init__(self, js: JetStreamContext, stream: str, what: str) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, stream: str, what: str) -> None:
+        self._nc = nc
         self._js = js
+        self._replicas = nc.jetstream(timeout=REPLICA_READ_TIMEOUT_S)
         self._stream = stream
         self._what = what
 
@@ -138,7 +175,21 @@ class StreamSubjects:
         return await last_on_subject(self._js, self._stream, subject, f"{self._what} read")
 
     async def any_copy(self, subject: str) -> tuple[bytes, int]:
-        return await any_replica_last(self._js, self._stream, subject, f"{self._what} read")
+        return await any_replica_last(self._replicas, self._stream, subject, f"{self._what} read")
+
+    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
+        msgs = await direct_batch(
+            self._nc,
+            self._stream,
+            {"multi_last": [pattern], "batch": MULTI_LAST_BATCH},
+            f"{self._what} read",
+            timeout_s=REPLICA_READ_TIMEOUT_S,
+        )
+        return {
+            m.headers["Nats-Subject"]: (m.data or b"", int(m.headers["Nats-Sequence"]))
+            for m in msgs
+            if m.headers
+        }
 
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None

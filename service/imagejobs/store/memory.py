@@ -92,6 +92,9 @@ class MemorySubjects:
     async def any_copy(self, subject: str) -> tuple[bytes, int]:
         return self._last(subject)  # one copy: always the latest
 
+    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
+        return {s: self._last(s) for s in self.subjects(pattern)}
+
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
     ) -> int:

@@ -28,7 +28,13 @@ from nats.js.errors import NotFoundError
 
 from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreError, StoreUnavailable
-from imagejobs.store.jetstream import any_replica_last, last_on_subject, nats_errors, publish
+from imagejobs.store.jetstream import (
+    any_replica_last,
+    direct_batch,
+    last_on_subject,
+    nats_errors,
+    publish,
+)
 from imagejobs.store.protocols import StoredObject
 
 _META = f"{constants.OBJECT_SUBJECT_PREFIX}.meta."
@@ -116,26 +122,15 @@ class JetStreamObjects:
     ) -> list[tuple[int, bytes]]:
         """Up to `count` chunks (sequence, bytes) from `first_seq` on, in one batched direct
         get; fewer when the replica that answers ends early (it lacks the rest)."""
-        request = {"seq": first_seq, "next_by_subj": _CHUNK + object_id, "batch": count}
-        with nats_errors("object read"):
-            inbox = self._nc.new_inbox()
-            sub = await self._nc.subscribe(inbox, pending_bytes_limit=_CHUNK_BUFFER_BYTES)
-            try:
-                await self._nc.publish(
-                    f"$JS.API.DIRECT.GET.{constants.OBJECT_STREAM}",
-                    json.dumps(request).encode(),
-                    reply=inbox,
-                )
-                chunks: list[tuple[int, bytes]] = []
-                while len(chunks) < count:
-                    msg = await sub.next_msg(timeout=self._timeout_s)
-                    headers = msg.headers or {}
-                    if headers.get("Status"):  # 404 (nothing) or 204 EOB (ended early)
-                        break
-                    chunks.append((int(headers["Nats-Sequence"]), msg.data))
-                return chunks
-            finally:
-                await sub.unsubscribe()
+        msgs = await direct_batch(
+            self._nc,
+            constants.OBJECT_STREAM,
+            {"seq": first_seq, "next_by_subj": _CHUNK + object_id, "batch": count},
+            "object read",
+            timeout_s=self._timeout_s,
+            buffer_bytes=_CHUNK_BUFFER_BYTES,
+        )
+        return [(int((m.headers or {})["Nats-Sequence"]), m.data) for m in msgs[:count]]
 
     async def _chunks_from_leader(
         self, object_id: str, from_seq: int, count: int

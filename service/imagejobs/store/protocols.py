@@ -51,6 +51,12 @@ class Subjects(Protocol):
         lacks it. Only for values that never change once written."""
         ...
 
+    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
+        """The last message of every subject matching `pattern` (a NATS wildcard), from
+        any copy in one request: maybe older values, so only for reads that a
+        compare-and-set then confirms (a free slot taken)."""
+        ...
+
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
     ) -> int:
