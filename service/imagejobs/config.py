@@ -44,16 +44,20 @@ class KeySetting(BaseModel):
 
 
 class ProviderSettings(BaseModel):
-    """One provider's section, `[providers.<name>]`. The settings after `concurrency` are
-    vendor-only: which vendor takes which, and their defaults, are stated in the vendor's
-    module (its `Vendor`, read through the registry); empty here means "not given"."""
+    """One provider's section, `[providers.<name>]`. The settings after
+    `requests_per_minute` are vendor-only: which vendor takes which, and their defaults,
+    are stated in the vendor's module (its `Vendor`, read through the registry); empty
+    here means "not given"."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     keys: tuple[KeySetting, ...] = ()
     base_url: str = ""
     timeout_s: float = Field(default=constants.PROVIDER_TIMEOUT_S, gt=0)
     max_retries: int = Field(default=constants.PROVIDER_MAX_RETRIES, ge=0, le=10)
+    # calls in flight to this provider across the whole cluster (and from each worker)
     concurrency: int = Field(default=constants.PROVIDER_CONCURRENCY, ge=1)
+    # requests (retries included) per minute across the cluster; 0 = no limit
+    requests_per_minute: int = Field(default=0, ge=0)
     region: str = ""
     project: str = ""
     api_version: str = ""

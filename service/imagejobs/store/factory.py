@@ -26,6 +26,7 @@ from imagejobs.store.notifier import JetStreamNotifier, Notifier
 from imagejobs.store.objects import JetStreamObjects
 from imagejobs.store.outbox import JetStreamOutbox
 from imagejobs.store.protocols import Backend
+from imagejobs.store.provider_limits import ProviderSlots, lease_s_for
 from imagejobs.store.queue import JetStreamQueue
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
 from imagejobs.store.records import JOBS_STREAM, JobRecords
@@ -78,6 +79,12 @@ def jetstream_backend(
             jetstream.StreamSubjects(nc, js, constants.DELIVERY_STREAM, "webhook deliveries")
         ),
         health=health or JetStreamHealth(nc),
+        providers=ProviderSlots(
+            jetstream.StreamSubjects(nc, js, constants.LIMIT_STREAM, "provider slots"),
+            jetstream.StreamCounters(nc, js, constants.RATE_STREAM, settings.store_timeout_s),
+            lease_s=lease_s_for(settings),
+            clock=clock,
+        ),
     )
 
 

@@ -39,6 +39,7 @@ from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_firs
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
 from imagejobs.store.protocols import Backend, StoredObject
+from imagejobs.store.provider_limits import ProviderSlots, lease_s_for
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
 from imagejobs.store.records import JobRecords, job_id_of_record
 
@@ -212,4 +213,7 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         outbox_work=outbox,
         deliveries=DeliveryRecords(MemorySubjects(clock)),
         health=MemoryHealth(),
+        providers=ProviderSlots(
+            MemorySubjects(clock), MemoryCounters(clock), lease_s=lease_s_for(settings), clock=clock
+        ),
     )

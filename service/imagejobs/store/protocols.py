@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the value types live with their JetStream implementation
     from imagejobs.store.idempotency import Claim
     from imagejobs.store.index import Entry
     from imagejobs.store.notifier import Listener
+    from imagejobs.store.provider_limits import Lease
     from imagejobs.webhooks.delivery import DeliveryRecord
 
 
@@ -249,6 +250,29 @@ class Quotas(Protocol):
         ...
 
 
+class ProviderLimits(Protocol):
+    """Per-provider concurrency slots (leases) and request rates, shared by every worker
+    (store/provider_limits.py)."""
+
+    lease_s: int  # a slot lease's life: renew it within this
+
+    async def take(self, provider: str, limit: int, holder: str) -> Lease | None:
+        """One of the provider's `limit` slots for `holder`, or None when all are held."""
+        ...
+
+    async def renew(self, lease: Lease) -> Lease | None:
+        """The lease for another `lease_s`; None if it was lost meanwhile."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the slot back (if the lease still holds it)."""
+        ...
+
+    async def take_request(self, provider: str, per_minute: int) -> float:
+        """Count one request: 0.0 if within `per_minute`, else seconds to wait first."""
+        ...
+
+
 class StateChanges(Protocol):
     """Wakes waiters (long-poll, watch) on every write of a job's record."""
 
@@ -347,7 +371,7 @@ class Backend:
     """One implementation of each part, as the API service, the worker and the webhook
     dispatcher receive it. `queue` and `work` are the two sides of the same work queue;
     `outbox` and `outbox_work` those of the webhook outbox; `health` says whether jobs can
-    be accepted now."""
+    be accepted now; `providers` the providers' cluster-wide limits."""
 
     records: JobStore
     queue: JobQueue
@@ -361,3 +385,4 @@ class Backend:
     outbox_work: OutboxWork
     deliveries: DeliveryStore
     health: StoreHealth
+    providers: ProviderLimits
