@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 CONCURRENCY = 2
 JOBS = 12
 CALL_S = 0.6  # each upstream call takes this long
-JOB_TIMEOUT_S = 2.0  # shorter than the last jobs' wait for a slot (12 × 0.6 / 2 = 3.6 s)
+JOB_TIMEOUT_S = 2.0  # shorter than the last jobs' wait for a slot (12 * 0.6 / 2 = 3.6 s)
 
 
 class CountingOpenAI(FakeOpenAI):
