@@ -3,9 +3,12 @@
 # pytest. The pytest run includes the wheel check (tests/e2e/test_wheel.py, marker
 # `wheel`): a wheel of this tree installed in a fresh venv elsewhere runs `imagejobs up`
 # and a job.
-# Run from the repository root inside the venv made by the README's test command.
+# Run from the repository root inside the venv made by the README's test command. The
+# system tools the tests need (Go, the TypeScript client's packages, ...) are installed
+# first by scripts/toolchains.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/toolchains.sh
 PY="${PYTHON:-.venv/bin/python}"
 BIN="$(dirname "$PY")"
 "$PY" scripts/gen_protos.py --check

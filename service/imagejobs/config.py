@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     webhooks: tuple[WebhookSettings, ...] = ()
     log_level: str = "INFO"
+    # "json": one JSON object per log line, with job_id, request_id, key_id and provider
+    # on every line about a job (runtime/logs.py); "text": plain lines
+    log_format: Literal["text", "json"] = "text"
+    # OTLP/gRPC collector (e.g. "http://127.0.0.1:4317") every process and Envoy send
+    # their trace spans to; '' = tracing off (runtime/tracing.py)
+    otlp_endpoint: str = ""
     virtual_keys: dict[str, VirtualKeySettings] = Field(default_factory=dict)
     # with keys configured, refuse calls without one (401); else they are anonymous
     require_virtual_key: bool = False

@@ -115,7 +115,8 @@ def test_rest_lua_takes_its_limits_from_the_route_metadata(
     config = gateway.render(settings, tmp_path, api_hosts=[("127.0.0.1", bare_backend)])
     data = json.loads(config.read_text())
     manager = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    (route,) = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    route = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][-1]
+    assert route["match"] == {"prefix": "/"}  # the API's (the console's routes come first)
     route["metadata"]["filter_metadata"][bootstrap.LUA_FILTER]["max_request_headers"] = 20
     config.write_text(json.dumps(data))
     proc = _run_envoy(config, settings)

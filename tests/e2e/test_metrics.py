@@ -9,7 +9,9 @@ import grpc
 import httpx
 import pytest
 from imagejobs.config import Settings
+from imagejobs.domain.jobs import Job, StoredRequest, StoredResult
 from imagejobs.domain.kinds import Kind
+from imagejobs.domain.models import ModelRef
 from imagejobs.providers.base import ProviderError, ProviderRequest, ProviderResult
 from imagejobs.runtime import metrics
 from imagejobs.testing import Samples, Stack, free_port_run, require_binary, scrape, wait_until
@@ -191,3 +193,33 @@ async def test_provider_calls_are_timed_by_outcome() -> None:
     with pytest.raises(ProviderError):
         await provider.run(request)
     assert count("5xx") == 1 and count("ok") == 0
+
+
+def test_a_reported_cost_is_counted_in_usd_by_provider() -> None:
+    def cost(provider: str) -> float:
+        return (
+            metrics.REGISTRY.get_sample_value("imagejobs_cost_usd_total", {"provider": provider})
+            or 0.0
+        )
+
+    before = cost("xai")
+    job = Job(
+        id="j",
+        kind=Kind.GENERATION,
+        request_id="r",
+        created_at=1.0,
+        ttl_s=60,
+        request=StoredRequest(model=ModelRef.parse("xai/grok-imagine-image-2.0")),
+    )
+    result = StoredResult(
+        created=2,
+        images=(),
+        usage={"cost_in_usd_ticks": 700_000_000},
+        provider="xai",
+        model="grok-imagine-image-2.0",
+        latency_ms=5,
+    )
+    metrics.finished(job.claim("w", 1.5).complete(result, 2.0))
+    assert cost("xai") == pytest.approx(before + 0.07)
+    metrics.finished(job.claim("w", 1.5).complete(result.model_copy(update={"usage": {}}), 2.0))
+    assert cost("xai") == pytest.approx(before + 0.07)  # no cost reported: nothing counted

@@ -88,8 +88,9 @@ def _spec_paths() -> set[tuple[str, str]]:
 
 def test_every_proto_binding_is_in_the_spec_and_nothing_else() -> None:
     bindings = _binding_paths()
-    # 3 submits, 3 x (get, delete, image, events, deliveries), the job list, the models
-    assert len(bindings) == 20
+    # 3 submits, 3 x (get, delete, image, events, deliveries, request), the job list, the
+    # models, the stats
+    assert len(bindings) == 24
     assert _spec_paths() - {("GET", "/health")} == bindings
 
 
@@ -352,6 +353,19 @@ def test_the_model_listing(api: httpx.Client) -> None:
     r = submit(api, {**GEN, "model": "openai/dall-e-2"})
     assert r.status_code == 400
     assert check(r, "POST", GENERATIONS)["error"]["code"] == "model_retired"
+
+
+def test_a_jobs_request_and_the_stats(api: httpx.Client) -> None:
+    job = check(submit(api, {**GEN, "fallbacks": ["mock/b"]}), "POST", GENERATIONS)
+    path = "/v1/async/images/{kind}/{job_id}/request"
+    body = check(api.get(f"/v1/async/images/generations/{job['id']}/request"), "GET", path)
+    assert body["model"] == "mock/m" and body["prompt"] == "a heron"
+    assert body["params"]["size"] == "16x16" and body["fallbacks"] == ["mock/b"]
+    other = api.get(f"/v1/async/images/generations/{job['id']}/request", headers={"x-bf-vk": ""})
+    assert other.status_code == 404  # another caller's job
+    check(other, "GET", path)
+    stats = check(api.get("/v1/async/images/stats"), "GET", "/v1/async/images/stats")
+    assert stats["queue"]["max_jobs"] > 0 and len(stats["workers"]) >= 1
 
 
 def test_envoys_own_errors_and_health(api: httpx.Client, stack: Any) -> None:

@@ -183,3 +183,17 @@ def test_url_results_and_list_entries_link_images_without_bytes(
     with pytest.raises(grpc.RpcError) as info:
         stub.ListJobs(jobs_pb2.ListJobsRequest(status=jobs_pb2.JobStatus.ValueType(77)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_consoles_reads_typed(stub: jobs_pb2_grpc.ImageJobServiceStub) -> None:
+    job = submit(stub, jobs_pb2.JOB_KIND_EDIT, prompt="add a sun", images=[noise_png(32, 32)])
+    typed = stub.GetSubmission(jobs_pb2.GetSubmissionRequest(job_id=job.id))
+    assert typed.kind == jobs_pb2.JOB_KIND_EDIT and typed.model == "mock/m"
+    assert typed.prompt == "add a sun" and typed.images[0].size_bytes > 0
+    assert not typed.HasField("mask")
+    with pytest.raises(grpc.RpcError) as wrong:
+        stub.GetSubmission(jobs_pb2.GetSubmissionRequest(job_id=job.id, kind=GEN))
+    assert wrong.value.code() == grpc.StatusCode.NOT_FOUND
+    stats = stub.GetStats(jobs_pb2.GetStatsRequest())
+    assert stats.queue.max_jobs > 0 and len(stats.workers) >= 1
+    assert stats.workers[0].concurrency > 0 and stats.workers[0].seen_at.seconds > 0

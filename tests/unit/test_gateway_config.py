@@ -154,3 +154,37 @@ def test_every_file_the_package_reads_is_package_data() -> None:
     }
     assert data, "no data files found: is the package where this test looks?"
     assert data <= declared, sorted(str(p.relative_to(package)) for p in data - declared)
+
+
+def test_the_console_is_served_by_envoy_itself_from_the_working_directory(tmp_path: Path) -> None:
+    config = json.loads(gateway.render(Settings.model_construct(), tmp_path / "gw").read_text())
+    (host,) = _manager(config)["route_config"]["virtual_hosts"]
+    routes = {r["match"].get("path", r["match"].get("prefix")): r for r in host["routes"]}
+    assert routes["/console"]["redirect"] == {"path_redirect": "/console/"}
+    page = routes["/console/"]["direct_response"]["body"]["filename"]
+    assert Path(page).read_bytes() == envoy.console_files()["index.html"]
+    assert Path(page).parent == tmp_path / "gw" / "console"
+    for path in ("/console/", "/console/console.js", "/console/console.css"):
+        route = routes[path]
+        off = route["typed_per_filter_config"][bootstrap.TRANSCODER_FILTER]
+        assert off["disabled"] is True  # else the transcoder refuses a path that is no RPC
+        headers = {
+            h["header"]["key"]: h["header"]["value"] for h in route["response_headers_to_add"]
+        }
+        assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert list(routes)[-1] == "/"  # everything else goes to the API
+    limit = _manager(config)["route_config"]["max_direct_response_body_size_bytes"]
+    assert max(len(data) for data in envoy.console_files().values()) < limit
+
+
+def test_tracing_is_configured_only_with_an_otlp_endpoint() -> None:
+    assert "tracing" not in _manager(_built())
+    config = _built(otlp_endpoint="http://collector.internal:4317")
+    manager = _manager(config)
+    assert manager["tracing"]["provider"]["name"] == "envoy.tracers.opentelemetry"
+    sampling = manager["request_id_extension"]["typed_config"]
+    assert sampling["use_request_id_for_trace_sampling"] is False
+    otlp = config["static_resources"]["clusters"][-1]
+    assert otlp["name"] == bootstrap.OTLP_CLUSTER
+    address = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "collector.internal", "port_value": 4317}

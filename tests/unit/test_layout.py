@@ -20,7 +20,18 @@ ALLOWED: dict[str, set[str]] = {
     # by the layers below it, as domain is; its process part only by api and runtime
     "config": {"domain", "providers", "safefetch", "webhooks.endpoints", "webhooks.signing"},
     "store": {"domain", "config", "webhooks.delivery"},
-    "worker": {"domain", "config", "store", "providers", "runtime.metrics", "webhooks.payload"},
+    # runtime.metrics and runtime.tracing (and the job's log fields, runtime.logs): the
+    # process-wide observability every layer that runs jobs records into
+    "worker": {
+        "domain",
+        "config",
+        "store",
+        "providers",
+        "runtime.metrics",
+        "runtime.tracing",
+        "runtime.logs",
+        "webhooks.payload",
+    },
     "webhooks": {
         "domain",
         "config",
@@ -28,6 +39,8 @@ ALLOWED: dict[str, set[str]] = {
         "safefetch",
         "providers.upstream",
         "runtime.metrics",
+        "runtime.tracing",
+        "runtime.logs",
     },
     "gateway": {"domain", "config", "runtime.binaries"},
     "api": {
@@ -39,6 +52,8 @@ ALLOWED: dict[str, set[str]] = {
         "providers.registry",
         "providers.catalogue",
         "runtime.metrics",
+        "runtime.tracing",
+        "runtime.logs",
     },
     "client": {"domain"},
     "runtime": {

@@ -410,3 +410,12 @@ async def test_drill_params_may_arrive_as_form_strings(provider: Provider) -> No
     error = await fails(provider, request)
     assert (error.status_code, error.retryable) == (502, True)
     assert await provider.run(dataclasses.replace(request, attempt=2, params={"size": "8x8"}))
+
+
+async def test_mock_cost_usd_ticks_is_reported_as_usage_and_absent_otherwise(
+    provider: Provider,
+) -> None:
+    costed = await provider.run(gen(size="16x16", mock_cost_usd_ticks=700_000_000))
+    assert costed.usage is not None and costed.usage["cost_in_usd_ticks"] == 700_000_000
+    plain = await provider.run(gen(size="16x16"))
+    assert plain.usage is not None and "cost_in_usd_ticks" not in plain.usage

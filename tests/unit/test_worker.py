@@ -61,6 +61,7 @@ class _FrozenDelivery:
         self.job_id = inner.job_id
         self.num_delivered = inner.num_delivered
         self.record = inner.record
+        self.trace = inner.trace
         self.ack = inner.ack
         self.ack_sync = inner.ack_sync
         self.nak = inner.nak

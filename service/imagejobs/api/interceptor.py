@@ -1,7 +1,8 @@
 """The one place errors meet the wire: a server interceptor that turns `ApiError`s into a
 gRPC status carrying the contract's error body as a `google.rpc.Status` detail (Envoy
 prints that detail as the REST body and takes the HTTP status from it), and anything
-unexpected into a generic 500 whose text reveals nothing.
+unexpected into a generic 500 whose text reveals nothing. It also makes each unary call
+of ours a trace span (runtime/tracing.py), a child of the caller's `traceparent`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
+from opentelemetry.trace import SpanKind
 
+from imagejobs.api.fields import metadata_of
 from imagejobs.api.render import error_proto
 from imagejobs.domain.errors import ApiError, StoreUnavailable, Unavailable
 from imagejobs.domain.wire import kind_of
-from imagejobs.runtime import metrics
+from imagejobs.runtime import logs, metrics, tracing
 from imagejobs.v1 import jobs_pb2
 
 _SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"].full_name
@@ -79,6 +82,29 @@ def _no_count(request: Any, result: str) -> None:
     pass
 
 
+async def _answer(
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    request: Any,
+    context: Any,
+    count: Callable[[Any, str], None],
+) -> Any:
+    """The handler's answer, its error sent as our status, the submit counted."""
+    try:
+        response = await inner(request, context)
+    except grpc.aio.AbortError:
+        count(request, "aborted")
+        raise
+    except asyncio.CancelledError:  # the caller went away
+        count(request, "cancelled")
+        raise
+    except Exception as exc:
+        error = as_api_error(exc)
+        count(request, error.code)
+        await context.abort_with_status(to_status(error))
+    count(request, "accepted")
+    return response
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary handler and our server-streaming ones (health's Watch and
     reflection pass through unchanged), and counts submits by kind and result in the
@@ -94,23 +120,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             inner = handler.unary_unary
-            count = _count_submit if handler_call_details.method in SUBMIT_METHODS else _no_count
+            method = str(handler_call_details.method)
+            count = _count_submit if method in SUBMIT_METHODS else _no_count
+            traced = method.startswith(OUR_SERVICE_PREFIX)
 
             async def unary(request: Any, context: Any) -> Any:
-                try:
-                    response = await inner(request, context)
-                except grpc.aio.AbortError:
-                    count(request, "aborted")
-                    raise
-                except asyncio.CancelledError:  # the caller went away
-                    count(request, "cancelled")
-                    raise
-                except Exception as exc:
-                    error = as_api_error(exc)
-                    count(request, error.code)
-                    await context.abort_with_status(to_status(error))
-                count(request, "accepted")
-                return response
+                if not traced:  # health checks, reflection
+                    return await _answer(inner, request, context, count)
+                with (
+                    logs.about(),  # the job's log fields, once known, for this call only
+                    tracing.span(
+                        method.lstrip("/"), parent=metadata_of(context), kind=SpanKind.SERVER
+                    ),
+                ):
+                    return await _answer(inner, request, context, count)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,

@@ -20,6 +20,7 @@ from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, Status, age_limit_error, is_job_id
 from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
+from imagejobs.runtime import logs
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.index import Entry, after, encode_token
 from imagejobs.store.protocols import Backend, StoredObject
@@ -66,9 +67,14 @@ class JobReader:
         self.changes = backend.changes
         self.outbox = backend.outbox
         self.health = backend.health
+        self.presence = backend.presence
         self.limits = limits or ServiceLimits()
         self._clock = clock or SystemClock()
         self._repair_checked: dict[str, float] = {}
+
+    def now(self) -> float:
+        """The service clock's time (epoch s)."""
+        return self._clock.time()
 
     async def _read(self, kind: Kind | None, job_id: str, caller: Caller) -> tuple[Job, int]:
         """The job and its revision, if the caller may see it (and it is of `kind`, when
@@ -87,6 +93,7 @@ class JobReader:
             or job.expired(self._clock.time())
         ):
             raise JobNotFound()
+        logs.tag(job)
         return await self._maintain(job, revision)
 
     async def get(self, kind: Kind | None, job_id: str, caller: Caller) -> Job:
@@ -142,9 +149,14 @@ class JobReader:
         if len(self._repair_checked) > REPAIR_CHECKS_KEPT:
             self._repair_checked.clear()
         self._repair_checked[job_id] = now
-        if not await self.queue.contains(job_id):
-            log.warning("job %s was recorded but never queued; publishing it now", job_id)
-            await self.queue.publish(job_id, job.dumps(), revision)
+        await self._queue_if_missing(job, revision)
+
+    async def _queue_if_missing(self, job: Job, revision: int) -> None:
+        """Publish `job` (pending, at `revision`) when the work queue has no message for it,
+        logging it: its submit died, or timed out, between recording and publishing."""
+        if not await self.queue.contains(job.id):
+            log.warning("job %s was recorded but never queued; publishing it now", job.id)
+            await self.queue.publish(job.id, job.dumps(), revision)
 
     async def image(
         self, kind: Kind | None, job_id: str, index: int, caller: Caller

@@ -26,7 +26,7 @@ from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import ConfigError
 from imagejobs.domain.jobs import Job
-from imagejobs.runtime import metrics
+from imagejobs.runtime import metrics, tracing
 from imagejobs.store.factory import open_backend
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -67,6 +67,7 @@ def hooks_for(settings: Settings) -> ServiceHooks:
 async def serve(settings: Settings, port: int, ready: asyncio.Event | None = None) -> None:
     """Run one API server on `port` until cancelled or signalled."""
     hooks = hooks_for(settings)
+    flush_spans = tracing.setup(settings, "imagejobs-api")
     async with open_backend(
         settings, f"imagejobs-api-{port}", watch_changes=True, probe_health=True
     ) as backend:
@@ -77,7 +78,10 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
             webhooks={w.name: w for w in settings.webhooks},
         )
         metrics_server = await metrics.start(
-            settings, metrics.api_ports(settings, port), backend.queue
+            settings,
+            metrics.api_ports(settings, port),
+            backend.queue,
+            also=lambda: metrics.sample_workers(backend.presence),
         )
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options())
         jobs_pb2_grpc.add_ImageJobServiceServicer_to_server(
@@ -110,6 +114,7 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
             await server.stop(SHUTDOWN_GRACE_S)
             if metrics_server is not None:
                 await metrics_server.close()
+            flush_spans()
     log.info("api stopped")
 
 

@@ -26,6 +26,7 @@ from imagejobs.domain.errors import (
 from imagejobs.domain.jobs import Job, ObjectRef, Status, StoredRequest
 from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
+from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend
 from imagejobs.webhooks.endpoints import WebhookSettings
@@ -132,8 +133,10 @@ class JobService(JobReader):
                 return job
             if self.hooks.after_record is not None:
                 self.hooks.after_record(job)
+            tracing.annotate(job)  # the submit's span: the job's trace starts here
+            logs.tag(job)
             try:
-                await self.queue.publish(job.id, job.dumps(), revision)
+                await self.queue.publish(job.id, job.dumps(), revision, tracing.carrier())
             except BaseException:
                 await self._take_back(job, caller, key)
                 raise
@@ -175,8 +178,8 @@ class JobService(JobReader):
         again; a pending job without a queue message (its submit died, or timed out,
         before publishing) is published."""
         await self.index.add(job.owner, job.kind, job.created_at, job.id)
-        if job.status is Status.PENDING and not await self.queue.contains(job.id):
-            await self.queue.publish(job.id, job.dumps(), revision)
+        if job.status is Status.PENDING:
+            await self._queue_if_missing(job, revision)
 
     async def _record(
         self,

@@ -7,7 +7,7 @@ StreamJobEvents and GetJobImage, with their headers as metadata and (for a submi
 raw body in `http_body`; their answers are JSON the servicer renders itself (render.py),
 and the servicer tells Envoy which HTTP status to use through the `x-http-status` initial
 metadata (202 for a still-running job; the gateway itself answers a successful submit
-with 202).
+with 202). The console's reads (GetSubmission, GetStats): console_reads.py.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from google.api import httpbody_pb2
 
 from imagejobs.api.auth import Authenticator
+from imagejobs.api.console_reads import ConsoleRpcs
 from imagejobs.api.fields import (
     Context,
     list_kind,
@@ -56,7 +57,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-class ImageJobServicer(jobs_pb2_grpc.ImageJobServiceServicer):
+class ImageJobServicer(ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServicer):
     def __init__(self, service: JobService, settings: Settings) -> None:
         self._service = service
         self._settings = settings

@@ -27,6 +27,8 @@ WATCH_KEEPALIVE_S = 15.0  # SSE comment / safety re-read interval of an idle wat
 QUEUE_MAX_JOBS = 100_000  # the work queue's bound; a submit beyond it is 429
 WORKER_CONCURRENCY = 32  # jobs in flight per worker process
 WORKER_DRAIN_S = 30.0  # SIGTERM: a worker finishes in-flight jobs this long
+WORKER_BEAT_S = 5.0  # a worker announces itself (GetStats' workers) this often
+WORKER_BEAT_TTL_S = 15  # and is listed until this long after its last beat
 
 MAX_FILE_BYTES = 50 * 1024 * 1024  # one uploaded image
 MAX_BODY_BYTES = 53 * 1024 * 1024  # one request body: a 50 MiB file and its form
@@ -59,6 +61,8 @@ OUTBOX_CONSUMER_PREFIX = "hooks-"  # one durable consumer per endpoint: hooks-<e
 OUTBOX_MAX_AGE_S = 7 * 24 * 3600  # an owed delivery no dispatcher took this long is dropped
 DELIVERY_STREAM = "HOOKS"  # delivery records (history) and 410-disabled endpoint markers
 DELIVERY_SUBJECT_PREFIX = "imagejobs.hooks"  # .delivery.<job_id>, .gone.<endpoint>
+WORKERS_STREAM = "WORKERS"  # live workers' heartbeats, one per worker, TTL'd
+WORKERS_SUBJECT_PREFIX = "imagejobs.workers"  # .<worker token>
 
 DEFAULT_MAX_PROMPT_CHARS = 32_000  # prompt and negative_prompt, in characters
 MAX_N = 10  # images per request

@@ -1,6 +1,6 @@
 """Running the real `envoy` binary: write its working directory (the bootstrap config
-from bootstrap.py as JSON, rest.lua copied from this package's data, the descriptor set
-the transcoder needs) and give its command line.
+from bootstrap.py as JSON, rest.lua and the console's files copied from this package's
+data, the descriptor set the transcoder needs) and give its command line.
 
 The descriptor set is made from the generated Python module, so it can never be stale;
 rest.lua is read with importlib.resources, so an installed wheel works as a checkout does.
@@ -24,6 +24,7 @@ from imagejobs.v1 import jobs_pb2
 CONFIG_FILE = "envoy.json"
 LUA_FILE = "rest.lua"
 DESCRIPTOR_FILE = "imagejobs.pb"
+CONSOLE_DIR = "console"
 
 
 def envoy_binary() -> str:
@@ -34,6 +35,12 @@ def envoy_binary() -> str:
 def lua_source() -> bytes:
     """rest.lua as shipped in this package."""
     return resources.files("imagejobs.gateway").joinpath(LUA_FILE).read_bytes()
+
+
+def console_files() -> dict[str, bytes]:
+    """The web console's files as shipped in this package, by name."""
+    folder = resources.files("imagejobs.gateway").joinpath(CONSOLE_DIR)
+    return {name: folder.joinpath(name).read_bytes() for name in bootstrap.CONSOLE_FILES}
 
 
 def descriptor_set() -> bytes:
@@ -62,12 +69,15 @@ def config_json(
 def render(
     settings: Settings, workdir: Path, api_hosts: list[tuple[str, int]] | None = None
 ) -> Path:
-    """Write the config, rest.lua and the descriptor set into `workdir` (created if
-    missing; existing files replaced); returns the config's path. `api_hosts` (host,
-    port) defaults to the settings' API ports."""
+    """Write the config, rest.lua, the console's files and the descriptor set into
+    `workdir` (created if missing; existing files replaced); returns the config's path.
+    `api_hosts` (host, port) defaults to the settings' API ports."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / DESCRIPTOR_FILE).write_bytes(descriptor_set())
     (workdir / LUA_FILE).write_bytes(lua_source())
+    (workdir / CONSOLE_DIR).mkdir(exist_ok=True)
+    for name, data in console_files().items():
+        (workdir / CONSOLE_DIR / name).write_bytes(data)
     config = workdir / CONFIG_FILE
     config.write_text(config_json(settings, workdir, api_hosts))
     return config

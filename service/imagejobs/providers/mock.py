@@ -11,6 +11,9 @@ Request parameters drive failure drills, for testing the worker's retry policy:
 - `mock_fail_status`: answer as an upstream error with this HTTP status ...
 - `mock_fail_times`: ... but only while `attempt <= mock_fail_times` (always if absent).
 
+And one to try cost reporting: `mock_cost_usd_ticks` puts that whole number into the
+result's `usage.cost_in_usd_ticks` (xAI's unit: 10^10 ticks are one US dollar).
+
 Invalid parameters and undecodable images raise a 400 `ProviderError`, as a vendor would.
 Pillow work runs in a thread (`asyncio.to_thread`) so the event loop keeps heartbeating.
 """
@@ -305,7 +308,7 @@ def _usage(request: ProviderRequest, rendered: _Rendered) -> dict[str, JSONValue
     width, height = rendered.size
     output_tokens = math.ceil(width * height / 1024) * len(rendered.images)
     input_tokens = text_tokens + rendered.image_tokens
-    return {
+    usage: dict[str, JSONValue] = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "total_tokens": input_tokens + output_tokens,
@@ -314,6 +317,10 @@ def _usage(request: ProviderRequest, rendered: _Rendered) -> dict[str, JSONValue
             "image_tokens": rendered.image_tokens,
         },
     }
+    ticks = _control(request, "mock_cost_usd_ticks")
+    if ticks is not None and ticks >= 0:
+        usage["cost_in_usd_ticks"] = ticks
+    return usage
 
 
 # --- the provider -------------------------------------------------------------------------

@@ -8,7 +8,6 @@ through the SDK: client_commands.py."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import sys
@@ -21,6 +20,7 @@ from imagejobs import __version__
 from imagejobs.config import Settings, load_settings
 from imagejobs.domain.errors import ConfigError, StoreUnavailable
 from imagejobs.domain.keys import key_hash
+from imagejobs.runtime import logs
 from imagejobs.runtime.client_commands import COMMANDS as CLIENT_COMMANDS
 
 
@@ -29,12 +29,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         settings = load_settings(ctx.obj.get("config"), **overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines may carry keys
+    logs.configure(settings)  # text or JSON lines (log_format), on stderr
     return settings
 
 

@@ -8,9 +8,12 @@ CPU and memory). What is recorded, and where:
     imagejobs_completions_total{status,provider} worker a terminal write that won
     imagejobs_job_seconds{kind,status}          worker submit -> terminal (histogram)
     imagejobs_provider_call_seconds{provider,outcome}  worker one provider call
+    imagejobs_cost_usd_total{provider}          worker what completed jobs cost, where the
+                                                      provider said (usage.cost_in_usd_ticks)
     imagejobs_jobs_in_flight                    worker messages held right now
     imagejobs_queue_depth                       both  JOBQ messages not yet acked
     imagejobs_queue_undelivered                 both  of those, not yet handed to a worker
+    imagejobs_workers                           API   live worker processes (heartbeats)
     imagejobs_webhook_attempts_total{endpoint,outcome}   dispatcher  one delivery attempt:
                                                       delivered, retry, failed or gone
     imagejobs_webhook_deliveries_total{endpoint,outcome} dispatcher  a delivery finished:
@@ -51,7 +54,7 @@ from imagejobs.domain.jobs import Job
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
 from imagejobs.providers.registry import KNOWN_PROVIDERS
-from imagejobs.store.protocols import QueueDepth
+from imagejobs.store.protocols import Presence, QueueDepth
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ QUEUE_SAMPLE_INTERVAL_S = 2.0
 WORKER_PORT_SEARCH = 16  # ports a worker tries beyond worker_processes (extra workers)
 MAX_API_OFFSET = 64
 _KINDS = frozenset(k.value for k in Kind)
+USD_PER_TICK = 1e-10  # `usage.cost_in_usd_ticks`: xAI's unit, which the mock follows
 
 SUBMITS = Counter(
     "imagejobs_submits",
@@ -89,6 +93,13 @@ PROVIDER_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
     registry=REGISTRY,
 )
+COST = Counter(
+    "imagejobs_cost_usd",
+    "What completed jobs cost in USD, by the provider that served them, for the jobs whose "
+    "provider reported it (usage.cost_in_usd_ticks).",
+    ["provider"],
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge(
     "imagejobs_jobs_in_flight",
     "Job messages this worker holds (claimed, running or finishing).",
@@ -103,6 +114,12 @@ QUEUE_DEPTH = Gauge(
 QUEUE_UNDELIVERED = Gauge(
     "imagejobs_queue_undelivered",
     "Work-queue messages no worker has been handed yet; sampled with queue_depth.",
+    registry=REGISTRY,
+)
+WORKERS = Gauge(
+    "imagejobs_workers",
+    "Live worker processes (each heartbeats every 5 s; listed 15 s after its last); "
+    "sampled with queue_depth by API processes.",
     registry=REGISTRY,
 )
 
@@ -166,6 +183,9 @@ def finished(job: Job, now: float | None = None) -> None:
     COMPLETIONS.labels(job.status.value, provider_label(provider)).inc()
     end = job.completed_at or now or time.time()
     JOB_SECONDS.labels(job.kind.value, job.status.value).observe(max(end - job.created_at, 0.0))
+    ticks = (job.result.usage or {}).get("cost_in_usd_ticks") if job.result is not None else None
+    if isinstance(ticks, int | float) and not isinstance(ticks, bool) and ticks >= 0:
+        COST.labels(provider_label(provider)).inc(ticks * USD_PER_TICK)
 
 
 def webhook_attempted(endpoint: str, outcome: str, seconds: float) -> None:
@@ -233,6 +253,11 @@ async def sample_queue(queue: QueueDepth) -> None:
     messages, undelivered = await queue.depth()
     QUEUE_DEPTH.set(messages)
     QUEUE_UNDELIVERED.set(undelivered)
+
+
+async def sample_workers(presence: Presence) -> None:
+    """Count the live workers once into their gauge."""
+    WORKERS.set(len(await presence.workers()))
 
 
 Sampler = Callable[[], Awaitable[None]]

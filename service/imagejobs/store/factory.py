@@ -25,6 +25,7 @@ from imagejobs.store.index import JetStreamIndex, index_ttl_s
 from imagejobs.store.notifier import JetStreamNotifier, Notifier
 from imagejobs.store.objects import JetStreamObjects
 from imagejobs.store.outbox import JetStreamOutbox
+from imagejobs.store.presence import JetStreamPresence
 from imagejobs.store.protocols import Backend
 from imagejobs.store.provider_limits import ProviderSlots, lease_s_for
 from imagejobs.store.queue import JetStreamQueue
@@ -85,6 +86,7 @@ def jetstream_backend(
             lease_s=lease_s_for(settings),
             clock=clock,
         ),
+        presence=JetStreamPresence(js),
     )
 
 

@@ -290,8 +290,8 @@ def _stream(settings: Settings, name: str, prefix: str, **config: Any) -> js_api
 
 def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
     """The streams: job records (a KV bucket), the work queue, the per-caller index,
-    idempotency keys, quota slots, request counters, image objects, the webhook outbox
-    and the webhook delivery records."""
+    idempotency keys, quota slots, request counters, image objects, the webhook outbox,
+    the webhook delivery records and the workers' heartbeats."""
     kv_prefix = f"$KV.{constants.JOBS_BUCKET}"
     last_only = {"max_msgs_per_subject": 1, "allow_msg_ttl": True}
     return [
@@ -353,6 +353,8 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
         _stream(
             settings, constants.DELIVERY_STREAM, constants.DELIVERY_SUBJECT_PREFIX, **last_only
         ),
+        # live workers' heartbeats, each TTL'd (store/presence.py)
+        _stream(settings, constants.WORKERS_STREAM, constants.WORKERS_SUBJECT_PREFIX, **last_only),
     ]
 
 

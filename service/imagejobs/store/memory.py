@@ -38,6 +38,7 @@ from imagejobs.store.idempotency import IdempotencyClaims
 from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
+from imagejobs.store.presence import ALL_WORKERS, WorkerBeat, parse_beats, presence_subject
 from imagejobs.store.protocols import Backend, StoredObject
 from imagejobs.store.provider_limits import ProviderSlots, lease_s_for
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
@@ -173,6 +174,24 @@ class MemoryIndex:
         return newest_first(self._subjects.subjects(owner_filter(owner, kind)))
 
 
+class MemoryPresence:
+    """`Presence` as subjects in a dict (the same subjects the WORKERS stream holds)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._subjects = MemorySubjects(clock)
+
+    async def beat(self, beat: WorkerBeat, ttl_s: int) -> None:
+        await self._subjects.put(presence_subject(beat.id), beat.dumps(), ttl_s=ttl_s)
+
+    async def leave(self, worker_id: str) -> None:
+        # a marker, skipped when listing, as JetStream's purge leaves nothing to list
+        await self._subjects.delete(presence_subject(worker_id), ttl_s=1)
+
+    async def workers(self) -> list[WorkerBeat]:
+        found = [await self._subjects.last(s) for s in self._subjects.subjects(ALL_WORKERS)]
+        return parse_beats([data for data, _ in found])
+
+
 def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
     """A complete in-memory `Backend`, its limits (queue bound, ack_wait, TTLs) taken
     from `settings` as the JetStream one takes them."""
@@ -216,4 +235,5 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         providers=ProviderSlots(
             MemorySubjects(clock), MemoryCounters(clock), lease_s=lease_s_for(settings), clock=clock
         ),
+        presence=MemoryPresence(clock),
     )

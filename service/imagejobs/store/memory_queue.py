@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
@@ -38,6 +38,7 @@ class _Queued:
     seq: int
     available_at: float  # monotonic time from which it may be (re)delivered
     num_delivered: int = 0
+    trace: Mapping[str, str] = field(default_factory=dict)
 
 
 class MemoryDelivery:
@@ -57,6 +58,10 @@ class MemoryDelivery:
         m = self._message
         revision = str(m.revision) if m.revision else ""
         return first_delivery_record(m.data, revision, self.num_delivered)
+
+    @property
+    def trace(self) -> Mapping[str, str]:
+        return self._message.trace
 
     async def ack(self) -> None:
         self._queue.remove(self._message)
@@ -102,7 +107,13 @@ class MemoryQueue:
 
     # --- the API's side ---------------------------------------------------------------
 
-    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+    async def publish(
+        self,
+        job_id: str,
+        record: bytes = b"",
+        revision: int = 0,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         now = self._clock.monotonic()
         self._forget_old_ids(now)
         if job_id in self._published:
@@ -111,7 +122,12 @@ class MemoryQueue:
             raise queue_full_error()
         self._seq += 1
         self._messages[self._seq] = _Queued(
-            job_id, record, revision if record else 0, self._seq, available_at=now
+            job_id,
+            record,
+            revision if record else 0,
+            self._seq,
+            available_at=now,
+            trace=dict(trace or {}),
         )
         self._published[job_id] = now
         self._changed.set()

@@ -16,7 +16,7 @@ counters), so that the logic on top of them is written once for both implementat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the value types live with their JetStream implementation
     from imagejobs.store.idempotency import Claim
     from imagejobs.store.index import Entry
     from imagejobs.store.notifier import Listener
+    from imagejobs.store.presence import WorkerBeat
     from imagejobs.store.provider_limits import Lease
     from imagejobs.webhooks.delivery import DeliveryRecord
 
@@ -118,10 +119,17 @@ class QueueDepth(Protocol):
 class JobQueue(QueueDepth, Protocol):
     """The work queue as the API uses it."""
 
-    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+    async def publish(
+        self,
+        job_id: str,
+        record: bytes = b"",
+        revision: int = 0,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         """Enqueue the job, once per job id within the duplicate window (a repeat is
         dropped); QueueFull when the queue is at its bound. With the record as written
-        and its revision, the first delivery carries them (`Delivery.record`)."""
+        and its revision, the first delivery carries them (`Delivery.record`); every
+        delivery carries `trace`, the submit's trace context (`Delivery.trace`)."""
         ...
 
     async def contains(self, job_id: str) -> bool:
@@ -171,6 +179,11 @@ class Delivery(Settle, Protocol):
 
     def record(self) -> tuple[Job, int] | None:
         """The pending record (and revision) a first delivery carries; None otherwise."""
+        ...
+
+    @property
+    def trace(self) -> Mapping[str, str]:
+        """The trace context the message was published with (W3C headers; {} if none)."""
         ...
 
 
@@ -308,6 +321,22 @@ class StoreHealth(Protocol):
         ...
 
 
+class Presence(Protocol):
+    """The live worker processes, each by its latest heartbeat (GetStats)."""
+
+    async def beat(self, beat: WorkerBeat, ttl_s: int) -> None:
+        """Announce the worker as `beat` says, listed for `ttl_s` seconds."""
+        ...
+
+    async def leave(self, worker_id: str) -> None:
+        """Remove the worker's announcement (it is stopping)."""
+        ...
+
+    async def workers(self) -> list[WorkerBeat]:
+        """Every worker whose last beat has not expired, by id."""
+        ...
+
+
 # --- webhooks ---------------------------------------------------------------------------
 
 
@@ -371,7 +400,8 @@ class Backend:
     """One implementation of each part, as the API service, the worker and the webhook
     dispatcher receive it. `queue` and `work` are the two sides of the same work queue;
     `outbox` and `outbox_work` those of the webhook outbox; `health` says whether jobs can
-    be accepted now; `providers` the providers' cluster-wide limits."""
+    be accepted now; `providers` the providers' cluster-wide limits; workers announce
+    themselves in `presence`."""
 
     records: JobStore
     queue: JobQueue
@@ -386,3 +416,4 @@ class Backend:
     deliveries: DeliveryStore
     health: StoreHealth
     providers: ProviderLimits
+    presence: Presence

@@ -10,7 +10,7 @@ messages on `imagejobs.cancel.<job_id>` (at most once; the heartbeat is the back
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,6 +25,7 @@ from imagejobs.store.protocols import Closeable, Delivery
 log = logging.getLogger(__name__)
 
 RECORD_REVISION_HEADER = "Imagejobs-Revision"  # the revision of the record a message carries
+TRACE_HEADERS = ("traceparent", "tracestate")  # the submit's trace context (W3C)
 SHORTEST_FETCH_S = 0.05  # nats-py refuses a fetch without a timeout
 
 
@@ -69,6 +70,11 @@ class JetStreamDelivery:
     def record(self) -> tuple[Job, int] | None:
         revision = (self._msg.headers or {}).get(RECORD_REVISION_HEADER, "")
         return first_delivery_record(self._msg.data or b"", revision, self.num_delivered)
+
+    @property
+    def trace(self) -> Mapping[str, str]:
+        headers = self._msg.headers or {}
+        return {name: headers[name] for name in TRACE_HEADERS if headers.get(name)}
 
     async def ack(self) -> None:
         await _settle("ack", self._msg.ack())
@@ -138,12 +144,20 @@ class JetStreamQueue:
 
     # --- the API's side ---------------------------------------------------------------
 
-    async def publish(self, job_id: str, record: bytes = b"", revision: int = 0) -> None:
+    async def publish(
+        self,
+        job_id: str,
+        record: bytes = b"",
+        revision: int = 0,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
         """Enqueue the job (idempotent per job id within the duplicate window). With the
-        record as just written and its revision, a worker can claim it without a read."""
+        record as just written and its revision, a worker can claim it without a read;
+        `trace` (the submit's trace context) goes along as headers."""
         headers = {"Nats-Msg-Id": job_id}
         if record and revision:
             headers[RECORD_REVISION_HEADER] = str(revision)
+        headers.update({k: v for k, v in (trace or {}).items() if k in TRACE_HEADERS})
         await publish(
             self._js,
             run_subject(job_id),

@@ -1585,3 +1585,307 @@ class ModelFamily(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015
+
+@_typing.final
+class GetSubmissionRequest(_message.Message):
+    """--- the console's reads ---
+
+    Request for GetSubmission.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job id."""
+    kind: Global___JobKind.ValueType
+    """Optional: the job's kind (another kind is NOT_FOUND); unspecified = any."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubmissionRequest: _TypeAlias = GetSubmissionRequest  # noqa: Y015
+
+@_typing.final
+class GetSubmissionJsonRequest(_message.Message):
+    """Request for GetSubmissionJson (REST)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """`generations`, `edits` or `variations`; must match the job's kind."""
+    job_id: _builtins.str
+    """The job id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubmissionJsonRequest: _TypeAlias = GetSubmissionJsonRequest  # noqa: Y015
+
+@_typing.final
+class Submission(_message.Message):
+    """A job's request, as the API accepted it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job id."""
+    kind: Global___JobKind.ValueType
+    """What the job does."""
+    model: _builtins.str
+    """`provider/model`, as requested."""
+    prompt: _builtins.str
+    """The prompt; empty when none was given."""
+    webhook: _builtins.str
+    """The webhook endpoint the job's end is delivered to; empty when none."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """Every other request field as validated (`size`, `n`, provider parameters, ...); a
+        text longer than 4096 characters (a base64 `input_images` entry) is cut, with
+        `… (<n> characters)` appended.
+        """
+
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The `provider/model` fallbacks, in order."""
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputImage]:
+        """Edits and variations: the uploaded images, in order (their sizes, not their bytes)."""
+
+    @_builtins.property
+    def mask(self) -> Global___InputImage:
+        """Edits: the uploaded mask, when one was given."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The model catalogue's warnings about deprecated models the request named."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job was accepted (millisecond precision)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: Global___JobKind.ValueType = ...,
+        model: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        images: _abc.Iterable[Global___InputImage] | None = ...,
+        mask: Global___InputImage | None = ...,
+        webhook: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "mask", b"mask", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fallbacks", b"fallbacks", "images", b"images", "job_id", b"job_id", "kind", b"kind", "mask", b"mask", "model", b"model", "params", b"params", "prompt", b"prompt", "warnings", b"warnings", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Submission: _TypeAlias = Submission  # noqa: Y015
+
+@_typing.final
+class InputImage(_message.Message):
+    """One uploaded image of a Submission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    mime_type: _builtins.str
+    """e.g. `image/png`."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    filename: _builtins.str
+    """The upload's file name, when the form gave one."""
+    def __init__(
+        self,
+        *,
+        mime_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "mime_type", b"mime_type", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputImage: _TypeAlias = InputImage  # noqa: Y015
+
+@_typing.final
+class GetStatsRequest(_message.Message):
+    """Request for GetStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetStatsJsonRequest(_message.Message):
+    """Request for GetStatsJson."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsJsonRequest: _TypeAlias = GetStatsJsonRequest  # noqa: Y015
+
+@_typing.final
+class Stats(_message.Message):
+    """The work queue and its workers, now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When this was read (millisecond precision)."""
+
+    @_builtins.property
+    def queue(self) -> Global___QueueStats:
+        """The work queue."""
+
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerStats]:
+        """The live workers, by id."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        queue: Global___QueueStats | None = ...,
+        workers: _abc.Iterable[Global___WorkerStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue", "time", b"time", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Stats: _TypeAlias = Stats  # noqa: Y015
+
+@_typing.final
+class QueueStats(_message.Message):
+    """The work queue (the JOBQ stream and its workers' consumer)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    UNDELIVERED_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    messages: _builtins.int
+    """Messages not acked yet: jobs waiting or running."""
+    undelivered: _builtins.int
+    """Of those, the ones no worker has been handed yet."""
+    max_jobs: _builtins.int
+    """The queue's bound (`queue_max_jobs`); a submit beyond it is 429."""
+    def __init__(
+        self,
+        *,
+        messages: _builtins.int = ...,
+        undelivered: _builtins.int = ...,
+        max_jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_jobs", b"max_jobs", "messages", b"messages", "undelivered", b"undelivered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
+
+@_typing.final
+class WorkerStats(_message.Message):
+    """One live worker process, as its last heartbeat told."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    SEEN_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """`<host>-<pid>`."""
+    concurrency: _builtins.int
+    """Jobs it runs at most at once (`worker_concurrency`)."""
+    in_flight: _builtins.int
+    """Jobs it held at its last heartbeat."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def seen_at(self) -> _timestamp_pb2.Timestamp:
+        """Its last heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        seen_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["seen_at", b"seen_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "id", b"id", "in_flight", b"in_flight", "seen_at", b"seen_at", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerStats: _TypeAlias = WorkerStats  # noqa: Y015

@@ -153,6 +153,26 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsJsonRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GetSubmission = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetSubmission',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetSubmissionRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.Submission.FromString,
+                _registered_method=True)
+        self.GetSubmissionJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetSubmissionJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetSubmissionJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetStats',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.Stats.FromString,
+                _registered_method=True)
+        self.GetStatsJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetStatsJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetStatsJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class ImageJobServiceServicer:
@@ -336,6 +356,41 @@ class ImageJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSubmission(self, request, context):
+        """--- the console's reads ---
+
+        The job's request as it was accepted: kind, model, prompt, the other request fields,
+        fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+        the job's owner sees it, for as long as the job itself. REST clients use
+        GetSubmissionJson.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubmissionJson(self, request, context):
+        """GetSubmission for REST: the request rendered by the server, every field present but
+        `mask`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """The work queue now and the workers consuming it (each heartbeats every 5 s and is
+        listed until 15 s after its last beat). REST clients use GetStatsJson.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatsJson(self, request, context):
+        """GetStats for REST: the same, rendered by the server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -422,6 +477,26 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
             'ListModelsJson': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModelsJson,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.ListModelsJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetSubmission': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubmission,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetSubmissionRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.Submission.SerializeToString,
+            ),
+            'GetSubmissionJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubmissionJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetSubmissionJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetStatsRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.Stats.SerializeToString,
+            ),
+            'GetStatsJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatsJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetStatsJsonRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -916,6 +991,114 @@ class ImageJobService:
             target,
             '/imagejobs.v1.ImageJobService/ListModelsJson',
             imagejobs_dot_v1_dot_jobs__pb2.ListModelsJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubmission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetSubmission',
+            imagejobs_dot_v1_dot_jobs__pb2.GetSubmissionRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.Submission.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubmissionJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetSubmissionJson',
+            imagejobs_dot_v1_dot_jobs__pb2.GetSubmissionJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetStats',
+            imagejobs_dot_v1_dot_jobs__pb2.GetStatsRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.Stats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatsJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetStatsJson',
+            imagejobs_dot_v1_dot_jobs__pb2.GetStatsJsonRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

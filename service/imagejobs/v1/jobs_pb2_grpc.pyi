@@ -141,6 +141,24 @@ class ImageJobServiceStub:
     """ListModels for REST: the listing rendered by the server, every field present (an
     empty list is `[]`, a false flag `false`), so that forms can be built from it.
     """
+    GetSubmission: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetSubmissionRequest, _jobs_pb2.Submission]
+    """--- the console's reads ---
+
+    The job's request as it was accepted: kind, model, prompt, the other request fields,
+    fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+    the job's owner sees it, for as long as the job itself. REST clients use
+    GetSubmissionJson.
+    """
+    GetSubmissionJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetSubmissionJsonRequest, _httpbody_pb2.HttpBody]
+    """GetSubmission for REST: the request rendered by the server, every field present but
+    `mask`.
+    """
+    GetStats: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetStatsRequest, _jobs_pb2.Stats]
+    """The work queue now and the workers consuming it (each heartbeats every 5 s and is
+    listed until 15 s after its last beat). REST clients use GetStatsJson.
+    """
+    GetStatsJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetStatsJsonRequest, _httpbody_pb2.HttpBody]
+    """GetStats for REST: the same, rendered by the server."""
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -254,6 +272,24 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     """ListModels for REST: the listing rendered by the server, every field present (an
     empty list is `[]`, a false flag `false`), so that forms can be built from it.
     """
+    GetSubmission: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetSubmissionRequest, _jobs_pb2.Submission]  # type: ignore[assignment]
+    """--- the console's reads ---
+
+    The job's request as it was accepted: kind, model, prompt, the other request fields,
+    fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+    the job's owner sees it, for as long as the job itself. REST clients use
+    GetSubmissionJson.
+    """
+    GetSubmissionJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetSubmissionJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetSubmission for REST: the request rendered by the server, every field present but
+    `mask`.
+    """
+    GetStats: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetStatsRequest, _jobs_pb2.Stats]  # type: ignore[assignment]
+    """The work queue now and the workers consuming it (each heartbeats every 5 s and is
+    listed until 15 s after its last beat). REST clients use GetStatsJson.
+    """
+    GetStatsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetStatsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetStats for REST: the same, rendered by the server."""
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImageJobService runs image generation, edit and variation requests as asynchronous
@@ -466,5 +502,47 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListModels for REST: the listing rendered by the server, every field present (an
         empty list is `[]`, a false flag `false`), so that forms can be built from it.
         """
+
+    @_abc_1.abstractmethod
+    def GetSubmission(
+        self,
+        request: _jobs_pb2.GetSubmissionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Submission, _abc.Awaitable[_jobs_pb2.Submission]]:
+        """--- the console's reads ---
+
+        The job's request as it was accepted: kind, model, prompt, the other request fields,
+        fallbacks, the uploaded images' sizes (never their bytes), webhook and warnings. Only
+        the job's owner sees it, for as long as the job itself. REST clients use
+        GetSubmissionJson.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubmissionJson(
+        self,
+        request: _jobs_pb2.GetSubmissionJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetSubmission for REST: the request rendered by the server, every field present but
+        `mask`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _jobs_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.Stats, _abc.Awaitable[_jobs_pb2.Stats]]:
+        """The work queue now and the workers consuming it (each heartbeats every 5 s and is
+        listed until 15 s after its last beat). REST clients use GetStatsJson.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatsJson(
+        self,
+        request: _jobs_pb2.GetStatsJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetStats for REST: the same, rendered by the server."""
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -36,10 +36,11 @@ import socket
 from collections.abc import Mapping
 
 import httpx
+from opentelemetry.trace import SpanKind
 
 from imagejobs.config import Settings
 from imagejobs.domain.errors import RevisionConflict, StoreError
-from imagejobs.runtime import metrics
+from imagejobs.runtime import logs, metrics, tracing
 from imagejobs.store.clock import EPSILON_S, Clock, SystemClock
 from imagejobs.store.deliveries import GoneMarker
 from imagejobs.store.factory import open_backend
@@ -199,12 +200,13 @@ class Dispatcher:
     # --- one message -----------------------------------------------------------------------
 
     async def _handle(self, endpoint: Endpoint, message: OutboxMessage) -> None:
-        try:
-            await self._process(endpoint, message)
-        except StoreError as exc:  # the store hiccuped: the message comes back
-            log.warning("webhook %s: store error, will retry: %s", endpoint.name, exc)
-            with contextlib.suppress(StoreError):
-                await message.nak(STORE_RETRY_DELAY_S)
+        with logs.about(endpoint=endpoint.name):  # and the job's, once read
+            try:
+                await self._process(endpoint, message)
+            except StoreError as exc:  # the store hiccuped: the message comes back
+                log.warning("webhook %s: store error, will retry: %s", endpoint.name, exc)
+                with contextlib.suppress(StoreError):
+                    await message.nak(STORE_RETRY_DELAY_S)
 
     async def _process(self, endpoint: Endpoint, message: OutboxMessage) -> None:
         try:
@@ -213,6 +215,7 @@ class Dispatcher:
             log.error("webhook %s: an unreadable outbox message was dropped", endpoint.name)
             await message.term()
             return
+        logs.tag(intent.job, job_id=intent.job_id)
         found = await self._deliveries.get(intent.job_id) or await self._first(endpoint, intent)
         if found is None:  # nothing owed (not subscribed), or a redelivery of expired history
             await message.ack_sync()
@@ -231,7 +234,7 @@ class Dispatcher:
         if due > EPSILON_S:  # early (a restart lost the nak delay): wait for the rest
             await message.nak(due)
             return
-        record = await self._attempt(endpoint, record, revision)
+        record = await self._attempt(endpoint, record, revision, intent.trace)
         if record.finished:
             await message.ack_sync()
         elif record.gone:
@@ -260,10 +263,30 @@ class Dispatcher:
         return await self._deliveries.put(record, ttl_s=ttl_s, expected=expected)
 
     async def _attempt(
-        self, endpoint: Endpoint, record: DeliveryRecord, revision: int
+        self,
+        endpoint: Endpoint,
+        record: DeliveryRecord,
+        revision: int,
+        trace: Mapping[str, str] | None = None,
     ) -> DeliveryRecord:
-        """One attempt, recorded; the record after it."""
-        result = await self._sender.send(endpoint, record, int(self._clock.time()))
+        """One attempt, recorded; the record after it. The attempt is a trace span in the
+        job's trace (`trace`: the context its intent carries)."""
+        attributes: tracing.Attributes = {
+            tracing.PREFIX + "job_id": record.job_id,
+            tracing.PREFIX + "endpoint": endpoint.name,
+            tracing.PREFIX + "webhook_id": record.webhook_id,
+            tracing.PREFIX + "attempt": record.total_attempts + 1,
+        }
+        with tracing.span(
+            tracing.PREFIX + "webhook",
+            parent=trace or {},
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        ) as span:
+            result = await self._sender.send(endpoint, record, int(self._clock.time()))
+            span.set_attribute(tracing.PREFIX + "outcome", result.outcome.value)
+            if result.status_code is not None:
+                span.set_attribute("http.response.status_code", result.status_code)
         outcome = result.outcome
         metrics.webhook_attempted(endpoint.name, outcome.value, result.duration_ms / 1000)
         log.info(
@@ -337,6 +360,7 @@ async def serve(settings: Settings) -> None:
     """Run one dispatcher process on JetStream until SIGTERM/SIGINT. ConfigError when an
     enabled endpoint's secret is missing."""
     endpoints = settings.webhook_endpoints()
+    flush_spans = tracing.setup(settings, "imagejobs-dispatcher")
     http = httpx.AsyncClient(
         timeout=None,  # each attempt is bounded by its endpoint's timeout_s instead
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=0),
@@ -363,4 +387,5 @@ async def serve(settings: Settings) -> None:
         finally:
             if metrics_server is not None:
                 await metrics_server.close()
+            flush_spans()
         log.info("dispatcher stopped")

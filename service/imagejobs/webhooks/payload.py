@@ -41,6 +41,7 @@ class Intent(BaseModel):
     job_id: str
     round: int = 0
     job: Job | None = None
+    trace: dict[str, str] | None = None  # the writer's trace context (W3C headers)
 
     @property
     def msg_id(self) -> str:
@@ -57,12 +58,14 @@ class Intent(BaseModel):
         return cls.model_validate_json(data)
 
 
-def intent_of(job: Job) -> Intent | None:
-    """The intent a job's terminal record owes (None: no webhook, or not terminal). The
-    same record always makes the same intent."""
+def intent_of(job: Job, trace: dict[str, str] | None = None) -> Intent | None:
+    """The intent a job's terminal record owes (None: no webhook, or not terminal), with
+    the trace context its deliveries' spans belong to. The same record always makes an
+    intent for the same delivery (its `msg_id`)."""
     if not job.webhook or not job.status.terminal:
         return None
-    return Intent(endpoint=job.webhook, event=Event.of(job.status), job_id=job.id, job=job)
+    event = Event.of(job.status)
+    return Intent(endpoint=job.webhook, event=event, job_id=job.id, job=job, trace=trace or None)
 
 
 def poll_url(base_url: str, job: Job) -> str:

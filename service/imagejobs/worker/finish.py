@@ -16,7 +16,7 @@ import logging
 
 from imagejobs.domain.errors import StoreError
 from imagejobs.domain.jobs import Job
-from imagejobs.runtime import metrics
+from imagejobs.runtime import metrics, tracing
 from imagejobs.store.protocols import JobQueue, Outbox, Quotas
 from imagejobs.webhooks.payload import intent_of
 
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 async def owe_webhook(job: Job, outbox: Outbox) -> None:
     """Publish the webhook delivery `job` owes (a terminal job submitted with a webhook;
-    nothing for others), confirmed by the store; StoreError when it could not be."""
-    intent = intent_of(job)
+    nothing for others), confirmed by the store; StoreError when it could not be. The
+    current trace context goes with it: the deliveries' spans join the job's trace."""
+    intent = intent_of(job, tracing.carrier())
     if intent is not None:
         await outbox.publish(intent.endpoint, intent.msg_id, job.id, intent.dumps())
 

@@ -28,10 +28,13 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry.trace import SpanKind
+
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import ErrorCode, ErrorType, RevisionConflict, StoreError
 from imagejobs.domain.jobs import Job, StoredError, age_limit_error
+from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend, Delivery
 from imagejobs.worker.finish import job_ended, owe_webhook
@@ -86,13 +89,27 @@ class DeliveryHandler:
         self._aborted: set[str] = set()  # job ids whose work was cancelled with the job
 
     async def handle(self, delivery: Delivery) -> None:
-        """Take the delivery to its end; never raises a store error (it naks)."""
-        try:
-            await self._process(delivery)
-        except StoreError as exc:  # the job store hiccuped: let the queue redeliver
-            log.warning("job %s: store error, will be redelivered: %s", delivery.job_id, exc)
-            with contextlib.suppress(StoreError):
-                await delivery.nak(STORE_RETRY_DELAY_S)
+        """Take the delivery to its end; never raises a store error (it naks). The whole
+        of it is one trace span, a child of the submit's (the message carries it)."""
+        attributes: tracing.Attributes = {
+            tracing.PREFIX + "job_id": delivery.job_id,
+            tracing.PREFIX + "delivery": delivery.num_delivered,
+        }
+        with (
+            logs.about(job_id=delivery.job_id),
+            tracing.span(
+                tracing.PREFIX + "job",
+                parent=delivery.trace,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            ),
+        ):
+            try:
+                await self._process(delivery)
+            except StoreError as exc:  # the job store hiccuped: let the queue redeliver
+                log.warning("job %s: store error, will be redelivered: %s", delivery.job_id, exc)
+                with contextlib.suppress(StoreError):
+                    await delivery.nak(STORE_RETRY_DELAY_S)
 
     async def _process(self, delivery: Delivery) -> None:
         # first delivery: the message carries the record as submitted and its revision,
@@ -100,6 +117,7 @@ class DeliveryHandler:
         submitted = delivery.record()
         if submitted is not None:
             job, revision = submitted
+            logs.tag(job)
             if self._give_up(job) is None and await self._claim_and_run(delivery, job, revision):
                 return
         found = await self._records.get(delivery.job_id)
@@ -107,6 +125,7 @@ class DeliveryHandler:
             await delivery.term()
             return
         job, revision = found
+        logs.tag(job)
         if job.status.terminal:  # made so elsewhere, or by a delivery that died after it
             await self._settle_ended(delivery, job)
             return
@@ -132,11 +151,16 @@ class DeliveryHandler:
 
     async def _claim_and_run(self, delivery: Delivery, job: Job, revision: int) -> bool:
         """Claim the job and run it to its end; False if the claim lost the race."""
+        now = self._clock.time()
+        tracing.annotate(job)
         try:
-            claimed = job.claim(self._id, self._clock.time())
-            revision = await self._records.update(claimed, revision)
+            with tracing.span(tracing.PREFIX + "claim"):
+                claimed = job.claim(self._id, now)
+                revision = await self._records.update(claimed, revision)
         except RevisionConflict:
             return False
+        if job.deliveries == 0:  # its first claim: the wait since the submit
+            tracing.queue_wait(job, now, delivery.trace)
         final = await self._run_with_heartbeat(delivery, claimed)
         if final is None:  # cancelled meanwhile: the record already says so
             log.info("job %s cancelled; its provider call was aborted", job.id)
@@ -203,6 +227,13 @@ class DeliveryHandler:
             run.cancel()
 
     async def _finish(self, delivery: Delivery, final: Job, revision: int) -> None:
+        tracing.annotate(final)
+        with tracing.span(tracing.PREFIX + "finish", attributes=tracing.job_attributes(final)):
+            await self._write_final(delivery, final, revision)
+
+    async def _write_final(self, delivery: Delivery, final: Job, revision: int) -> None:
+        """Write the terminal record; then the webhook intent, then ack (or, if the write
+        lost, settle as the record now says)."""
         try:
             # shielded: a shutdown must not lose a result whose write is under way
             await asyncio.shield(self._records.update(final, revision))

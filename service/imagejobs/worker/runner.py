@@ -27,7 +27,7 @@ from imagejobs.providers.base import (
     ProviderResult,
 )
 from imagejobs.providers.registry import build_provider
-from imagejobs.runtime import metrics
+from imagejobs.runtime import logs, metrics, tracing
 from imagejobs.store.protocols import ObjectStore, ProviderLimits
 from imagejobs.worker.limits import ProviderGate, RateLimited
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
@@ -66,7 +66,7 @@ class JobRunner:
                 raise ProviderNotConfigured(name)
             per_minute = self._settings.providers[name].requests_per_minute
             gate = ProviderGate(name, config.concurrency, per_minute, self._limits)
-            provider: Provider = metrics.timed(build_provider(config, self._http))
+            provider: Provider = tracing.traced(metrics.timed(build_provider(config, self._http)))
             if per_minute:
                 provider = RateLimited(provider, gate)
             self._providers[name] = (provider, gate, RetryPolicy(max_retries=config.max_retries))
@@ -79,21 +79,24 @@ class JobRunner:
         provider_name: str,
         times: list[float],
         count: Count,
+        candidate: tracing.Attributes,
     ) -> ProviderResult:
         """One candidate's call with its retries, once a slot of its provider is held,
         within the deadline `times[0]`. Waiting for the slot is not the job's time: the
-        deadline, and the start `times[1]` its latency is counted from, move by it."""
+        deadline, and the start `times[1]` its latency is counted from, move by it. The
+        candidate's span (attributes `candidate`) covers the wait and the call."""
         provider, gate, policy = self._provider(provider_name)
-        async with gate.held(job.id) as waited:  # full: this job waits here, never fails
-            times[0] += waited
-            times[1] += waited
-            deadline = times[0]
-            return await asyncio.wait_for(
-                call_with_retries(
-                    provider, request, policy=policy, deadline=deadline, on_attempt=count
-                ),
-                timeout=max(deadline - time.monotonic(), 0.001),
-            )
+        with tracing.span(tracing.PREFIX + "provider", attributes=candidate):
+            async with gate.held(job.id) as waited:  # full: this job waits here, never fails
+                times[0] += waited
+                times[1] += waited
+                deadline = times[0]
+                return await asyncio.wait_for(
+                    call_with_retries(
+                        provider, request, policy=policy, deadline=deadline, on_attempt=count
+                    ),
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
 
     async def run(self, job: Job) -> Job:
         """The terminal record for `job` (completed or failed)."""
@@ -103,7 +106,7 @@ class JobRunner:
         attempts = job.attempts
         error: ProviderError | None = None
         failed_model = job.request.model  # the candidate whose error is reported
-        for model in (job.request.model, *job.request.fallbacks):
+        for fallback, model in enumerate((job.request.model, *job.request.fallbacks)):
             provider_name, model_name = model.provider, model.name
             request = dataclasses.replace(base, model=model_name, attempt=attempts + 1)
             made = [attempts]  # provider calls so far, updated by call_with_retries
@@ -111,8 +114,14 @@ class JobRunner:
             def count(n: int, made: list[int] = made) -> None:
                 made[0] = n
 
+            candidate: tracing.Attributes = {
+                tracing.PREFIX + "provider": provider_name,
+                tracing.PREFIX + "model": model_name,
+                tracing.PREFIX + "fallback": fallback,
+            }
+            logs.tag(provider=provider_name)  # this candidate's, in the lines about it
             try:
-                result = await self._call(job, request, provider_name, times, count)
+                result = await self._call(job, request, provider_name, times, count, candidate)
             except ProviderError as exc:
                 attempts = made[0]
                 error, failed_model = exc, model
@@ -164,13 +173,18 @@ class JobRunner:
     ) -> StoredResult:
         ttl = job.ttl_s + RESULT_EXTRA_TTL_S
         images = []
-        for i, image in enumerate(result.images):
-            object_id = f"{job.id}.out{i}"
-            await self._objects.put(object_id, image.data, image.content_type, ttl)
-            ref = ObjectRef(
-                object_id=object_id, content_type=image.content_type, size=len(image.data)
-            )
-            images.append(ResultImage(ref=ref, revised_prompt=image.revised_prompt))
+        stored: tracing.Attributes = {
+            tracing.PREFIX + "images": len(result.images),
+            tracing.PREFIX + "bytes": sum(len(i.data) for i in result.images),
+        }
+        with tracing.span(tracing.PREFIX + "store_images", attributes=stored):
+            for i, image in enumerate(result.images):
+                object_id = f"{job.id}.out{i}"
+                await self._objects.put(object_id, image.data, image.content_type, ttl)
+                ref = ObjectRef(
+                    object_id=object_id, content_type=image.content_type, size=len(image.data)
+                )
+                images.append(ResultImage(ref=ref, revised_prompt=image.revised_prompt))
         return StoredResult(
             created=int(time.time()),
             images=tuple(images),

@@ -10,6 +10,10 @@ Bounded: it fetches only as many messages as it has free slots, so the rest wait
 queue for other workers. Each delivery is handled by `worker/handler.py`. Shutdown: stop
 fetching, let in-flight jobs finish up to the drain deadline, cancel the rest unacked
 (the queue redelivers them to another worker after ack_wait), close.
+
+While it runs, the worker announces itself every `WORKER_BEAT_S` in `backend.presence`
+(its id, concurrency and jobs in flight; GetStats lists it) and removes the announcement
+when it stops.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import socket
 import httpx
 
 from imagejobs.config import Settings
+from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreError
-from imagejobs.runtime import metrics
+from imagejobs.runtime import metrics, tracing
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.factory import open_backend
+from imagejobs.store.presence import WorkerBeat
 from imagejobs.store.protocols import Backend, Delivery
 from imagejobs.worker.handler import DeliveryHandler, Runner, WorkerOptions
 from imagejobs.worker.runner import JobRunner
@@ -64,6 +70,7 @@ class Worker:
     ) -> None:
         self.id = worker_id or default_worker_id()
         self._work = backend.work
+        self._presence = backend.presence
         self._options = options
         self._clock = clock or SystemClock()
         self._handler = DeliveryHandler(backend, runner, self.id, self._options, self._clock)
@@ -85,6 +92,7 @@ class Worker:
         """Take and run jobs until `stop()`; then drain. With `burst`, return as soon as
         the queue has nothing to deliver and no job is in flight."""
         cancels = await self._work.on_cancel(self._handler.abort)
+        beats = asyncio.create_task(self._beat_forever(self._clock.time()))
         log.info("worker %s ready (concurrency %d)", self.id, self._options.worker_concurrency)
         if ready is not None:
             ready.set()
@@ -92,9 +100,27 @@ class Worker:
             await self._loop(burst)
         finally:
             await self._drain()
+            beats.cancel()
             with contextlib.suppress(StoreError):
                 await cancels.close()
+            with contextlib.suppress(StoreError):
+                await self._presence.leave(self.id)
             log.info("worker %s stopped", self.id)
+
+    async def _beat_forever(self, started_at: float) -> None:
+        """Announce this worker now and every WORKER_BEAT_S (a failed beat is skipped:
+        the next one comes soon, and the announcement outlives two missed ones)."""
+        while True:
+            beat = WorkerBeat(
+                id=self.id,
+                concurrency=self._options.worker_concurrency,
+                in_flight=self.in_flight,
+                started_at=started_at,
+                seen_at=self._clock.time(),
+            )
+            with contextlib.suppress(StoreError):
+                await self._presence.beat(beat, constants.WORKER_BEAT_TTL_S)
+            await self._clock.sleep(constants.WORKER_BEAT_S)
 
     async def _loop(self, burst: bool) -> None:
         limit = self._options.worker_concurrency
@@ -148,6 +174,7 @@ class Worker:
 async def serve(settings: Settings) -> None:
     """Run one worker process on JetStream until SIGTERM/SIGINT."""
     worker_id = default_worker_id()
+    flush_spans = tracing.setup(settings, "imagejobs-worker")
     http = httpx.AsyncClient(
         timeout=None,  # each call is bounded by its provider's timeout_s instead
         limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
@@ -173,3 +200,4 @@ async def serve(settings: Settings) -> None:
         finally:
             if metrics_server is not None:
                 await metrics_server.close()
+            flush_spans()
