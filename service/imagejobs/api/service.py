@@ -23,7 +23,7 @@ from imagejobs.domain.errors import (
     StoreError,
     StoreUnavailable,
 )
-from imagejobs.domain.jobs import Job, ObjectRef, StoredRequest
+from imagejobs.domain.jobs import Job, ObjectRef, Status, StoredRequest
 from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.runtime import logs, tracing
@@ -107,6 +107,8 @@ class JobService(JobReader):
         Idempotency-Key, the job that key already made, in its current state). The
         webhook endpoint it names is checked first (400), then a virtual key's policy:
         models (403), TTL cap, rate and concurrency (429)."""
+        if not self.health.accepting:  # fail fast: a lost quorum or an election
+            raise StoreUnavailable(f"the job store cannot accept jobs now: {self.health.reason}")
         job_id = str(uuid.uuid4())
         if webhook:
             await self.webhooks.check(webhook)
@@ -124,22 +126,22 @@ class JobService(JobReader):
         slot = await self.quotas.acquire(policy, job_id) if policy is not None else ""
         try:
             job, revision = await self._record(
-                job_id, request, ttl_s, request_id, caller, slot, webhook
+                job_id, request, ttl_s, request_id, caller, slot, webhook, key
             )
+            if not revision:  # an idempotent duplicate recorded it first
+                await self._release(slot, job_id)
+                return job
+            if self.hooks.after_record is not None:
+                self.hooks.after_record(job)
+            tracing.annotate(job)  # the submit's span: the job's trace starts here
+            logs.tag(job)
+            try:
+                await self.queue.publish(job.id, job.dumps(), revision, tracing.carrier())
+            except BaseException:
+                await self._take_back(job, caller, key)
+                raise
         except BaseException:
             await self._release(slot, job_id)
-            raise
-        if not revision:  # an idempotent duplicate recorded it first
-            await self._release(slot, job_id)
-            return job
-        if self.hooks.after_record is not None:
-            self.hooks.after_record(job)
-        tracing.annotate(job)  # the submit's span: the job's trace starts here
-        logs.tag(job)
-        try:
-            await self.queue.publish(job.id, job.dumps(), revision, tracing.carrier())
-        except BaseException:
-            await self._take_back(job, caller, key)
             raise
         return job
 
@@ -159,7 +161,9 @@ class JobService(JobReader):
             )
         found = await self.records.get(claim.job_id)
         if found is not None:
-            return claim.job_id, (await self._maintain(*found))[0]
+            job, revision = await self._maintain(*found)
+            await self._resume(job, revision)
+            return claim.job_id, job
         if self._clock.time() - claim.created_at > IDEMPOTENT_SUBMIT_GRACE_S:
             raise IdempotencyConflict(
                 "the job of this Idempotency-Key has expired; use a new key",
@@ -167,6 +171,15 @@ class JobService(JobReader):
                 param="idempotency_key",
             )
         return claim.job_id, None  # its first submit is in flight, or died: finish it
+
+    async def _resume(self, job: Job, revision: int) -> None:
+        """An idempotent retry found the key's job: make sure what its first submit may not
+        have finished is done (both writes are idempotent). Its list entry is written
+        again; a pending job without a queue message (its submit died, or timed out,
+        before publishing) is published."""
+        await self.index.add(job.owner, job.kind, job.created_at, job.id)
+        if job.status is Status.PENDING:
+            await self._queue_if_missing(job, revision)
 
     async def _record(
         self,
@@ -177,9 +190,12 @@ class JobService(JobReader):
         caller: Caller,
         slot: str,
         webhook: str,
+        key: str,
     ) -> tuple[Job, int]:
         """Upload, then create and index the record. (job, its revision) if this call
-        created it; (the existing job, 0) if an idempotent duplicate did first."""
+        created it; (the existing job, 0) if an idempotent duplicate did first. A record
+        whose index write failed is taken back (`_take_back`) before the error is raised:
+        an accepted job is always in its owner's list."""
         nonce = secrets.token_hex(4)  # duplicates of one idempotent submit never share objects
         uploads = [(f"{nonce}.in{i}", u) for i, u in enumerate(request.images)]
         if request.mask is not None:
@@ -215,10 +231,11 @@ class JobService(JobReader):
             if found is None:
                 raise StoreUnavailable("job record vanished during an idempotent submit")
             return found[0], 0
-        for outcome in (created, indexed):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(created, int)
+        if isinstance(created, BaseException):
+            raise created
+        if isinstance(indexed, BaseException):
+            await self._take_back(job, caller, key)
+            raise indexed
         return job, created
 
     async def _upload(self, job_id: str, name: str, upload: Upload) -> ObjectRef:
@@ -232,14 +249,19 @@ class JobService(JobReader):
         )
 
     async def _take_back(self, job: Job, caller: Caller, key: str) -> None:
-        """Undo a submit the queue did not accept: the record, the key and the slot go,
-        so nothing half-made stays (each best effort)."""
-        with contextlib.suppress(StoreError):
+        """Undo a submit that was not accepted (the queue refused it, or a write failed),
+        so nothing half-made stays: the record goes, then the key. If the record cannot be
+        deleted (the store is down), the key stays bound to it, so that the client's retry
+        with that key resumes this job instead of making a second one (`_resume`). A
+        message the queue did take after all (a publish that timed out) finds no record
+        and is dropped by the worker."""
+        try:
             await self.records.delete(job.id)
+        except StoreError:
+            return
         if key:
             with contextlib.suppress(StoreError):
                 await self.idempotency.release(caller.owner, key)
-        await self._release(job.slot, job.id)
 
     async def _release(self, slot: str, job_id: str) -> None:
         """Free a concurrency slot (best effort: a slot left behind is reclaimed)."""

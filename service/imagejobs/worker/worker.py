@@ -182,7 +182,7 @@ async def serve(settings: Settings) -> None:
     async with open_backend(settings, f"imagejobs-worker-{worker_id}") as backend, http:
         worker = Worker(
             backend,
-            JobRunner(settings, backend.objects, http),
+            JobRunner(settings, backend.objects, http, backend.providers),
             options=WorkerOptions.from_settings(settings),
             worker_id=worker_id,
         )
