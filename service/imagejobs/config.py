@@ -46,16 +46,20 @@ class KeySetting(BaseModel):
 
 
 class ProviderSettings(BaseModel):
-    """One provider's section, `[providers.<name>]`. The settings after `concurrency` are
-    vendor-only: which vendor takes which, and their defaults, are stated in the vendor's
-    module (its `Vendor`, read through the registry); empty here means "not given"."""
+    """One provider's section, `[providers.<name>]`. The settings after
+    `requests_per_minute` are vendor-only: which vendor takes which, and their defaults,
+    are stated in the vendor's module (its `Vendor`, read through the registry); empty
+    here means "not given"."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     keys: tuple[KeySetting, ...] = ()
     base_url: str = ""
     timeout_s: float = Field(default=constants.PROVIDER_TIMEOUT_S, gt=0)
     max_retries: int = Field(default=constants.PROVIDER_MAX_RETRIES, ge=0, le=10)
+    # calls in flight to this provider across the whole cluster (and from each worker)
     concurrency: int = Field(default=constants.PROVIDER_CONCURRENCY, ge=1)
+    # requests (retries included) per minute across the cluster; 0 = no limit
+    requests_per_minute: int = Field(default=0, ge=0)
     region: str = ""
     project: str = ""
     api_version: str = ""
@@ -134,7 +138,14 @@ class Settings(BaseSettings):
     api_ports: tuple[int, ...] = ()  # several API processes; empty = (api_port,)
     api_host: str = "127.0.0.1"  # where the gateway finds the API
     nats_port: int = Field(default=4222, ge=1, le=65535)
-    nats_url: str = ""  # comma-separated server list; '' = nats://127.0.0.1:<nats_port>
+    # comma-separated server list; '' = the nodes `imagejobs up` starts (nats_nodes) on
+    # loopback: nats://127.0.0.1:<nats_port + i>
+    nats_url: str = ""
+    # the local cluster `imagejobs up` starts (runtime/natsd.py): nodes, and the first
+    # cluster (route) and monitoring ports; 0 = nats_port + 2000 / + 4000 (6222, 8222)
+    nats_nodes: int = Field(default=1, ge=1, le=5)
+    nats_cluster_port: int = Field(default=0, ge=0, le=65535)
+    nats_http_port: int = Field(default=0, ge=0, le=65535)
     # /metrics: API i on metrics_port + i, workers after them (metrics.py); 0 = none
     metrics_port: int = Field(default=0, ge=0, le=65535)
     public_url: str = ""  # base of result URLs; '' = the caller's Host header
@@ -150,7 +161,12 @@ class Settings(BaseSettings):
     max_job_age_s: float = Field(default=constants.MAX_JOB_AGE_S, gt=0)
     idempotency_ttl_s: int = Field(default=constants.IDEMPOTENCY_TTL_S, ge=1)
     max_wait_s: float = Field(default=constants.MAX_WAIT_S, ge=0)
-    stream_replicas: int = Field(default=1, ge=1, le=5)
+    # replicas of every stream; 0 = min(nats_nodes, 3). Give 3 when connecting to a
+    # cluster someone else runs (nats_url), as docker-compose.yml does
+    stream_replicas: int = Field(default=0, ge=0, le=5)
+    # how long one JetStream request (a write, a read) may take before the call fails
+    # with 503: an election or a lost quorum answers fast instead of hanging
+    store_timeout_s: float = Field(default=constants.STORE_TIMEOUT_S, gt=0)
 
     # workers
     worker_processes: int = Field(default=1, ge=1)
@@ -283,8 +299,22 @@ class Settings(BaseSettings):
     @property
     def nats_servers(self) -> list[str]:
         """The NATS server URLs to connect to."""
-        raw = self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
-        return [u.strip() for u in raw.split(",") if u.strip()]
+        if not self.nats_url:
+            return [f"nats://127.0.0.1:{self.nats_port + i}" for i in range(self.nats_nodes)]
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of every stream: `stream_replicas`, else one per node up to 3."""
+        return self.stream_replicas or min(self.nats_nodes, 3)
+
+    @property
+    def cluster_port_base(self) -> int:
+        return self.nats_cluster_port or self.nats_port + 2000
+
+    @property
+    def http_port_base(self) -> int:
+        return self.nats_http_port or self.nats_port + 4000
 
     @property
     def all_api_ports(self) -> tuple[int, ...]:

@@ -85,7 +85,9 @@ async def test_a_job_is_one_trace_from_the_callers_traceparent_to_the_webhook(
             job_request, ttl_s=600, request_id="req-1", caller=ALICE, webhook="orders"
         )
     async with httpx.AsyncClient() as http:
-        worker = make_worker(backend, JobRunner(settings, backend.objects, http), clock, settings)
+        worker = make_worker(
+            backend, JobRunner(settings, backend.objects, http, backend.providers), clock, settings
+        )
         await worker.run(burst=True)
     found = await backend.records.get(job.id)  # (the runner's own clock is the real one)
     assert found is not None and found[0].status is Status.COMPLETED

@@ -377,7 +377,7 @@ async def test_the_real_runner_with_the_mock_provider(settings: Settings) -> Non
     backend = memory_backend(clock, settings)
     service = JobService(backend, clock=clock)
     async with httpx.AsyncClient() as http:
-        runner = JobRunner(settings, backend.objects, http)
+        runner = JobRunner(settings, backend.objects, http, backend.providers)
         job = await service.submit(
             request(size="16x16"), ttl_s=60, request_id="r", caller=ANONYMOUS
         )

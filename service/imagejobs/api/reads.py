@@ -67,6 +67,7 @@ class JobReader:
         self.changes = backend.changes
         self.outbox = backend.outbox
         self.budgets = backend.budgets
+        self.health = backend.health
         self.presence = backend.presence
         self.limits = limits or ServiceLimits()
         self._clock = clock or SystemClock()
@@ -78,8 +79,12 @@ class JobReader:
 
     async def _read(self, kind: Kind | None, job_id: str, caller: Caller) -> tuple[Job, int]:
         """The job and its revision, if the caller may see it (and it is of `kind`, when
-        one is given: job ids are unique, so the kind only narrows)."""
-        found = await self.records.get(job_id) if is_job_id(job_id) else None
+        one is given: job ids are unique, so the kind only narrows). The latest write is
+        read, so JobNotFound is only ever said of a job that does not exist or has expired;
+        while the store has no leader, only a terminal job can be read (StoreUnavailable
+        otherwise: 503, never a 404 that might be wrong)."""
+        leaderless = not self.health.accepting
+        found = await self.records.get(job_id, leaderless=leaderless) if is_job_id(job_id) else None
         if found is None:
             raise JobNotFound()
         job, revision = found
@@ -151,9 +156,15 @@ class JobReader:
         if len(self._repair_checked) > REPAIR_CHECKS_KEPT:
             self._repair_checked.clear()
         self._repair_checked[job_id] = now
-        if not await self.queue.contains(job_id, owner=job.owner):
-            log.warning("job %s was recorded but never queued; publishing it now", job_id)
-            await self.queue.publish(job_id, job.dumps(), revision, owner=job.owner)
+        await self._queue_if_missing(job, revision)
+
+    async def _queue_if_missing(self, job: Job, revision: int) -> None:
+        """Publish `job` (pending, at `revision`) in its owner's lane when the work queue
+        has no message for it, logging it: its submit died, or timed out, between
+        recording and publishing."""
+        if not await self.queue.contains(job.id, owner=job.owner):
+            log.warning("job %s was recorded but never queued; publishing it now", job.id)
+            await self.queue.publish(job.id, job.dumps(), revision, owner=job.owner)
 
     async def image(
         self, kind: Kind | None, job_id: str, index: int, caller: Caller

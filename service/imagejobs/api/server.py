@@ -1,7 +1,10 @@
 """The API process: a grpc.aio server (ImageJobService, gRPC health, reflection) over one
 NATS connection. It records and enqueues jobs and reads them back; it never calls a
-provider. Stops on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get a grace
-period, then the NATS connection closes.
+provider. Its gRPC health is SERVING only while the job store can accept jobs
+(store/health.py: the job records and the work queue each have a leader with a quorum),
+so that Envoy, and a load balancer asking Envoy's /health, stop sending it work when it
+cannot take any. Stops on SIGTERM/SIGINT: health goes NOT_SERVING, in-flight calls get a
+grace period, then the NATS connection closes.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
     """Run one API server on `port` until cancelled or signalled."""
     hooks = hooks_for(settings)
     flush_spans = tracing.setup(settings, "imagejobs-api")
-    async with open_backend(settings, f"imagejobs-api-{port}", watch_changes=True) as backend:
+    async with open_backend(
+        settings, f"imagejobs-api-{port}", watch_changes=True, probe_health=True
+    ) as backend:
         service = JobService(
             backend,
             limits=ServiceLimits.from_settings(settings),
@@ -91,8 +96,9 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
         address = f"{settings.api_host}:{port}"
         server.add_insecure_port(address)
         await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        serving = _ServingStatus(health_servicer)
+        backend.health.on_change(serving.store_changed)
+        await serving.set(backend.health.accepting)
         log.info("api listening on %s", address)
         _log_key_mode(settings)
         if ready is not None:
@@ -101,6 +107,7 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
             await _until_signalled()
         finally:
             log.info("api stopping")
+            serving.stopping = True
             await health_servicer.enter_graceful_shutdown()
             # long-polls answer now and watches end (clients re-attach elsewhere); other
             # calls get the grace period to finish
@@ -110,6 +117,32 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
                 await metrics_server.close()
             flush_spans()
     log.info("api stopped")
+
+
+class _ServingStatus:
+    """The gRPC health of this process, following the store's ability to accept jobs;
+    NOT_SERVING for good once `stopping`."""
+
+    def __init__(self, servicer: health.aio.HealthServicer) -> None:
+        self._servicer = servicer
+        self._pending: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    async def set(self, accepting: bool) -> None:
+        if self.stopping:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if accepting
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._servicer.set(name, status)
+
+    def store_changed(self, accepting: bool) -> None:
+        task = asyncio.create_task(self.set(accepting))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
 
 async def _until_signalled() -> None:

@@ -26,7 +26,7 @@ from imagejobs.domain.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from imagejobs.domain.jobs import Job, ObjectRef, StoredRequest
+from imagejobs.domain.jobs import Job, ObjectRef, Status, StoredRequest
 from imagejobs.domain.keys import Caller, KeyPolicy
 from imagejobs.domain.kinds import Kind
 from imagejobs.providers.pricing import PriceTable
@@ -118,6 +118,8 @@ class JobService(JobReader):
         webhook endpoint it names is checked first (400), then a virtual key's policy:
         models and prices (403), TTL cap, rate (429), then its queue bound (429), budget
         (402) and concurrency (429)."""
+        if not self.health.accepting:  # fail fast: a lost quorum or an election
+            raise StoreUnavailable(f"the job store cannot accept jobs now: {self.health.reason}")
         job_id = str(uuid.uuid4())
         if webhook:
             await self.webhooks.check(webhook)
@@ -137,25 +139,25 @@ class JobService(JobReader):
         hold, slot = await self._admit(policy, caller.owner, job_id, estimate)
         try:
             job, revision = await self._record(
-                job_id, request, ttl_s, request_id, caller, slot, webhook, hold=hold
+                job_id, request, ttl_s, request_id, caller, slot, webhook, key, hold=hold
             )
+            if not revision:  # an idempotent duplicate recorded it first (and shares the hold)
+                await self._release(slot, job_id)
+                return job
+            if self.hooks.after_record is not None:
+                self.hooks.after_record(job)
+            tracing.annotate(job)  # the submit's span: the job's trace starts here
+            logs.tag(job)
+            try:
+                await self.queue.publish(
+                    job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner
+                )
+            except BaseException:
+                await self._take_back(job, caller, key)
+                raise
         except BaseException:
             await self._release(slot, job_id)
             await self.governance.release(hold, job_id)
-            raise
-        if not revision:  # an idempotent duplicate recorded it first (and shares the hold)
-            await self._release(slot, job_id)
-            return job
-        if self.hooks.after_record is not None:
-            self.hooks.after_record(job)
-        tracing.annotate(job)  # the submit's span: the job's trace starts here
-        logs.tag(job)
-        try:
-            await self.queue.publish(
-                job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner
-            )
-        except BaseException:
-            await self._take_back(job, caller, key)
             raise
         return job
 
@@ -200,7 +202,9 @@ class JobService(JobReader):
             )
         found = await self.records.get(claim.job_id)
         if found is not None:
-            return claim.job_id, (await self._maintain(*found))[0]
+            job, revision = await self._maintain(*found)
+            await self._resume(job, revision)
+            return claim.job_id, job
         if self._clock.time() - claim.created_at > IDEMPOTENT_SUBMIT_GRACE_S:
             raise IdempotencyConflict(
                 "the job of this Idempotency-Key has expired; use a new key",
@@ -208,6 +212,15 @@ class JobService(JobReader):
                 param="idempotency_key",
             )
         return claim.job_id, None  # its first submit is in flight, or died: finish it
+
+    async def _resume(self, job: Job, revision: int) -> None:
+        """An idempotent retry found the key's job: make sure what its first submit may not
+        have finished is done (both writes are idempotent). Its list entry is written
+        again; a pending job without a queue message (its submit died, or timed out,
+        before publishing) is published."""
+        await self.index.add(job.owner, job.kind, job.created_at, job.id)
+        if job.status is Status.PENDING:
+            await self._queue_if_missing(job, revision)
 
     async def _record(
         self,
@@ -218,11 +231,14 @@ class JobService(JobReader):
         caller: Caller,
         slot: str,
         webhook: str,
+        key: str,
         *,
         hold: BudgetHold | None = None,
     ) -> tuple[Job, int]:
         """Upload, then create and index the record. (job, its revision) if this call
-        created it; (the existing job, 0) if an idempotent duplicate did first."""
+        created it; (the existing job, 0) if an idempotent duplicate did first. A record
+        whose index write failed is taken back (`_take_back`) before the error is raised:
+        an accepted job is always in its owner's list."""
         nonce = secrets.token_hex(4)  # duplicates of one idempotent submit never share objects
         uploads = [(f"{nonce}.in{i}", u) for i, u in enumerate(request.images)]
         if request.mask is not None:
@@ -259,10 +275,11 @@ class JobService(JobReader):
             if found is None:
                 raise StoreUnavailable("job record vanished during an idempotent submit")
             return found[0], 0
-        for outcome in (created, indexed):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(created, int)
+        if isinstance(created, BaseException):
+            raise created
+        if isinstance(indexed, BaseException):
+            await self._take_back(job, caller, key)
+            raise indexed
         return job, created
 
     async def _upload(self, job_id: str, name: str, upload: Upload) -> ObjectRef:
@@ -276,15 +293,20 @@ class JobService(JobReader):
         )
 
     async def _take_back(self, job: Job, caller: Caller, key: str) -> None:
-        """Undo a submit the queue did not accept: the record, the key, the slot and the
-        budget reservation go, so nothing half-made stays (each best effort)."""
-        with contextlib.suppress(StoreError):
+        """Undo a submit that was not accepted (the queue refused it, or a write failed),
+        so nothing half-made stays: the record goes, then the key (the caller frees the
+        slot and the budget reservation). If the record cannot be deleted (the store is
+        down), the key stays bound to it, so that the client's retry with that key
+        resumes this job instead of making a second one (`_resume`). A message the queue
+        did take after all (a publish that timed out) finds no record and is dropped by
+        the worker."""
+        try:
             await self.records.delete(job.id)
+        except StoreError:
+            return
         if key:
             with contextlib.suppress(StoreError):
                 await self.idempotency.release(caller.owner, key)
-        await self._release(job.slot, job.id)
-        await self.governance.release(job.budget, job.id)
 
     async def _release(self, slot: str, job_id: str) -> None:
         """Free a concurrency slot (best effort: a slot left behind is reclaimed)."""

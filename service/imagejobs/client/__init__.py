@@ -15,7 +15,7 @@ and the generated messages.
 
 from __future__ import annotations
 
-from imagejobs.client.aio import AsyncClient
+from imagejobs.client.aio import AsyncClient, Shaping
 from imagejobs.client.errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -31,7 +31,7 @@ from imagejobs.client.errors import (
     ServerUnavailable,
     WaitTimeout,
 )
-from imagejobs.client.options import DEFAULT_SERVER, RetryPolicy
+from imagejobs.client.options import DEFAULT_SERVER, ClientOptions, RetryPolicy
 from imagejobs.client.sync import Client
 from imagejobs.client.types import Image, Job, JobResult, KeyUsage, TokenDetails, Usage
 from imagejobs.domain.jobs import Status
@@ -44,6 +44,7 @@ __all__ = [
     "BudgetExceeded",
     "Client",
     "ClientError",
+    "ClientOptions",
     "Conflict",
     "DeadlineExceeded",
     "Image",
@@ -59,6 +60,7 @@ __all__ = [
     "RateLimited",
     "RetryPolicy",
     "ServerUnavailable",
+    "Shaping",
     "Status",
     "TokenDetails",
     "Usage",

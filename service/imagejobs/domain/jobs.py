@@ -209,23 +209,17 @@ class Job(BaseModel):
     def with_attempts(self, attempts: int) -> Job:
         return self.model_copy(update={"attempts": attempts})
 
-    def complete(self, result: StoredResult, now: float) -> Job:
+    def _end(self, to: Status, now: float, status_code: int, **changes: Any) -> Job:
+        """The move to a terminal state: the result's lifetime starts `now`."""
         return self._move(
-            Status.COMPLETED,
-            result=result,
-            status_code=200,
-            completed_at=now,
-            expires_at=now + self.ttl_s,
+            to, status_code=status_code, completed_at=now, expires_at=now + self.ttl_s, **changes
         )
 
+    def complete(self, result: StoredResult, now: float) -> Job:
+        return self._end(Status.COMPLETED, now, 200, result=result)
+
     def fail(self, error: StoredError, now: float) -> Job:
-        return self._move(
-            Status.FAILED,
-            error=error,
-            status_code=error.status_code,
-            completed_at=now,
-            expires_at=now + self.ttl_s,
-        )
+        return self._end(Status.FAILED, now, error.status_code, error=error)
 
     def cancel(self, now: float) -> Job:
         error = StoredError(
@@ -234,13 +228,7 @@ class Job(BaseModel):
             code=ErrorCode.CANCELLED,
             message="job cancelled",
         )
-        return self._move(
-            Status.CANCELLED,
-            error=error,
-            status_code=499,
-            completed_at=now,
-            expires_at=now + self.ttl_s,
-        )
+        return self._end(Status.CANCELLED, now, 499, error=error)
 
 
 def age_limit_error(max_age_s: float) -> StoredError:

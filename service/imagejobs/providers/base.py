@@ -236,6 +236,20 @@ class Provider(Protocol):
 ProviderFactory = Callable[[ProviderConfig, httpx.AsyncClient], Provider]
 
 
+class WrappedProvider:
+    """A provider that adds something around another's `run` (its timing, its span):
+    it answers to the inner provider's name and operations. Subclasses override `run`
+    and call `self._inner.run`."""
+
+    def __init__(self, inner: Provider) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.operations = inner.operations
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        return await self._inner.run(request)
+
+
 class Clock(Protocol):
     """Time as the retry loop and task polling see it. Tests pass a fake whose `sleep`
     records the delay asked for and returns at once."""

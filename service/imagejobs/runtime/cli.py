@@ -69,6 +69,12 @@ def main(ctx: click.Context, config: str | None) -> None:
 @click.option("--api-processes", type=int, default=None, help="API processes (default 1).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
 @click.option("--nats-port", type=int, help="nats-server port (default 4222).")
+@click.option(
+    "--nats-nodes",
+    type=click.IntRange(1, 5),
+    default=None,
+    help="JetStream nodes to run as a local cluster (default 1; 3 for replicas 3).",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="NATS store and logs.")
 @click.pass_context
 def up(
@@ -78,10 +84,12 @@ def up(
     api_processes: int | None,
     workers: int | None,
     nats_port: int | None,
+    nats_nodes: int | None,
     data_dir: str | None,
 ) -> None:
-    """Start nats-server, the API, workers and Envoy; Ctrl-C stops them all. Each of
-    them reads the same --config file."""
+    """Start nats-server (one node, or a local cluster), the API, workers and Envoy, and
+    restart any of them that dies; Ctrl-C stops them all. Each of them reads the same
+    --config file."""
     from imagejobs.runtime.supervisor import run_up
 
     settings = _settings(
@@ -90,6 +98,7 @@ def up(
         api_port=api_port,
         worker_processes=workers,
         nats_port=nats_port,
+        nats_nodes=nats_nodes,
         data_dir=data_dir,
     )
     if api_processes:
@@ -157,14 +166,48 @@ def gateway_cmd(
 
 
 @main.command()
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Client listen address.")
+@click.option("--port", type=int, default=None, help="Client port (default: nats_port).")
+@click.option("--server-name", default="imagejobs", show_default=True, help="Unique per node.")
+@click.option(
+    "--store-dir", type=click.Path(file_okay=False), help="JetStream store (default data_dir/nats)."
+)
+@click.option("--cluster-name", default=None, help="Join a cluster of this name.")
+@click.option(
+    "--cluster", "cluster_listen", default=None, help="Route listen URL, e.g. nats://0.0.0.0:6222."
+)
+@click.option("--routes", default="", help="Comma-separated route URLs of the other nodes.")
+@click.option("--http-port", type=int, default=0, help="Monitoring port (/healthz); 0 = none.")
 @click.pass_context
-def nats(ctx: click.Context, host: str) -> None:
-    """Exec a nats-server with JetStream on nats_port, storing under data_dir/nats."""
+def nats(
+    ctx: click.Context,
+    host: str,
+    port: int | None,
+    server_name: str,
+    store_dir: str | None,
+    cluster_name: str | None,
+    cluster_listen: str | None,
+    routes: str,
+    http_port: int,
+) -> None:
+    """Exec a nats-server with JetStream: one node, or one node of a cluster (give
+    --cluster-name, --cluster and --routes, as docker-compose.yml does)."""
     from imagejobs.runtime import natsd
 
     settings = _settings(ctx)
-    argv = natsd.command(host, settings.nats_port, Path(settings.data_dir) / "nats")
+    try:
+        cluster = natsd.cluster_options(cluster_name, cluster_listen, routes)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    node = natsd.NatsNode(
+        name=server_name,
+        host=host,
+        port=port or settings.nats_port,
+        store_dir=Path(store_dir or Path(settings.data_dir) / "nats"),
+        http_port=http_port,
+        **cluster,
+    )
+    argv = natsd.command(node)
     os.execv(argv[0], argv)
 
 

@@ -54,7 +54,13 @@ from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
 from imagejobs.domain.keys import key_label
 from imagejobs.domain.kinds import Kind
-from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
+from imagejobs.providers.base import (
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    ProviderResult,
+    WrappedProvider,
+)
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.store.protocols import Presence, QueueDepth
 
@@ -225,13 +231,8 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
-class TimedProvider:
+class TimedProvider(WrappedProvider):
     """A provider whose every `run` is observed in `imagejobs_provider_call_seconds`."""
-
-    def __init__(self, inner: Provider) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.operations = inner.operations
 
     async def run(self, request: ProviderRequest) -> ProviderResult:
         started = time.perf_counter()

@@ -1,8 +1,11 @@
-"""`imagejobs up`: the whole stack on one machine, in the foreground.
+"""`imagejobs up`: the whole stack on one machine, in the foreground, supervised.
 
 Start order; each child is ready before the next one starts:
 
-1. nats-server        ready when it accepts TCP on `nats_port`
+1. nats-server node(s) `nats_nodes` of them (runtime/natsd.py): one node is ready when it
+                      accepts TCP on `nats_port`; a cluster's nodes start together (they
+                      elect a meta leader among themselves) and each is ready when its
+                      monitoring /healthz answers 200
 2. API process(es)    all spawned at once; each ready when it accepts TCP on its port
 3. worker process(es) one at a time; ready when its log says "ready"
 4. webhook dispatcher(s), when `[[webhooks]]` are configured: as workers
@@ -11,14 +14,19 @@ Start order; each child is ready before the next one starts:
 While waiting, a child that has exited fails the start at once (`StartFailed`, naming
 it and showing its last log lines) instead of waiting out READY_TIMEOUT_S. Every child
 gets the config file `up` read (IMAGEJOBS_CONFIG, absolute), so it sees the same keys,
-providers and quotas. Each child's output goes to `<data_dir>/logs/<name>.log` and,
-prefixed with its name, to the console.
+providers and quotas, and every NATS URL. Each child's output goes to
+`<data_dir>/logs/<name>.log` and, prefixed with its name, to the console.
+
+Once started, the stack is supervised: a child that dies is logged (`[up] <name> exited
+with code N; restarting in D s`) and restarted with the same command, after a backoff
+(runtime/children.py: 1 s doubling to 30 s, reset once it stays up a minute); the rest of
+the stack keeps running.
 
 Stop order is the reverse, one child at a time, each given SIGTERM and its own grace
 period (STOP_GRACE_S) before SIGKILL: Envoy (no new requests), dispatchers (their
 in-flight attempts end; waiting retries stay in the outbox), workers (they finish their
-in-flight jobs while NATS is still up), APIs, nats-server last. Ctrl-C or SIGTERM
-stops the stack; so does a child that dies on its own.
+in-flight jobs while NATS is still up), APIs, nats-server last. Ctrl-C or SIGTERM stops
+the stack.
 """
 
 from __future__ import annotations
@@ -27,13 +35,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
-import textwrap
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -43,14 +46,23 @@ from imagejobs.config import Settings
 from imagejobs.domain.errors import ConfigError
 from imagejobs.runtime import natsd
 from imagejobs.runtime.binaries import imagejobs_command
+from imagejobs.runtime.children import (
+    Check,
+    Child,
+    http_ok,
+    last_lines,
+    log_contains,
+    port_free,
+    pump,
+    tcp_accepts,
+)
+
+__all__ = ["Child", "StartFailed", "Supervisor", "run_up"]
 
 READY_TIMEOUT_S = 30.0  # one child, from spawn to ready
 READY_POLL_S = 0.1
 PUMP_DRAIN_S = 2.0  # to copy a dead child's last output into its log
-LAST_LINES = 20  # of a dead child's log, in the error
 STOP_GRACE_S = {"gateway": 5.0, "api": 10.0, "worker": 40.0, "dispatcher": 20.0, "nats": 10.0}
-
-Check = Callable[[], Awaitable[bool]]
 
 
 class StartFailed(RuntimeError):
@@ -58,80 +70,8 @@ class StartFailed(RuntimeError):
     the end of its log)."""
 
 
-@dataclass
-class Child:
-    """One process of the stack: `name` is its log's name, `role` picks its grace."""
-
-    name: str
-    role: str
-    argv: list[str]
-    process: asyncio.subprocess.Process | None = None
-    pump: asyncio.Task[None] | None = None
-
-
-async def _pump(child: Child, log_path: Path, echo: bool) -> None:
-    """Copy the child's output, line by line, to its log (and the console if `echo`)."""
-    assert child.process is not None
-    assert child.process.stdout is not None
-    with log_path.open("ab") as log:
-        async for line in child.process.stdout:
-            log.write(line)
-            log.flush()
-            if echo:
-                sys.stdout.write(f"[{child.name}] {line.decode(errors='replace')}")
-                sys.stdout.flush()
-
-
-def tcp_accepts(host: str, port: int) -> Check:
-    """A check: does something accept TCP connections on host:port?"""
-
-    async def accepts() -> bool:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            return False
-        writer.close()
-        return True
-
-    return accepts
-
-
-def http_ok(client: httpx.AsyncClient, url: str) -> Check:
-    """A check: does GET `url` answer 200 (within 2 s)?"""
-
-    async def ok() -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return (await client.get(url, timeout=2)).status_code == 200
-        return False
-
-    return ok
-
-
-def log_contains(path: Path, needle: str) -> Check:
-    """A check: does the log file `path` contain `needle` yet?"""
-
-    def contains() -> bool:
-        return path.exists() and needle in path.read_text(errors="replace")
-
-    return lambda: asyncio.to_thread(contains)
-
-
-def last_lines(path: Path, count: int = LAST_LINES) -> str:
-    """The last `count` lines of a log file, indented, or a note that it is empty."""
-    if not path.exists():
-        return "  (no output)"
-    with path.open(errors="replace") as f:
-        tail = "".join(deque(f, maxlen=count)).rstrip()
-    return textwrap.indent(tail, "  ") if tail else "  (no output)"
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
-
-
 class Supervisor:
-    """Starts and stops the children of `imagejobs up` (order: module docstring).
+    """Starts, supervises and stops the children of `imagejobs up` (module docstring).
 
     `config_path` is the settings file `settings` were read from (None: none); every
     child is given it. `echo` copies the children's output to our stdout."""
@@ -150,7 +90,10 @@ class Supervisor:
         self.echo = echo
         self.data_dir = Path(settings.data_dir).resolve()
         self.log_dir = self.data_dir / "logs"
+        self.nats_nodes = natsd.local_cluster(settings, self.data_dir)
         self.children: list[Child] = []
+        self._stopping = asyncio.Event()
+        self._watchers: list[asyncio.Task[None]] = []
 
     def child_env(self) -> dict[str, str]:
         """Our environment, plus what every child must agree on: the config file (ours
@@ -164,6 +107,7 @@ class Supervisor:
         env.update(
             {
                 "IMAGEJOBS_NATS_URL": ",".join(s.nats_servers),
+                "IMAGEJOBS_STREAM_REPLICAS": str(s.replicas),
                 "IMAGEJOBS_GATEWAY_PORT": str(s.gateway_port),
                 "IMAGEJOBS_HOST": s.host,
                 "IMAGEJOBS_DATA_DIR": str(self.data_dir),
@@ -176,7 +120,8 @@ class Supervisor:
         return self.log_dir / f"{child.name}.log"
 
     async def spawn(self, child: Child) -> Child:
-        """Start `child` (in its own session, with child_env()) and its log pump; no wait."""
+        """Start `child` (in its own session, with child_env()) and its log pump; no wait.
+        A child spawned again (a restart) keeps its place and its log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         child.process = await asyncio.create_subprocess_exec(
             *child.argv,
@@ -185,8 +130,10 @@ class Supervisor:
             env=self.child_env(),
             start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
         )
-        child.pump = asyncio.create_task(_pump(child, self.log_path(child), self.echo))
-        self.children.append(child)
+        child.started_at = time.monotonic()
+        child.pump = asyncio.create_task(pump(child, self.log_path(child), self.echo))
+        if child not in self.children:
+            self.children.append(child)
         return child
 
     async def exit_report(self, child: Child) -> str:
@@ -207,7 +154,7 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not await check():
             for c in self.children:
-                if c.process is not None and c.process.returncode is not None:
+                if c.exited:
                     raise StartFailed(f"while starting: {await self.exit_report(c)}")
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -229,13 +176,28 @@ class Supervisor:
                 await self._start_worker(f"dispatcher-{i + 1}", "dispatcher")
         await self._start_gateway()
 
+    def nats_log_name(self, node: natsd.NatsNode) -> str:
+        return node.name if len(self.nats_nodes) > 1 else "nats"
+
     async def _start_nats(self) -> None:
-        port = self.settings.nats_port
-        if not port_free("127.0.0.1", port):
-            raise RuntimeError(f"port {port} is taken: is another nats-server running?")
-        argv = natsd.command("127.0.0.1", port, self.data_dir / "nats")
-        nats = await self.spawn(Child("nats", "nats", argv))
-        await self.wait_ready(nats, tcp_accepts("127.0.0.1", port), "nats-server")
+        for node in self.nats_nodes:
+            for port in (node.port, node.cluster_port, node.http_port):
+                if port and not port_free("127.0.0.1", port):
+                    raise RuntimeError(
+                        f"port {port} is taken ({node.name}): is another nats-server running?"
+                    )
+        started = [
+            (node, await self.spawn(Child(self.nats_log_name(node), "nats", natsd.command(node))))
+            for node in self.nats_nodes
+        ]
+        async with httpx.AsyncClient() as client:
+            for node, child in started:
+                ready = (
+                    http_ok(client, node.healthz_url)
+                    if node.healthz_url
+                    else tcp_accepts("127.0.0.1", node.port)
+                )
+                await self.wait_ready(child, ready, f"nats-server {node.name}")
 
     async def _start_apis(self) -> None:
         ports = self.settings.all_api_ports
@@ -261,9 +223,40 @@ class Supervisor:
         async with httpx.AsyncClient() as client:
             await self.wait_ready(envoy, http_ok(client, url), f"{url} not healthy")
 
+    # --- after the start ---------------------------------------------------------------
+
+    def supervise(self) -> None:
+        """From now on, restart every child that dies (module docstring)."""
+        self._watchers = [asyncio.create_task(self._keep_running(c)) for c in self.children]
+
+    async def _keep_running(self, child: Child) -> None:
+        while child.process is not None:
+            code = await child.process.wait()
+            if self._stopping.is_set():
+                return
+            delay = child.policy.delay_s(time.monotonic() - child.started_at)
+            child.restarts += 1
+            print(
+                f"[up] {child.name} exited with code {code}; restarting in {delay:g} s "
+                f"(restart {child.restarts}); its last log lines:\n"
+                f"{last_lines(self.log_path(child), 5)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return
+            await self.spawn(child)
+            print(f"[up] {child.name} restarted", file=sys.stderr, flush=True)
+
     async def stop(self) -> None:
-        """Stop the children in reverse start order, each SIGTERM then, after its grace
-        period, SIGKILL; then wait briefly for their output to reach the logs."""
+        """Stop supervising, then stop the children in reverse start order, each SIGTERM
+        then, after its grace period, SIGKILL; then wait briefly for their output to
+        reach the logs."""
+        self._stopping.set()
+        for watcher in self._watchers:
+            watcher.cancel()
         for child in reversed(self.children):
             proc = child.process
             if proc is None or proc.returncode is not None:
@@ -281,42 +274,23 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(child.pump, PUMP_DRAIN_S)
 
-    async def wait_any_exit(self) -> Child:
-        """The first child to exit (blocks until one does)."""
-        waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process}
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        return waits[next(iter(done))]
 
-
-async def _serve(sup: Supervisor, stop: asyncio.Event) -> int:
-    """Start, then run until `stop` is set (0) or a child dies (1)."""
-    await sup.start()
+def _ready_line(sup: Supervisor) -> str:
     s = sup.settings
-    print(
+    nats = ", ".join(str(n.port) for n in sup.nats_nodes)
+    cluster = f" (a cluster of {len(sup.nats_nodes)})" if len(sup.nats_nodes) > 1 else ""
+    return (
         f"imagejobs is ready: REST and gRPC on http://{s.host}:{s.gateway_port} "
-        f"(API on {', '.join(map(str, s.all_api_ports))}, NATS on {s.nats_port}); "
-        f"logs in {sup.log_dir}. Ctrl-C stops.",
-        flush=True,
+        f"(API on {', '.join(map(str, s.all_api_ports))}, NATS on {nats}{cluster}, "
+        f"streams with {s.replicas} replica{'s' if s.replicas > 1 else ''}); "
+        f"logs in {sup.log_dir}. Ctrl-C stops."
     )
-    stopper = asyncio.create_task(stop.wait())
-    died = asyncio.create_task(sup.wait_any_exit())
-    try:
-        await asyncio.wait({stopper, died}, return_when=asyncio.FIRST_COMPLETED)
-        if not died.done():
-            return 0
-        print(f"{await sup.exit_report(died.result())}\nstopping", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        stopper.cancel()
-        died.cancel()
 
 
 async def run_up(settings: Settings, config_path: str | os.PathLike[str] | None = None) -> int:
-    """Start everything, wait for Ctrl-C or a component's death, stop everything.
+    """Start everything, supervise it until Ctrl-C/SIGTERM, stop everything.
     `config_path`: the settings file `settings` came from, handed to every child.
-    Returns the exit code: 0 after Ctrl-C/SIGTERM, 1 if the start failed or a child died."""
+    Returns the exit code: 0 after Ctrl-C/SIGTERM, 1 if the start failed."""
     sup = Supervisor(settings, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -324,7 +298,11 @@ async def run_up(settings: Settings, config_path: str | os.PathLike[str] | None 
         loop.add_signal_handler(sig, stop.set)
     code = 1
     try:
-        code = await _serve(sup, stop)
+        await sup.start()
+        print(_ready_line(sup), flush=True)
+        sup.supervise()
+        await stop.wait()
+        code = 0
     except (TimeoutError, RuntimeError, OSError, ConfigError) as exc:
         print(f"imagejobs up failed: {exc}\n(logs in {sup.log_dir})", file=sys.stderr, flush=True)
     finally:

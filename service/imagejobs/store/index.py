@@ -20,14 +20,13 @@ import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import InvalidRequest
 from imagejobs.domain.kinds import Kind
-from imagejobs.store.jetstream import nats_errors
+from imagejobs.store.jetstream import nats_errors, publish
 
 ANONYMOUS = "anon"  # the subject token of callers without a key
 
@@ -95,18 +94,17 @@ def newest_first(subjects: Iterable[str]) -> list[Entry]:
 class JetStreamIndex:
     """`JobIndex` on the JOBINDEX stream; entries live `ttl_s` seconds."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, ttl_s: int) -> None:
-        self._nc = nc
+    def __init__(self, js: JetStreamContext, ttl_s: int) -> None:
         self._js = js
         self._ttl_s = ttl_s
 
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
-        """Index a job. Sent without waiting for JetStream's acknowledgement (a third of
-        a submit's cost otherwise): the index serves lists only, and the job itself is
-        safe in the record and the queue either way."""
+        """Index a job, acknowledged by JetStream (StoreUnavailable if it was not): an
+        unacknowledged entry can be lost while a stream leader moves, and the job would
+        be missing from its owner's list for good. A repeat (a retried submit) rewrites
+        the same subject."""
         subject = index_subject(owner, kind, created_s, job_id)
-        with nats_errors("job index write"):
-            await self._nc.publish(subject, b"", headers={"Nats-TTL": f"{self._ttl_s}s"})
+        await publish(self._js, subject, b"", what="job index write", ttl_s=self._ttl_s)
 
     async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
         """The caller's indexed jobs (of one kind, or all), newest first."""

@@ -37,12 +37,14 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.store.budgets import KeyBudgets
 from imagejobs.store.clock import Clock
 from imagejobs.store.deliveries import DeliveryRecords
+from imagejobs.store.health import MemoryHealth
 from imagejobs.store.idempotency import IdempotencyClaims
 from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
 from imagejobs.store.presence import ALL_WORKERS, WorkerBeat, parse_beats, presence_subject
 from imagejobs.store.protocols import Backend, StoredObject
+from imagejobs.store.provider_limits import ProviderSlots, lease_s_for
 from imagejobs.store.quotas import KeyQuotas, slot_ttl_s
 from imagejobs.store.records import JobRecords, job_id_of_record
 
@@ -86,9 +88,18 @@ class MemorySubjects:
             return None
         return message
 
-    async def last(self, subject: str) -> tuple[bytes, int]:
+    def _last(self, subject: str) -> tuple[bytes, int]:
         message = self._live(subject)
         return (message.data, message.seq) if message is not None else (b"", 0)
+
+    async def last(self, subject: str) -> tuple[bytes, int]:
+        return self._last(subject)
+
+    async def any_copy(self, subject: str) -> tuple[bytes, int]:
+        return self._last(subject)  # one copy: always the latest
+
+    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
+        return {s: self._last(s) for s in await self.subjects(pattern)}
 
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
@@ -241,6 +252,10 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         outbox=outbox,
         outbox_work=outbox,
         deliveries=DeliveryRecords(MemorySubjects(clock)),
+        health=MemoryHealth(),
+        providers=ProviderSlots(
+            MemorySubjects(clock), MemoryCounters(clock), lease_s=lease_s_for(settings), clock=clock
+        ),
         budgets=KeyBudgets(
             limits,
             MemoryCounters(

@@ -7,8 +7,12 @@ slowly, so this is a small one of our own on the IMAGES stream (allow_msg_ttl):
     imagejobs.obj.meta.<id>    JSON {size, chunks, first_seq, sha256, content_type}, TTL = ttl
 
 Chunks are written first and outlive the meta record, so a reader that finds the meta
-always finds every chunk. Reads are one direct get of the meta and one batched direct get
-of the chunks (NATS >= 2.11), joined once.
+always finds every chunk. A read is one get of the meta from the stream's leader and one
+batched direct get of the chunks (NATS >= 2.11), joined once. On a cluster the batch may be
+answered by a replica that has not applied the latest chunks yet: it then ends early, and
+the chunks it lacked are read from the leader, which has every acknowledged one. An object
+never changes once written, so while there is no leader its meta may come from any
+replica (but "none there" is then StoreUnavailable, not "absent").
 """
 
 from __future__ import annotations
@@ -16,27 +20,43 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from typing import TypedDict
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from imagejobs.domain import constants
-from imagejobs.domain.errors import StoreError
-from imagejobs.store.jetstream import last_on_subject, nats_errors, publish
+from imagejobs.domain.errors import StoreError, StoreUnavailable
+from imagejobs.store.jetstream import (
+    any_replica_last,
+    direct_batch,
+    last_on_subject,
+    nats_errors,
+    publish,
+)
 from imagejobs.store.protocols import StoredObject
 
 _META = f"{constants.OBJECT_SUBJECT_PREFIX}.meta."
 _CHUNK = f"{constants.OBJECT_SUBJECT_PREFIX}.chunk."
-_READ_TIMEOUT_S = 10.0
 _CHUNK_BUFFER_BYTES = 256 * 1024 * 1024  # a reader's subscription holds a whole object
 
 
-class JetStreamObjects:
-    """`ObjectStore` on the IMAGES stream."""
+class _Meta(TypedDict):
+    size: int
+    chunks: int
+    first_seq: int
+    sha256: str
+    content_type: str
 
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+
+class JetStreamObjects:
+    """`ObjectStore` on the IMAGES stream; a read waits `timeout_s` at most for a chunk."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, timeout_s: float) -> None:
         self._nc = nc
         self._js = js
+        self._timeout_s = timeout_s
 
     async def put(self, object_id: str, data: bytes, content_type: str, ttl_s: int) -> int:
         """Store `data` under `object_id` for `ttl_s` seconds. Returns its size."""
@@ -51,7 +71,7 @@ class JetStreamObjects:
                 for p in pieces
             )
         )
-        meta = {
+        meta: _Meta = {
             "size": len(data),
             "chunks": len(pieces),
             "first_seq": min(seqs),
@@ -65,36 +85,68 @@ class JetStreamObjects:
 
     async def get(self, object_id: str) -> StoredObject | None:
         """The object, or None when it is absent or expired."""
-        data, _ = await last_on_subject(
-            self._js, constants.OBJECT_STREAM, _META + object_id, "object read"
-        )
-        if not data:
+        meta = await self._meta(object_id)
+        if meta is None:
             return None
-        meta = json.loads(data)
-        chunks = await self._read_chunks(object_id, int(meta["first_seq"]), int(meta["chunks"]))
-        joined = b"".join(chunks)
+        first, count = meta["first_seq"], meta["chunks"]
+        chunks = await self._read_chunks(object_id, first, count)
+        if len(chunks) < count:  # a replica behind the latest writes answered the batch
+            after = chunks[-1][0] + 1 if chunks else first
+            chunks += await self._chunks_from_leader(object_id, after, count - len(chunks))
+        joined = b"".join(data for _, data in chunks)
         if len(joined) != meta["size"] or hashlib.sha256(joined).hexdigest() != meta["sha256"]:
             raise StoreError(f"object {object_id} is corrupt or incomplete")
         return StoredObject(data=joined, content_type=str(meta["content_type"]))
 
-    async def _read_chunks(self, object_id: str, first_seq: int, count: int) -> list[bytes]:
-        request = {"seq": first_seq, "next_by_subj": _CHUNK + object_id, "batch": count}
+    async def _meta(self, object_id: str) -> _Meta | None:
+        """The object's meta record from the leader; while there is none, from any replica
+        (an object never changes), StoreUnavailable if that one lacks it."""
+        subject = _META + object_id
+        try:
+            data, _ = await last_on_subject(
+                self._js, constants.OBJECT_STREAM, subject, "object read"
+            )
+        except StoreUnavailable:
+            data, _ = await any_replica_last(
+                self._js, constants.OBJECT_STREAM, subject, "object read"
+            )
+            if not data:
+                raise
+        if not data:
+            return None
+        meta: _Meta = json.loads(data)
+        return meta
+
+    async def _read_chunks(
+        self, object_id: str, first_seq: int, count: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to `count` chunks (sequence, bytes) from `first_seq` on, in one batched direct
+        get; fewer when the replica that answers ends early (it lacks the rest)."""
+        msgs = await direct_batch(
+            self._nc,
+            constants.OBJECT_STREAM,
+            {"seq": first_seq, "next_by_subj": _CHUNK + object_id, "batch": count},
+            "object read",
+            timeout_s=self._timeout_s,
+            buffer_bytes=_CHUNK_BUFFER_BYTES,
+        )
+        return [(int((m.headers or {})["Nats-Sequence"]), m.data) for m in msgs[:count]]
+
+    async def _chunks_from_leader(
+        self, object_id: str, from_seq: int, count: int
+    ) -> list[tuple[int, bytes]]:
+        """`count` chunks from `from_seq` on, one leader get each; StoreError if the leader
+        has fewer (the object is incomplete: its chunks expired)."""
+        chunks: list[tuple[int, bytes]] = []
+        seq = from_seq
         with nats_errors("object read"):
-            inbox = self._nc.new_inbox()
-            sub = await self._nc.subscribe(inbox, pending_bytes_limit=_CHUNK_BUFFER_BYTES)
-            try:
-                await self._nc.publish(
-                    f"$JS.API.DIRECT.GET.{constants.OBJECT_STREAM}",
-                    json.dumps(request).encode(),
-                    reply=inbox,
-                )
-                chunks: list[bytes] = []
-                while len(chunks) < count:
-                    msg = await sub.next_msg(timeout=_READ_TIMEOUT_S)
-                    status = msg.headers.get("Status") if msg.headers else None
-                    if status:  # 404 (nothing) or 204 EOB (ended early)
-                        raise StoreError(f"object {object_id}: chunks missing ({status})")
-                    chunks.append(msg.data)
-                return chunks
-            finally:
-                await sub.unsubscribe()
+            for _ in range(count):
+                try:
+                    msg = await self._js.get_msg(
+                        constants.OBJECT_STREAM, seq=seq, subject=_CHUNK + object_id, next=True
+                    )
+                except NotFoundError:
+                    raise StoreError(f"object {object_id}: chunks missing") from None
+                chunks.append((int(msg.seq or seq), msg.data or b""))
+                seq = chunks[-1][0] + 1
+        return chunks

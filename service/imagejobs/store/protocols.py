@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the value types live with their JetStream implementation
     from imagejobs.store.index import Entry
     from imagejobs.store.notifier import Listener
     from imagejobs.store.presence import WorkerBeat
+    from imagejobs.store.provider_limits import Lease
     from imagejobs.webhooks.delivery import DeliveryRecord
 
 
@@ -44,7 +45,20 @@ class Subjects(Protocol):
 
     async def last(self, subject: str) -> tuple[bytes, int]:
         """The subject's last message data and sequence: (b"", 0) when there is none
-        (never written, or expired); data b"" with a sequence for a delete marker."""
+        (never written, or expired); data b"" with a sequence for a delete marker. Sees
+        every write acknowledged before the call (on a cluster: read from the leader)."""
+        ...
+
+    async def any_copy(self, subject: str) -> tuple[bytes, int]:
+        """As `last`, from any copy of the stream (on a cluster: any replica, also while
+        there is no leader): maybe an older value, and (b"", 0) may only mean that copy
+        lacks it. Only for values that never change once written."""
+        ...
+
+    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
+        """The last message of every subject matching `pattern` (a NATS wildcard), from
+        any copy in one request: maybe older values, so only for reads that a
+        compare-and-set then confirms (a free slot taken)."""
         ...
 
     async def put(
@@ -101,8 +115,10 @@ class JobStore(Protocol):
         """Remove a record (a submit that was not accepted after all)."""
         ...
 
-    async def get(self, job_id: str) -> tuple[Job, int] | None:
-        """The record and its revision, or None when absent, deleted or expired."""
+    async def get(self, job_id: str, *, leaderless: bool = False) -> tuple[Job, int] | None:
+        """The record and its revision as last written, or None when absent, deleted or
+        expired. While the latest write cannot be read (or with `leaderless`: the caller
+        knows it cannot), only a terminal record is returned; else StoreUnavailable."""
         ...
 
 
@@ -286,6 +302,29 @@ class Budgets(Protocol):
         ...
 
 
+class ProviderLimits(Protocol):
+    """Per-provider concurrency slots (leases) and request rates, shared by every worker
+    (store/provider_limits.py)."""
+
+    lease_s: int  # a slot lease's life: renew it within this
+
+    async def take(self, provider: str, limit: int, holder: str) -> Lease | None:
+        """One of the provider's `limit` slots for `holder`, or None when all are held."""
+        ...
+
+    async def renew(self, lease: Lease) -> Lease | None:
+        """The lease for another `lease_s`; None if it was lost meanwhile."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the slot back (if the lease still holds it)."""
+        ...
+
+    async def take_request(self, provider: str, per_minute: int) -> float:
+        """Count one request: 0.0 if within `per_minute`, else seconds to wait first."""
+        ...
+
+
 class StateChanges(Protocol):
     """Wakes waiters (long-poll, watch) on every write of a job's record."""
 
@@ -300,6 +339,24 @@ class StateChanges(Protocol):
 
     async def stop(self) -> None:
         """Wake every waiter for good (shutdown)."""
+        ...
+
+
+class StoreHealth(Protocol):
+    """Whether this process can accept jobs now (store/health.py)."""
+
+    @property
+    def accepting(self) -> bool:
+        """The job records and the work queue can take writes (as of the last probe)."""
+        ...
+
+    @property
+    def reason(self) -> str:
+        """Why not ('' while accepting)."""
+        ...
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(accepting)` whenever `accepting` changes."""
         ...
 
 
@@ -381,8 +438,9 @@ class DeliveryStore(Protocol):
 class Backend:
     """One implementation of each part, as the API service, the worker and the webhook
     dispatcher receive it. `queue` and `work` are the two sides of the same work queue;
-    `outbox` and `outbox_work` those of the webhook outbox; workers announce themselves
-    in `presence`."""
+    `outbox` and `outbox_work` those of the webhook outbox; `health` says whether jobs can
+    be accepted now; `providers` the providers' cluster-wide limits; workers announce
+    themselves in `presence`."""
 
     records: JobStore
     queue: JobQueue
@@ -396,4 +454,6 @@ class Backend:
     outbox_work: OutboxWork
     deliveries: DeliveryStore
     budgets: Budgets
+    health: StoreHealth
+    providers: ProviderLimits
     presence: Presence

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import math
 import random
+from collections.abc import Callable
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
@@ -45,6 +46,46 @@ def slot_subject(key_id: str, n: int) -> str:
     return f"{constants.LIMIT_SUBJECT_PREFIX}.slot.{key_id}.{n}"
 
 
+class SlidingWindow:
+    """A per-minute request limit as a sliding one-minute window over atomic per-minute
+    counters: this minute's count plus the previous minute's, weighted by how much of it
+    still lies within the last 60 s. One atomic increment per request; a refused request
+    is taken back. `subject(minute)` names a limited thing's counter of that minute."""
+
+    def __init__(self, counters: Counters, clock: Clock) -> None:
+        self._counters = counters
+        self._clock = clock
+        self._past: dict[str, int] = {}
+
+    async def _previous(self, subject: str) -> int:
+        """A past window's final count (cached: a past window no longer changes)."""
+        cached = self._past.get(subject)
+        if cached is not None:
+            return cached
+        value = await self._counters.value(subject)
+        if len(self._past) > _PAST_CACHE_MAX:
+            self._past.clear()
+        self._past[subject] = value
+        return value
+
+    async def take(self, subject: Callable[[int], str], per_minute: int) -> float:
+        """Count one request: 0.0 if it is within `per_minute`, else (nothing counted) the
+        seconds until it would be: the previous minute's share shrinks by previous/60
+        per second; failing that, the count starts over when this minute ends."""
+        window, into = divmod(self._clock.time(), 60.0)
+        current_subject = subject(int(window))
+        current = await self._counters.incr(current_subject, +1)
+        previous = await self._previous(subject(int(window) - 1))
+        left_of_window = 60.0 - into
+        estimate = previous * left_of_window / 60.0 + current
+        if estimate <= per_minute:
+            return 0.0
+        with contextlib.suppress(StoreUnavailable):
+            await self._counters.incr(current_subject, -1)
+        wait = (estimate - per_minute) * 60.0 / previous if previous else left_of_window
+        return max(min(wait, left_of_window), 0.001)
+
+
 class KeyQuotas:
     """`Quotas` on `Subjects` (the slots) and `Counters` (the per-minute counts); a slot
     lives `slot_ttl_s` seconds at most, so a leaked one frees itself."""
@@ -59,50 +100,24 @@ class KeyQuotas:
         clock: Clock,
     ) -> None:
         self._slots = slots
-        self._counters = counters
         self._records = records
         self._slot_ttl_s = slot_ttl_s
-        self._clock = clock
-        self._past: dict[tuple[str, int], int] = {}
+        self._window = SlidingWindow(counters, clock)
 
     # --- rate -------------------------------------------------------------------------
 
-    async def _previous(self, key_id: str, window: int) -> int:
-        """A past window's final count (cached: a past window no longer changes)."""
-        cached = self._past.get((key_id, window))
-        if cached is not None:
-            return cached
-        value = await self._counters.value(rate_subject(key_id, window))
-        if len(self._past) > _PAST_CACHE_MAX:
-            self._past.clear()
-        self._past[(key_id, window)] = value
-        return value
-
     async def take_request(self, policy: KeyPolicy) -> None:
-        """Count one request against the key's per-minute limit; RateLimited (429) over
-        it. A sliding window: this minute's count plus the previous minute's, weighted by
-        how much of it still lies within the last 60 s. One atomic counter increment per
-        request (a refused request is taken back)."""
+        """Count one request against the key's per-minute limit (`SlidingWindow`);
+        RateLimited (429) over it, with the seconds until it would pass as Retry-After."""
         rpm = policy.requests_per_minute
         if not rpm:
             return
-        window, into = divmod(self._clock.time(), 60.0)
-        subject = rate_subject(policy.id, int(window))
-        current = await self._counters.incr(subject, +1)
-        previous = await self._previous(policy.id, int(window) - 1)
-        left_of_window = 60.0 - into
-        estimate = previous * left_of_window / 60.0 + current
-        if estimate <= rpm:
-            return
-        with contextlib.suppress(StoreUnavailable):
-            await self._counters.incr(subject, -1)
-        # the previous minute's share shrinks by previous/60 per second; failing that,
-        # the count starts over when this minute ends
-        wait = (estimate - rpm) * 60.0 / previous if previous else left_of_window
-        raise RateLimited(
-            f"rate limit of {rpm} requests per minute reached for this virtual key",
-            retry_after_s=max(1, math.ceil(min(wait, left_of_window))),
-        )
+        wait = await self._window.take(lambda minute: rate_subject(policy.id, minute), rpm)
+        if wait:
+            raise RateLimited(
+                f"rate limit of {rpm} requests per minute reached for this virtual key",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
 
     # --- concurrency ------------------------------------------------------------------
 

@@ -3,15 +3,17 @@ compare-and-set.
 
 nats-py's KV API cannot set a TTL on an update, so with JetStream the writes go straight to
 the bucket's subjects with `Nats-TTL` and `Nats-Expected-Last-Subject-Sequence` headers
-(both enforced by the server; `store/jetstream.py`) and reads are direct gets. A
-non-terminal record lives `PENDING_TTL_S` at most; a terminal one lives its job's own
+(both enforced by the server; `store/jetstream.py`). Reads see the latest write (from the
+stream's leader), so a job that exists is never reported missing; while there is no
+leader, a terminal record is still served from any replica, since it can no longer change.
+A non-terminal record lives `PENDING_TTL_S` at most; a terminal one lives its job's own
 TTL, so the clock of a result starts at completion.
 """
 
 from __future__ import annotations
 
 from imagejobs.domain import constants
-from imagejobs.domain.errors import RevisionConflict
+from imagejobs.domain.errors import RevisionConflict, StoreUnavailable
 from imagejobs.domain.jobs import Job
 from imagejobs.store.protocols import Subjects
 
@@ -46,12 +48,29 @@ class JobRecords:
         """Remove a record (a submit that was not accepted after all)."""
         await self._subjects.delete(job_subject(job_id), ttl_s=constants.DELETE_MARKER_TTL_S)
 
-    async def get(self, job_id: str) -> tuple[Job, int] | None:
-        """The record and its revision, or None when absent or expired."""
-        data, revision = await self._subjects.last(job_subject(job_id))
-        if not data:  # absent, a TTL expiry or a delete marker
-            return None
-        return Job.loads(data), revision
+    async def get(self, job_id: str, *, leaderless: bool = False) -> tuple[Job, int] | None:
+        """The record and its revision as last written, or None when absent or expired.
+        When the latest write cannot be read (no leader: StoreUnavailable), or the caller
+        knows it cannot (`leaderless`), a terminal record from any copy is returned (it
+        can no longer change); anything else raises StoreUnavailable."""
+        subject = job_subject(job_id)
+        if not leaderless:
+            try:
+                data, revision = await self._subjects.last(subject)
+            except StoreUnavailable:
+                return await self._settled(subject)
+            if not data:  # absent, a TTL expiry or a delete marker
+                return None
+            return Job.loads(data), revision
+        return await self._settled(subject)
+
+    async def _settled(self, subject: str) -> tuple[Job, int]:
+        """A terminal record from any copy; StoreUnavailable if none has one."""
+        data, revision = await self._subjects.any_copy(subject)
+        job = Job.loads(data) if data else None
+        if job is None or not job.status.terminal:
+            raise StoreUnavailable("the job store has no leader; its latest write is unknown")
+        return job, revision
 
     async def _write(self, job: Job, expected_revision: int) -> int:
         ttl = job.ttl_s if job.status.terminal else constants.PENDING_TTL_S

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -28,46 +29,85 @@ from imagejobs.providers.base import (
 )
 from imagejobs.providers.registry import build_provider
 from imagejobs.runtime import logs, metrics, tracing
-from imagejobs.store.protocols import ObjectStore
+from imagejobs.store.protocols import ObjectStore, ProviderLimits
+from imagejobs.worker.limits import ProviderGate, RateLimited
 from imagejobs.worker.retry import RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 
 RESULT_EXTRA_TTL_S = 5  # result images outlive the record a little; the record rules
 
+Count = Callable[[int], None]
+
 
 class JobRunner:
-    def __init__(self, settings: Settings, objects: ObjectStore, http: httpx.AsyncClient) -> None:
+    """Runs claimed jobs for one worker. `limits` holds the providers' cluster-wide
+    concurrency slots and request rates (worker/limits.py); every provider's `concurrency`
+    is also this worker's own bound."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        objects: ObjectStore,
+        http: httpx.AsyncClient,
+        limits: ProviderLimits,
+    ) -> None:
         self._settings = settings
         self._objects = objects
         self._http = http
-        self._providers: dict[str, Provider] = {}
-        self._limits: dict[str, asyncio.Semaphore] = {}
-        self._policies: dict[str, RetryPolicy] = {}
+        self._limits = limits
+        self._providers: dict[str, tuple[Provider, ProviderGate, RetryPolicy]] = {}
         self._secrets = settings.all_secrets()
         self._prices = settings.price_table()  # governance: a completed job's cost
 
-    def _provider(self, name: str) -> tuple[Provider, asyncio.Semaphore, RetryPolicy]:
-        """The adapter, its concurrency limit and retry policy, built once per worker."""
+    def _provider(self, name: str) -> tuple[Provider, ProviderGate, RetryPolicy]:
+        """The adapter, its limits and retry policy, built once per worker."""
         if name not in self._providers:
             config = self._settings.provider_config(name)
             if config is None:
                 raise ProviderNotConfigured(name)
-            self._providers[name] = tracing.traced(
-                metrics.timed(build_provider(config, self._http))
-            )
-            self._limits[name] = asyncio.Semaphore(config.concurrency)
-            self._policies[name] = RetryPolicy(max_retries=config.max_retries)
-        return self._providers[name], self._limits[name], self._policies[name]
+            per_minute = self._settings.providers[name].requests_per_minute
+            gate = ProviderGate(name, config.concurrency, per_minute, self._limits)
+            provider: Provider = tracing.traced(metrics.timed(build_provider(config, self._http)))
+            if per_minute:
+                provider = RateLimited(provider, gate)
+            self._providers[name] = (provider, gate, RetryPolicy(max_retries=config.max_retries))
+        return self._providers[name]
+
+    async def _call(
+        self,
+        job: Job,
+        request: ProviderRequest,
+        provider_name: str,
+        times: list[float],
+        count: Count,
+        candidate: tracing.Attributes,
+    ) -> ProviderResult:
+        """One candidate's call with its retries, once a slot of its provider is held,
+        within the deadline `times[0]`. Waiting for the slot is not the job's time: the
+        deadline, and the start `times[1]` its latency is counted from, move by it. The
+        candidate's span (attributes `candidate`) covers the wait and the call."""
+        provider, gate, policy = self._provider(provider_name)
+        with tracing.span(tracing.PREFIX + "provider", attributes=candidate):
+            async with gate.held(job.id) as waited:  # full: this job waits here, never fails
+                times[0] += waited
+                times[1] += waited
+                deadline = times[0]
+                return await asyncio.wait_for(
+                    call_with_retries(
+                        provider, request, policy=policy, deadline=deadline, on_attempt=count
+                    ),
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                )
 
     async def run(self, job: Job) -> Job:
         """The terminal record for `job` (completed or failed)."""
-        deadline = time.monotonic() + self._settings.job_timeout_s
+        now = time.monotonic()
+        times = [now + self._settings.job_timeout_s, now]  # the deadline; the latency's start
         base = await self._inputs(job)
         attempts = job.attempts
         error: ProviderError | None = None
         failed_model = job.request.model  # the candidate whose error is reported
-        started = time.monotonic()
         for fallback, model in enumerate((job.request.model, *job.request.fallbacks)):
             provider_name, model_name = model.provider, model.name
             request = dataclasses.replace(base, model=model_name, attempt=attempts + 1)
@@ -83,19 +123,7 @@ class JobRunner:
             }
             logs.tag(provider=provider_name)  # this candidate's, in the lines about it
             try:
-                provider, limit, policy = self._provider(provider_name)
-                with tracing.span(tracing.PREFIX + "provider", attributes=candidate):
-                    async with limit:  # excess jobs wait here instead of failing
-                        result = await asyncio.wait_for(
-                            call_with_retries(
-                                provider,
-                                request,
-                                policy=policy,
-                                deadline=deadline,
-                                on_attempt=count,
-                            ),
-                            timeout=max(deadline - time.monotonic(), 0.001),
-                        )
+                result = await self._call(job, request, provider_name, times, count, candidate)
             except ProviderError as exc:
                 attempts = made[0]
                 error, failed_model = exc, model
@@ -109,7 +137,7 @@ class JobRunner:
                     code=ErrorCode.JOB_TIMEOUT,
                 )
                 break
-            latency_ms = int((time.monotonic() - started) * 1000)
+            latency_ms = int((time.monotonic() - times[1]) * 1000)
             stored = await self._store_result(job, result, provider_name, model_name, latency_ms)
             return job.with_attempts(made[0]).complete(stored, time.time())
         assert error is not None

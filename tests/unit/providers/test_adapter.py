@@ -23,7 +23,7 @@ from imagejobs.providers.base import (
     UnsupportedOperation,
     WeightedKey,
 )
-from imagejobs.store.protocols import ObjectStore
+from imagejobs.store.protocols import ObjectStore, ProviderLimits
 from imagejobs.worker.runner import JobRunner
 
 from tests.fakes.upstream import FakeRequest, FakeResponse, FakeUpstream
@@ -99,7 +99,12 @@ def test_runner_scrubs_with_the_providers_marker(monkeypatch: pytest.MonkeyPatch
     """The worker scrubs job errors with the same scrubber (and marker) as the adapters."""
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     settings = Settings.model_validate({"providers": {"openai": {}}})
-    runner = JobRunner(settings, cast(ObjectStore, None), cast(httpx.AsyncClient, None))
+    runner = JobRunner(
+        settings,
+        cast(ObjectStore, None),
+        cast(httpx.AsyncClient, None),
+        cast(ProviderLimits, None),
+    )
     assert runner._scrub(f"Incorrect API key provided: {KEY}.") == (
         "Incorrect API key provided: <redacted>."
     )

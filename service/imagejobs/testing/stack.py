@@ -1,177 +1,41 @@
-"""Real processes for tests and benchmarks: nats-server, API servers, workers and Envoy on
-free loopback ports, each logging to a file under one root directory.
+"""The stack harness: nats-server (one node, or a local cluster), API servers, workers and
+Envoy on free loopback ports, each logging to a file under one root directory.
 
-Shared by `tests/` and `bench/` (and usable by anyone testing against a local stack).
 `Stack` starts in the same order as `imagejobs up` (nats-server -> APIs -> workers ->
 Envoy, each ready before the next) but keeps a synchronous handle on every process, so
-a test can kill -9 a worker or restart nats-server. Every wait has a deadline. Nothing
-here imports pytest at module level: this module ships in the wheel.
+a test can kill -9 a worker or a NATS node, or restart nats-server. Every wait has a
+deadline.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import random
-import re
-import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from imagejobs import gateway
 from imagejobs.config import Settings, load_settings
-from imagejobs.domain.errors import ConfigError
-from imagejobs.runtime import natsd
-from imagejobs.runtime.binaries import find_binary, imagejobs_command
-
-START_TIMEOUT_S = 30.0  # one process, from spawn to ready
-STOP_TIMEOUT_S = 15.0  # one process, from SIGTERM to exit (then SIGKILL)
-
-T = TypeVar("T")
-
-# One Prometheus scrape: (metric name, its labels) -> value.
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-# A settings table as to_toml writes it: scalars, lists, and nested tables as dicts.
-TomlTable = Mapping[str, object]
-
-
-def require_binary(name: str) -> None:
-    """Under pytest: fail in CI (the binaries are part of the install), skip locally if
-    `name` is missing. Imports pytest when called, not when this module is imported."""
-    import pytest
-
-    try:
-        find_binary(name, name)
-    except ConfigError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI")
-        pytest.skip(f"{name} not installed")
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (from the kernel's ephemeral range)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_run(length: int, tries: int = 200) -> int:
-    """A base port with `length` consecutive free ports from it, below the kernel's
-    ephemeral range (where every `free_port()` comes from), so none of them can take one."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(tries):
-        base = rng.randrange(10_000, max(low, 10_001 + length) - length)
-        if all(_bindable(base + i) for i in range(length)):
-            return base
-    raise RuntimeError(f"no run of {length} free ports in {tries} tries")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts TCP connections on host:port right now."""
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
-
-
-def http_ok(url: str, timeout_s: float = 1.0) -> bool:
-    """Whether GET `url` answers 200 within `timeout_s` seconds."""
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url, timeout=timeout_s).status_code == 200
-    return False
-
-
-def scrape(port: int, timeout_s: float = 5.0) -> Samples:
-    """Every sample that the /metrics endpoint on loopback `port` serves now."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def wait_until(
-    check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05
-) -> T:
-    """Poll `check` every `interval_s` seconds until it returns something truthy, and
-    return that; AssertionError naming `what` after `timeout_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def toml_key(key: str) -> str:
-    """A TOML key: bare when it can be, else quoted (`"together/org/model"`)."""
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def toml_value(value: object) -> str:
-    """A TOML literal: scalars as JSON, lists as arrays, dicts as inline tables."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)
-
-
-def to_toml(values: TomlTable, prefix: str = "") -> str:
-    """A small TOML writer for test configs (scalars, lists of scalars, nested tables)."""
-    lines: list[str] = []
-    tables: list[tuple[str, TomlTable]] = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{toml_key(key)} = {toml_value(value)}")
-    out = f"[{prefix}]\n" if prefix else ""
-    out += "\n".join(lines) + "\n"
-    for key, table in tables:
-        out += to_toml(table, f"{prefix}.{key}" if prefix else key)
-    return out
-
-
-def terminate(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM every live process at once, then wait for each, up to `timeout_s` seconds
-    apiece; one still running then is killed (SIGKILL). Returns when all have exited."""
-    procs = list(procs)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from imagejobs.runtime.binaries import imagejobs_command
+from imagejobs.testing.nats import NatsNodes
+from imagejobs.testing.processes import (
+    START_TIMEOUT_S,
+    TomlTable,
+    free_port,
+    free_port_run,
+    http_ok,
+    tcp_open,
+    terminate,
+    to_toml,
+    wait_until,
+)
 
 
 class Stack:
     """nats-server + API + workers + Envoy. `config` is written as the TOML settings file
     `root/imagejobs.toml`, which every process reads (IMAGEJOBS_CONFIG); logs go to
-    `root/<name>.log`, the NATS store to `root/data/nats`."""
+    `root/<name>.log`, the NATS store to `root/data/nats`. With `nats_nodes` > 1, a
+    local JetStream cluster (`self.nats`, nodes `nats-1`…, stores under
+    `root/data/nats/<node>`), every stream with min(nodes, 3) replicas."""
 
     def __init__(
         self,
@@ -182,11 +46,19 @@ class Stack:
         apis: int = 1,
         dispatchers: int | None = None,
         env: dict[str, str] | None = None,
+        nats_nodes: int = 1,
     ) -> None:
         self.root = root
         self.extra_env = env or {}
         self.root.mkdir(parents=True, exist_ok=True)
-        self.nats_port = free_port()
+        self.nats_port = free_port() if nats_nodes == 1 else free_port_run(nats_nodes)
+        cluster: dict[str, object] = {}
+        if nats_nodes > 1:  # the route and monitoring ports, nats_nodes of each
+            cluster = {
+                "nats_nodes": nats_nodes,
+                "nats_cluster_port": free_port_run(nats_nodes),
+                "nats_http_port": free_port_run(nats_nodes),
+            }
         self.api_ports = [free_port() for _ in range(apis)]
         self.gateway_port = free_port()
         self.admin_port = free_port()
@@ -199,12 +71,14 @@ class Stack:
             "gateway_admin_port": self.admin_port,
             "data_dir": str(root / "data"),
             "ack_wait_s": 2.0,
+            **cluster,
             **(config or {}),
         }
         self.config_path = root / "imagejobs.toml"
         self.config_path.write_text(to_toml(values))
         self.settings: Settings = load_settings(self.config_path)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.nats = NatsNodes(self.settings, root / "data", self.spawn)
         self._seq: dict[str, int] = {}  # workers and dispatchers started, by command
         # webhook dispatchers: one when endpoints are configured, unless told otherwise
         self.dispatcher_count = (
@@ -242,8 +116,8 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start_nats(self) -> None:
-        self.spawn("nats", natsd.command("127.0.0.1", self.nats_port, self.root / "data" / "nats"))
-        wait_until(lambda: tcp_open(self.nats_port), START_TIMEOUT_S, "nats-server")
+        """Every NATS node, each ready (a cluster: every node current with its meta leader)."""
+        self.nats.start()
 
     def start_api(
         self, port: int, extra_env: dict[str, str] | None = None
@@ -318,15 +192,14 @@ class Stack:
 
     def stop(self) -> None:
         """Every process still running: all but nats-server first (so workers drain with
-        NATS still up), then nats-server; SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
-        terminate(p for n, p in self.procs.items() if n != "nats")
-        terminate(p for n, p in self.procs.items() if n == "nats")
+        NATS still up), then the NATS node(s); SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
+        terminate(p for n, p in self.procs.items() if n not in self.nats.nodes)
+        terminate(p for n, p in self.procs.items() if n in self.nats.nodes)
 
     def restart_nats(self) -> None:
-        """Stop nats-server (SIGTERM) and start it again on the same port and store."""
-        proc = self.procs["nats"]
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=STOP_TIMEOUT_S)
+        """Stop every NATS node (SIGTERM) and start them again on the same ports and stores."""
+        for name in self.nats.names:
+            self.nats.stop(name)
         self.start_nats()
 
     # --- addresses ------------------------------------------------------------------

@@ -1,0 +1,208 @@
+"""The job service when the store is in trouble, on the in-memory store: while it cannot
+accept jobs a submit fails at once and keeps nothing; while it has no leader a terminal
+job is still read and anything else is 503, never a 404; a submit whose index write or
+queue publish fails leaves nothing half-made (or, when even the take-back fails, a key
+that resumes the same job); an idempotent retry finishes what a submit that died left
+undone. Parts of the twin are wrapped to fail on demand (`Failing`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import pytest
+from imagejobs.api.service import JobService, ServiceLimits
+from imagejobs.config import Settings
+from imagejobs.domain.errors import JobNotFound, StoreUnavailable
+from imagejobs.domain.jobs import Job, Status
+from imagejobs.domain.kinds import Kind
+from imagejobs.store.clock import FakeClock
+from imagejobs.store.health import MemoryHealth, stream_problem
+from imagejobs.store.protocols import Backend
+from imagejobs.worker.worker import Worker
+from nats.js import api as js_api
+
+from tests.unit.conftest import ALICE, ScriptedRunner, make_worker, submit
+
+GEN = Kind.GENERATION
+
+
+class Failing:
+    """Wraps a store part: the methods named in `failing` raise StoreUnavailable, the rest
+    pass through."""
+
+    def __init__(self, part: Any) -> None:
+        self._part = part
+        self.failing: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._part, name)
+        if name not in self.failing:
+            return attr
+
+        async def fail(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailable(f"{name} failed: TimeoutError")
+
+        return fail
+
+
+@dataclasses.dataclass
+class Degraded:
+    service: JobService
+    backend: Backend
+    health: MemoryHealth
+    index: Failing
+    queue: Failing
+    records: Failing
+
+
+@pytest.fixture
+def degraded(backend: Backend, clock: FakeClock, settings: Settings) -> Degraded:
+    index, queue, records = Failing(backend.index), Failing(backend.queue), Failing(backend.records)
+    wrapped = dataclasses.replace(backend, index=index, queue=queue, records=records)
+    service = JobService(wrapped, limits=ServiceLimits.from_settings(settings), clock=clock)
+    assert isinstance(backend.health, MemoryHealth)
+    return Degraded(service, wrapped, backend.health, index, queue, records)
+
+
+async def listed(service: JobService) -> list[str]:
+    page = await service.list(ALICE, status=None, kind=None, limit=50, page_token="")
+    return [j.id for j in page.jobs]
+
+
+async def test_a_submit_while_the_store_cannot_accept_jobs_fails_at_once_and_keeps_nothing(
+    degraded: Degraded,
+) -> None:
+    degraded.health.set("KV_JOBS has no leader")
+    with pytest.raises(StoreUnavailable) as refused:
+        await submit(degraded.service, ALICE, idempotency_key="k")
+    assert "KV_JOBS has no leader" in str(refused.value)
+    assert await degraded.backend.queue.depth() == (0, 0)
+    assert await listed(degraded.service) == []
+    degraded.health.set("")
+    job = await submit(degraded.service, ALICE, idempotency_key="k")  # the key is unused
+    assert await listed(degraded.service) == [job.id]
+
+
+async def test_without_a_leader_a_terminal_job_is_read_and_any_other_is_503_never_404(
+    degraded: Degraded, settings: Settings, clock: FakeClock
+) -> None:
+    service, backend = degraded.service, degraded.backend
+    done = await submit(service, ALICE)
+    worker: Worker = make_worker(backend, ScriptedRunner(clock, backend), clock, settings)
+    await worker.run(burst=True)
+    waiting = await submit(service, ALICE)
+    degraded.health.set("KV_JOBS has no leader")
+    assert (await service.get(GEN, done.id, ALICE)).status is Status.COMPLETED
+    for job_id in (waiting.id, str(uuid.uuid4())):  # pending, and one that never existed
+        with pytest.raises(StoreUnavailable):
+            await service.get(GEN, job_id, ALICE)
+    degraded.health.set("")
+    with pytest.raises(JobNotFound):  # said only once the latest write can be read
+        await service.get(GEN, str(uuid.uuid4()), ALICE)
+
+
+async def test_a_read_whose_leader_read_fails_falls_back_to_a_terminal_copy_only(
+    degraded: Degraded, settings: Settings, clock: FakeClock
+) -> None:
+    backend = degraded.backend
+    done = await submit(degraded.service, ALICE)
+    worker = make_worker(backend, ScriptedRunner(clock, backend), clock, settings)
+    await worker.run(burst=True)
+    waiting = await submit(degraded.service, ALICE)
+    records = backend.records._part._subjects  # type: ignore[attr-defined]
+    original = records.last
+
+    async def no_leader(subject: str) -> tuple[bytes, int]:
+        raise StoreUnavailable("job store read failed: TimeoutError")
+
+    records.last = no_leader
+    try:
+        found = await backend.records.get(done.id)
+        assert found is not None and found[0].status is Status.COMPLETED
+        with pytest.raises(StoreUnavailable):
+            await backend.records.get(waiting.id)
+    finally:
+        records.last = original
+
+
+async def test_a_submit_whose_index_write_fails_is_taken_back_whole(degraded: Degraded) -> None:
+    """An accepted job is always in its owner's list: a submit whose list entry was not
+    acknowledged is not accepted, and leaves no record, message or bound key."""
+    degraded.index.failing = {"add"}
+    with pytest.raises(StoreUnavailable):
+        await submit(degraded.service, ALICE, idempotency_key="k")
+    assert await degraded.backend.queue.depth() == (0, 0)
+    degraded.index.failing = set()
+    assert await listed(degraded.service) == []
+    job = await submit(degraded.service, ALICE, idempotency_key="k")
+    assert await listed(degraded.service) == [job.id]
+
+
+async def test_a_failed_publish_whose_take_back_fails_keeps_the_key_for_the_same_job(
+    degraded: Degraded,
+) -> None:
+    """A publish that timed out, and a store too far gone to delete the record: the key
+    stays bound to the job, and the client's retry resumes it (queued, listed), instead
+    of making a second job."""
+    recorded: list[Job] = []
+    degraded.service.hooks.after_record = recorded.append
+    degraded.queue.failing = {"publish"}
+    degraded.records.failing = {"delete"}
+    with pytest.raises(StoreUnavailable):
+        await submit(degraded.service, ALICE, idempotency_key="k")
+    degraded.queue.failing = set()
+    degraded.records.failing = set()
+    [first] = recorded
+    again = await submit(degraded.service, ALICE, idempotency_key="k")
+    assert again.id == first.id
+    assert await degraded.backend.queue.contains(first.id)
+    assert await listed(degraded.service) == [first.id]
+
+
+async def test_an_idempotent_retry_at_once_resumes_a_submit_that_died_before_publishing(
+    degraded: Degraded,
+) -> None:
+    """No REPAIR_AFTER_S wait: the retry itself publishes the job (and lists it)."""
+
+    class Crash(BaseException):
+        pass
+
+    def die(job: Job) -> None:
+        raise Crash
+
+    degraded.service.hooks.after_record = die
+    with pytest.raises(Crash):
+        await submit(degraded.service, ALICE, idempotency_key="k")
+    degraded.service.hooks.after_record = None
+    again = await submit(degraded.service, ALICE, idempotency_key="k")
+    assert again.status is Status.PENDING
+    assert await degraded.backend.queue.contains(again.id)
+    assert await listed(degraded.service) == [again.id]
+
+
+def stream_info(
+    leader: str, replicas: list[tuple[str, bool]] | None, wanted: int
+) -> js_api.StreamInfo:
+    response: dict[str, Any] = {
+        "config": {"name": "KV_JOBS", "num_replicas": wanted},
+        "state": {"messages": 0, "bytes": 0, "first_seq": 0, "last_seq": 0, "consumer_count": 0},
+    }
+    if replicas is not None:
+        response["cluster"] = {
+            "leader": leader,
+            "replicas": [{"name": n, "current": c, "active": 0} for n, c in replicas],
+        }
+    info: js_api.StreamInfo = js_api.StreamInfo.from_response(response)
+    return info
+
+
+def test_a_stream_accepts_writes_with_a_leader_and_a_quorum_of_current_replicas() -> None:
+    assert stream_problem(stream_info("", None, 1)) == ""  # one server: no cluster
+    assert stream_problem(stream_info("n1", [("n2", True), ("n3", False)], 3)) == ""
+    assert "no leader" in stream_problem(stream_info("", [("n2", True), ("n3", True)], 3))
+    assert "no quorum" in stream_problem(stream_info("n1", [("n2", False), ("n3", False)], 3))
+    assert "no quorum" in stream_problem(
+        stream_info("n1", [("n2", True), ("n3", False), ("n4", False), ("n5", False)], 5)
+    )
