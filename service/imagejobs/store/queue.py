@@ -44,6 +44,7 @@ RECORD_REVISION_HEADER = "Imagejobs-Revision"  # the revision of the record a me
 TRACE_HEADERS = ("traceparent", "tracestate")  # the submit's trace context (W3C)
 SHORTEST_FETCH_S = 0.05  # nats-py refuses a fetch without a timeout
 LANE_ENSURE_EVERY_S = 60.0  # an API process re-makes a lane's consumer this often (removed?)
+LANE_REFRESH_TIMEOUT_S = 2.0  # a submit's wait on refreshing its lane's consumer
 LANE_INACTIVE_S = 24 * 3600.0  # a lane consumer nobody pulls from this long is removed
 
 
@@ -227,10 +228,20 @@ class JetStreamQueue:
             LANE_ENSURE_EVERY_S
         ):
             return
-        with nats_errors("queue lane"):
-            await self._js.add_consumer(
-                constants.QUEUE_STREAM, lane_consumer_config(self._template, lane)
-            )
+        first = lane not in self._ensured
+        try:
+            with nats_errors("queue lane"):
+                await self._js.add_consumer(
+                    constants.QUEUE_STREAM,
+                    lane_consumer_config(self._template, lane),
+                    timeout=None if first else LANE_REFRESH_TIMEOUT_S,  # None: nats-py's 5 s
+                )
+        except StoreError:
+            if first:  # without its consumer no worker would see the lane's jobs
+                raise
+            # a refresh of a lane that exists: a submit must not wait on it while the
+            # store is unwell (the next try is a minute away, not at every submit)
+            log.warning("lane %s: its consumer could not be refreshed", lane)
         self._ensured[lane] = time.monotonic()
 
     async def contains(self, job_id: str, *, owner: str | None = None) -> bool:
