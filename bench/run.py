@@ -7,14 +7,20 @@
 through Envoy; (c) the same loads against two baselines started in the same run (Envoy
 answering by itself; a no-op grpc.aio servicer behind our Envoy config), with our rate
 as a share of each; (d) end to end at fixed offered rates; (e) 2,000 slow jobs at once
-on one worker; (f) 4 x 4 MB images per job; (g) 1 vs 2 API and worker processes. Every
-count is cross-checked against the processes' Prometheus metrics. See bench/RESULTS.md.
+on one worker; (f) 4 x 4 MB images per job; (g) 1 vs 2 API and worker processes; (h) the
+first page of a caller's list with N live jobs; (i) the API's CPU per submit with a small
+vs a large store (bench/store_rows.py). Every count is cross-checked against the
+processes' Prometheus metrics. See bench/RESULTS.md.
+
+    --quick        the (h) and (i) stores small (thousands, not 10^5..10^6), the rest full
+    --list-sizes / --cpu-sizes / --cpu-submits   the (h) and (i) sizes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
 
@@ -36,7 +43,7 @@ from imagejobs.testing import Samples
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 
-from bench import load
+from bench import load, store_rows
 from bench.load import LoadResult, percentile
 from bench.stack import BenchStack, Completions, job_id, memory_kb, metric
 
@@ -69,7 +76,15 @@ class Plan:
     big_side: int  # noise PNG side: 1160 -> 4.0 MB
     big_n: int
     big_fetches: int
+    list_sizes: tuple[int, ...] = (1000, 100_000)  # (h) the caller's live jobs
+    list_calls: int = 50  # (h) first pages timed at each size
+    cpu_sizes: tuple[int, ...] = (10_000, 1_000_000)  # (i) jobs in the store: small, large
+    cpu_submits: int = 5000  # (i) REST submits billed at each size
 
+
+# --quick (and --smoke): stores of thousands, seconds to fill, for a works-check
+QUICK_STORES: dict[str, Any] = {"list_sizes": (100, 2000), "list_calls": 10}
+QUICK_STORES |= {"cpu_sizes": (100, 3000), "cpu_submits": 300}
 
 FULL = Plan(
     name="full",
@@ -106,8 +121,8 @@ SMOKE = Plan(
     run_timeout_s=10.0,
     grpc_connections=2,
     grpc_streams=4,
-    e2e_runs=((50.0, 1),),
-    e2e_seconds=1.0,
+    e2e_runs=((250.0, 1),),  # the rate of the issue's e2e row, 100 jobs
+    e2e_seconds=0.4,
     drain_jobs=40,
     slow_jobs=40,
     slow_latency_ms=500,
@@ -116,6 +131,7 @@ SMOKE = Plan(
     big_side=200,
     big_n=2,
     big_fetches=2,
+    **QUICK_STORES,
 )
 
 
@@ -336,6 +352,7 @@ async def submit_rates(bs: BenchStack, plan: Plan, report: Report) -> None:
     streams = f"{plan.grpc_connections}x{plan.grpc_streams} streams"
     for where, label in (("direct", "direct"), ("envoy", "via Envoy")):
         ours, noop = best(runs[f"grpc-ours-{where}"]), best(runs[f"grpc-noop-{where}"])
+        report.numbers[f"grpc_{where}_vs_noop"] = share(ours, noop)
         report.add(
             "b", f"gRPC submit {label}, 1 API, {streams}", rate(ours.rate),
             ms(ours.p(50)), ms(ours.p(99)), f"{share(ours, noop):.0%} of no-op {label}",
@@ -389,6 +406,8 @@ async def end_to_end(bs: BenchStack, plan: Plan, report: Report) -> None:
         submit = [s.answered - s.due for s in accepted]
         span = max(end for end, _ in ended) - min(s.due for s in sent) if ended else 0
         p50, p99 = percentile(e2e, 50), percentile(e2e, 99)
+        name = f"e2e_{offered:.0f}" + (f"_w{workers}" if workers > 1 else "")
+        report.numbers |= {f"{name}_p50_s": p50, f"{name}_p99_s": p99}
         verdict = ""
         if (offered, workers) == plan.e2e_runs[0]:  # the targets are for the first run
             verdict = report.target(f"e2e p50 <= 10 ms at {offered:.0f}/s", p50 <= 0.010)
@@ -559,6 +578,8 @@ async def slow_jobs(bs: BenchStack, plan: Plan, report: Report) -> None:
         f"(queueing them took {submit_s:.2f} s); " + verdict,
     )  # fmt: skip
     report.numbers["slow_drain_s"] = drain
+    report.numbers["drain_2000_s"] = drain  # the issue's row; `slow_jobs` says how many
+    report.numbers["slow_jobs"] = len(ends)
     report.numbers["slow_worker_peak_mb"] = peak_mb
     report.check("slow submits accepted", submitted.ok, accepted_since(bs, before))
     report.check(
@@ -671,6 +692,52 @@ async def large_results(bs: BenchStack, plan: Plan, report: Report) -> None:
     bs.stop_workers()
 
 
+# --- (h)(i): rows that need a store full of jobs (bench/store_rows.py) ----------------------
+
+
+async def list_pages(bs: BenchStack, plan: Plan, report: Report) -> None:
+    """The first page of the caller's list at each of `plan.list_sizes` live jobs."""
+    runs = await store_rows.list_runs(bs, plan.list_sizes, plan.list_calls)
+    for run in runs:
+        report.numbers[f"list_first_page_s_at_{run.jobs}"] = run.p50
+        flat = ""
+        if run is runs[-1] and len(runs) > 1:
+            flat = f"x{run.p50 / runs[0].p50:.2f} vs {runs[0].jobs:,} jobs; " + report.target(
+                f"first list page <= 50 ms at {run.jobs:,} live jobs", run.p50 <= 0.050
+            )
+        report.add(
+            "h", f"first list page (REST via Envoy, {store_rows.PAGE_SIZE} jobs) with "
+            f"{run.jobs:,} live jobs of the caller", f"{len(run.latencies_s)} lists",
+            ms(run.p50), ms(run.p99), f"{flat}; store filled in {run.fill_s:.1f} s".lstrip("; "),
+        )  # fmt: skip
+
+
+async def submit_cpu(bs: BenchStack, plan: Plan, report: Report) -> None:
+    """API CPU per REST submit with `plan.cpu_sizes` jobs in the store."""
+    body = json.dumps(GEN_BODY).encode()
+    runs = await store_rows.cpu_runs(
+        bs, plan.cpu_sizes, partial(burst, plan, bs.gateway_one_api, body), plan.cpu_submits
+    )
+    small, large = runs[0], runs[-1]
+    ratio = large.per_submit_s / small.per_submit_s if small.per_submit_s else float("nan")
+    report.numbers |= {
+        "submit_cpu_ratio_1m_vs_10k": ratio,  # the issue's row; the sizes are the next two
+        "submit_cpu_store_small": small.jobs,
+        "submit_cpu_store_large": large.jobs,
+        "submit_cpu_s_small": small.per_submit_s,
+        "submit_cpu_s_large": large.per_submit_s,
+    }
+    for run in runs:
+        compare = ""
+        if run is large:
+            compare = f"x{ratio:.2f} vs {small.jobs:,} jobs (flat is x1.0); "
+        report.add(
+            "i", f"API CPU per REST submit with {run.jobs:,} jobs in the store",
+            f"{ms(run.per_submit_s)} ({run.accepted} submits)",
+            compare=f"{compare}store filled in {run.fill_s:.1f} s",
+        )  # fmt: skip
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -703,7 +770,8 @@ def render(report: Report, plan: Plan, started: float, load_before: tuple[float,
     missed = [w for w, met in report.targets if not met]
     lines = [
         f"bench: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}",
-        f"run: {plan.name}; load tool: {plan.tool}; load average before {load_before[0]:.2f}, "
+        f"run: {plan.name}; load generator: {load.generator_name(plan.tool)}; "
+        f"load average before {load_before[0]:.2f}, "
         f"after {os.getloadavg()[0]:.2f}; took {time.monotonic() - started:.0f} s",
         "",
         *head,
@@ -732,12 +800,21 @@ async def main_async(plan: Plan, root: Path, only: set[str]) -> Report:
             await slow_jobs(bs, plan, report)
         if "large" in only:
             await large_results(bs, plan, report)
+        if "list" in only:
+            await list_pages(bs, plan, report)
+        if "cpu" in only:
+            await submit_cpu(bs, plan, report)
     finally:
         bs.stop()
     return report
 
 
-PHASES = ("submit", "e2e", "workers", "slow", "large")
+PHASES = ("submit", "e2e", "workers", "slow", "large", "list", "cpu")
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """`1000,100000` -> (1000, 100000)."""
+    return tuple(int(part) for part in text.split(","))
 
 
 def main() -> int:
@@ -747,12 +824,22 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PHASES), help=f"subset of {PHASES}")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--quick", action="store_true", help="small (h)/(i) stores")
+    parser.add_argument("--list-sizes", type=sizes, help="(h) live jobs, e.g. 1000,100000")
+    parser.add_argument("--cpu-sizes", type=sizes, help="(i) store sizes, e.g. 10000,1000000")
+    parser.add_argument("--cpu-submits", type=int, help="(i) submits billed at each size")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if plan.tool == "h2load" and (args.python_load or not load.have_h2load()):
         if not args.python_load:
-            print("h2load not found (apt-get install nghttp2-client): Python load instead")
+            print("h2load not found (scripts/toolchains.sh installs nghttp2-client): Python load")
         plan = Plan(**{**plan.__dict__, "tool": "python"})
+    changes: dict[str, Any] = dict(QUICK_STORES) if args.quick else {}
+    for name in ("list_sizes", "cpu_sizes", "cpu_submits"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    plan = dataclasses.replace(plan, **changes)
+    print(f"load generator: {load.generator_name(plan.tool)}", flush=True)
     started, load_before = time.monotonic(), os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="imagejobs-bench-"))
     try:
@@ -767,6 +854,7 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "load_generator": load.generator_name(plan.tool),
                     "numbers": report.numbers,
                     "checks": report.checks,
                     "targets": report.targets,
