@@ -98,6 +98,7 @@ def h2load(
 ) -> LoadResult:
     """POST `body` to `url` `total` times over `connections` (each with up to `streams`
     concurrent requests); killed at `timeout_s` (then `hit_time_limit`)."""
+    connections = max(1, min(connections, total))  # h2load refuses more clients than requests
     with tempfile.TemporaryDirectory(prefix="bench-h2load-") as tmp:
         body_path, log_path = Path(tmp, "body"), Path(tmp, "log")
         body_path.write_bytes(body)
