@@ -24,15 +24,13 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from PIL import Image
 
 from bench import load, store_rows
 from bench.load import LoadResult, percentile
+from bench.report import Report, ms, rate, render
 from bench.stack import BenchStack, Completions, job_id, memory_kb, metric
 
 GEN_BODY = {"model": "mock/m", "prompt": "bench", "size": "16x16"}
@@ -133,46 +132,6 @@ SMOKE = Plan(
     big_fetches=2,
     **QUICK_STORES,
 )
-
-
-@dataclass
-class Row:
-    section: str
-    what: str
-    result: str
-    p50: str = ""
-    p99: str = ""
-    compare: str = ""
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    checks: list[tuple[str, float, float]] = field(default_factory=list)  # what, bench, metrics
-    targets: list[tuple[str, bool]] = field(default_factory=list)
-    numbers: dict[str, float] = field(default_factory=dict)
-
-    def add(self, *cells: str, **named: str) -> None:
-        self.rows.append(Row(*cells, **named))
-
-    def check(self, what: str, bench: float, metrics: float) -> None:
-        self.checks.append((what, bench, metrics))
-
-    def target(self, what: str, met: bool) -> str:
-        self.targets.append((what, met))
-        return f"{'met' if met else 'MISSED'}: {what}"
-
-    @property
-    def ok(self) -> bool:
-        return all(b == m for _, b, m in self.checks)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def rate(value: float) -> str:
-    return f"{value:,.0f}/s"
 
 
 # --- (a)(b)(c)(g-api): submit rates ----------------------------------------------------------
@@ -692,97 +651,7 @@ async def large_results(bs: BenchStack, plan: Plan, report: Report) -> None:
     bs.stop_workers()
 
 
-# --- (h)(i): rows that need a store full of jobs (bench/store_rows.py) ----------------------
-
-
-async def list_pages(bs: BenchStack, plan: Plan, report: Report) -> None:
-    """The first page of the caller's list at each of `plan.list_sizes` live jobs."""
-    runs = await store_rows.list_runs(bs, plan.list_sizes, plan.list_calls)
-    for run in runs:
-        report.numbers[f"list_first_page_s_at_{run.jobs}"] = run.p50
-        flat = ""
-        if run is runs[-1] and len(runs) > 1:
-            flat = f"x{run.p50 / runs[0].p50:.2f} vs {runs[0].jobs:,} jobs; " + report.target(
-                f"first list page <= 50 ms at {run.jobs:,} live jobs", run.p50 <= 0.050
-            )
-        report.add(
-            "h", f"first list page (REST via Envoy, {store_rows.PAGE_SIZE} jobs) with "
-            f"{run.jobs:,} live jobs of the caller", f"{len(run.latencies_s)} lists",
-            ms(run.p50), ms(run.p99), f"{flat}; store filled in {run.fill_s:.1f} s".lstrip("; "),
-        )  # fmt: skip
-
-
-async def submit_cpu(bs: BenchStack, plan: Plan, report: Report) -> None:
-    """API CPU per REST submit with `plan.cpu_sizes` jobs in the store."""
-    body = json.dumps(GEN_BODY).encode()
-    runs = await store_rows.cpu_runs(
-        bs, plan.cpu_sizes, partial(burst, plan, bs.gateway_one_api, body), plan.cpu_submits
-    )
-    small, large = runs[0], runs[-1]
-    ratio = large.per_submit_s / small.per_submit_s if small.per_submit_s else float("nan")
-    report.numbers |= {
-        "submit_cpu_ratio_1m_vs_10k": ratio,  # the issue's row; the sizes are the next two
-        "submit_cpu_store_small": small.jobs,
-        "submit_cpu_store_large": large.jobs,
-        "submit_cpu_s_small": small.per_submit_s,
-        "submit_cpu_s_large": large.per_submit_s,
-    }
-    for run in runs:
-        compare = ""
-        if run is large:
-            compare = f"x{ratio:.2f} vs {small.jobs:,} jobs (flat is x1.0); "
-        report.add(
-            "i", f"API CPU per REST submit with {run.jobs:,} jobs in the store",
-            f"{ms(run.per_submit_s)} ({run.accepted} submits)",
-            compare=f"{compare}store filled in {run.fill_s:.1f} s",
-        )  # fmt: skip
-
-
 # --- the table ----------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
-
-
-def render(report: Report, plan: Plan, started: float, load_before: tuple[float, ...]) -> str:
-    head = [
-        "| | measurement | result | p50 | p99 | compared / target |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows = [
-        f"| {r.section} | {r.what} | {r.result} | {r.p50} | {r.p99} | {r.compare} |"
-        for r in report.rows
-    ]
-    checks = ", ".join(
-        f"{what} {b:.0f}/{m:.0f}{'' if b == m else ' MISMATCH'}" for what, b, m in report.checks
-    )
-    missed = [w for w, met in report.targets if not met]
-    lines = [
-        f"bench: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}",
-        f"run: {plan.name}; load generator: {load.generator_name(plan.tool)}; "
-        f"load average before {load_before[0]:.2f}, "
-        f"after {os.getloadavg()[0]:.2f}; took {time.monotonic() - started:.0f} s",
-        "",
-        *head,
-        *rows,
-        "",
-        f"metrics cross-check (bench/Prometheus): {checks} -> "
-        f"{'all equal' if report.ok else 'MISMATCH'}",
-        f"targets: {len(report.targets) - len(missed)}/{len(report.targets)} met"
-        + (f"; missed: {', '.join(missed)}" if missed else ""),
-    ]
-    return "\n".join(lines)
 
 
 async def main_async(plan: Plan, root: Path, only: set[str]) -> Report:
@@ -801,9 +670,10 @@ async def main_async(plan: Plan, root: Path, only: set[str]) -> Report:
         if "large" in only:
             await large_results(bs, plan, report)
         if "list" in only:
-            await list_pages(bs, plan, report)
+            await store_rows.list_rows(bs, plan.list_sizes, plan.list_calls, report)
         if "cpu" in only:
-            await submit_cpu(bs, plan, report)
+            submit = partial(burst, plan, bs.gateway_one_api, json.dumps(GEN_BODY).encode())
+            await store_rows.cpu_rows(bs, plan.cpu_sizes, submit, plan.cpu_submits, report)
     finally:
         bs.stop()
     return report
@@ -839,7 +709,8 @@ def main() -> int:
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     plan = dataclasses.replace(plan, **changes)
-    print(f"load generator: {load.generator_name(plan.tool)}", flush=True)
+    generator = load.generator_name(plan.tool)
+    print(f"load generator: {generator}", flush=True)
     started, load_before = time.monotonic(), os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="imagejobs-bench-"))
     try:
@@ -849,12 +720,12 @@ def main() -> int:
             print(f"logs in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    print(render(report, plan, started, load_before), flush=True)
+    print(render(report, plan.name, generator, started, load_before), flush=True)
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
-                    "load_generator": load.generator_name(plan.tool),
+                    "load_generator": generator,
                     "numbers": report.numbers,
                     "checks": report.checks,
                     "targets": report.targets,

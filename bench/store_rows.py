@@ -32,6 +32,7 @@ from imagejobs.store.records import JOBS_STREAM
 
 from bench import load
 from bench.load import LoadResult, percentile
+from bench.report import Report, ms
 from bench.stack import BenchStack, cpu_seconds
 
 FILL_BATCH = 2000  # writes in flight at once while filling
@@ -188,3 +189,52 @@ async def cpu_runs(
         runs.append(CpuRun(jobs=size, accepted=result.ok, api_cpu_s=spent, fill_s=fill_s))
     await empty_store(bs.stack.nats_port)  # the next phase starts from an empty queue
     return runs
+
+
+# --- into the report ----------------------------------------------------------------------
+
+
+async def list_rows(bs: BenchStack, sizes: tuple[int, ...], calls: int, report: Report) -> None:
+    """Section (h): `list_runs`, into the report (`list_first_page_s_at_<N>`)."""
+    runs = await list_runs(bs, sizes, calls)
+    for run in runs:
+        report.numbers[f"list_first_page_s_at_{run.jobs}"] = run.p50
+        flat = ""
+        if run is runs[-1] and len(runs) > 1:
+            flat = f"x{run.p50 / runs[0].p50:.2f} vs {runs[0].jobs:,} jobs; " + report.target(
+                f"first list page <= 50 ms at {run.jobs:,} live jobs", run.p50 <= 0.050
+            )
+        report.add(
+            "h", f"first list page (REST via Envoy, {PAGE_SIZE} jobs) with "
+            f"{run.jobs:,} live jobs of the caller", f"{len(run.latencies_s)} lists",
+            ms(run.p50), ms(run.p99), f"{flat}; store filled in {run.fill_s:.1f} s".lstrip("; "),
+        )  # fmt: skip
+
+
+async def cpu_rows(
+    bs: BenchStack,
+    sizes: tuple[int, ...],
+    submit: Callable[[int], Awaitable[LoadResult]],
+    submits: int,
+    report: Report,
+) -> None:
+    """Section (i): `cpu_runs`, into the report (`submit_cpu_ratio_1m_vs_10k`)."""
+    runs = await cpu_runs(bs, sizes, submit, submits)
+    small, large = runs[0], runs[-1]
+    ratio = large.per_submit_s / small.per_submit_s if small.per_submit_s else float("nan")
+    report.numbers |= {
+        "submit_cpu_ratio_1m_vs_10k": ratio,  # the issue's row; the sizes are the next two
+        "submit_cpu_store_small": small.jobs,
+        "submit_cpu_store_large": large.jobs,
+        "submit_cpu_s_small": small.per_submit_s,
+        "submit_cpu_s_large": large.per_submit_s,
+    }
+    for run in runs:
+        compare = ""
+        if run is large:
+            compare = f"x{ratio:.2f} vs {small.jobs:,} jobs (flat is x1.0); "
+        report.add(
+            "i", f"API CPU per REST submit with {run.jobs:,} jobs in the store",
+            f"{ms(run.per_submit_s)} ({run.accepted} submits)",
+            compare=f"{compare}store filled in {run.fill_s:.1f} s",
+        )  # fmt: skip
