@@ -1,12 +1,12 @@
-"""(h) Fair share between keys, on stacks of their own (one API, one worker), once with
+"""(j) Fair share between keys, on stacks of their own (one API, one worker), once with
 fair share and once with `fair_share = false` (one FIFO queue, as before lanes):
 
-- (h1) the issue's run: key A queues `fair_backlog` jobs of `fair_latency_ms` against a
+- (j1) the issue's run: key A queues `fair_backlog` jobs of `fair_latency_ms` against a
   worker with 4 slots, then key B submits 4. How long B's jobs take from submit to
   completed, and the completion rate over the first `fair_observe_s`. In FIFO order B
   is not done within that window: the row gives the jobs queued ahead of it and the time
   they take at the measured rate.
-- (h2) throughput: `fair_drain_jobs` jobs of 0 ms queued while the worker is frozen
+- (j2) throughput: `fair_drain_jobs` jobs of 0 ms queued while the worker is frozen
   (SIGSTOP), then drained (thaw -> last completion): FIFO, against fair share with the
   jobs spread over 2 and over 16 keys. Target: fair share within 10% of FIFO.
 
@@ -31,7 +31,7 @@ from imagejobs.testing import Samples, Stack, free_port_run, scrape
 
 from bench.stack import Completions, metric
 
-SLOTS = 4  # (h1): the issue's worker
+SLOTS = 4  # (j1): the issue's worker
 B_JOBS = 4
 SUBMITTERS = 64  # submits in flight at once while filling a queue
 KEY_COUNT = 16
@@ -129,7 +129,7 @@ async def fill(mode: Mode, jobs: int, keys: int, latency_ms: int, tag: str) -> l
 
 
 async def issue_run(mode: Mode, plan: Plan, report: Report) -> None:
-    """(h1) A's backlog, then B's 4 jobs; B's latency and the completion rate."""
+    """(j1) A's backlog, then B's 4 jobs; B's latency and the completion rate."""
     name, _ = mode.stack.start_worker({"IMAGEJOBS_WORKER_CONCURRENCY": str(SLOTS)})
     async with Completions(mode.stack.nats_port) as done:
         backlog = await fill(mode, plan.fair_backlog, 1, plan.fair_latency_ms, "a")
@@ -157,12 +157,12 @@ async def issue_run(mode: Mode, plan: Plan, report: Report) -> None:
         met = len(b_done) == B_JOBS and max(b_done) <= 5.0
         verdict = "; " + report.target("B's jobs done within 5 s behind A's backlog", met)
     report.add(
-        "h", f"{mode.name}: A queues {plan.fair_backlog} x {plan.fair_latency_ms} ms, then B 4; "
+        "j", f"{mode.name}: A queues {plan.fair_backlog} x {plan.fair_latency_ms} ms, then B 4; "
         f"1 worker x {SLOTS} slots", result,
         compare=f"{rate:.1f} completed/s over {window:.1f} s{verdict}",
     )  # fmt: skip
     report.check(
-        f"h1 {mode.name} completions",
+        f"j1 {mode.name} completions",
         finished,
         metric(mode.worker_metrics(name), "imagejobs_completions_total"),
     )
@@ -189,7 +189,7 @@ async def _as_key(mode: Mode, jobs: int, latency_ms: int) -> list[Job]:
 
 
 async def drain(mode: Mode, plan: Plan, keys: int) -> tuple[float, int, str]:
-    """(h2) jobs/s draining `fair_drain_jobs` 0 ms jobs of `keys` keys; (rate, done, worker)."""
+    """(j2) jobs/s draining `fair_drain_jobs` 0 ms jobs of `keys` keys; (rate, done, worker)."""
     name, proc = mode.stack.start_worker()
     proc.send_signal(signal.SIGSTOP)
     async with Completions(mode.stack.nats_port) as done:
@@ -203,7 +203,7 @@ async def drain(mode: Mode, plan: Plan, keys: int) -> tuple[float, int, str]:
 
 
 async def throughput(modes: list[Mode], plan: Plan, report: Report) -> None:
-    """(h2) each configuration `plan.fair_rounds` times, interleaved, the best kept (a
+    """(j2) each configuration `plan.fair_rounds` times, interleaved, the best kept (a
     busy machine slows a run down, it never speeds one up)."""
     configs = [(modes[0], 1, "FIFO")]
     configs += [(modes[1], keys, f"fair share, {keys} keys") for keys in (2, KEY_COUNT)]
@@ -213,7 +213,7 @@ async def throughput(modes: list[Mode], plan: Plan, report: Report) -> None:
             rate, count, name = await drain(mode, plan, keys)
             best[label] = max(best.get(label, 0.0), rate)
             report.check(
-                f"h2 {label} completions",
+                f"j2 {label} completions",
                 count,
                 metric(mode.worker_metrics(name), "imagejobs_completions_total"),
             )
@@ -228,13 +228,13 @@ async def throughput(modes: list[Mode], plan: Plan, report: Report) -> None:
                 f"fair share ({keys} keys) drain >= 90% of FIFO", share >= 0.90
             )
         report.add(
-            "h", f"drain {plan.fair_drain_jobs} queued jobs, mock 0 ms, 1 worker: {label}",
+            "j", f"drain {plan.fair_drain_jobs} queued jobs, mock 0 ms, 1 worker: {label}",
             f"{best[label]:,.0f} jobs/s (best of {plan.fair_rounds})", compare=compare,
         )  # fmt: skip
 
 
 async def fair_share(root: Path, plan: Plan, report: Report) -> None:
-    """(h1) and (h2) on a FIFO stack and a fair-share stack (each stopped at the end)."""
+    """(j1) and (h2) on a FIFO stack and a fair-share stack (each stopped at the end)."""
     modes: list[Mode] = []
     try:
         for fair in (False, True):
