@@ -17,4 +17,5 @@ enqueues jobs and reads them back; it never calls a provider.
     render.py       records -> the REST JSON (jobs, lists, deliveries) and error messages
     models.py       the model listing (ListModels, GET /v1/async/images/models)
     console_reads.py  the console's reads: a job's request (GetSubmission), queue stats (GetStats)
+    deliveries.py   a job's webhook deliveries: ListDeliveries, Redeliver (typed and REST)
 """

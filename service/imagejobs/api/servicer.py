@@ -7,7 +7,8 @@ StreamJobEvents and GetJobImage, with their headers as metadata and (for a submi
 raw body in `http_body`; their answers are JSON the servicer renders itself (render.py),
 and the servicer tells Envoy which HTTP status to use through the `x-http-status` initial
 metadata (202 for a still-running job; the gateway itself answers a successful submit
-with 202). The console's reads (GetSubmission, GetStats): console_reads.py.
+with 202). The console's reads (GetSubmission, GetStats): console_reads.py; a job's webhook
+deliveries (ListDeliveries, Redeliver): deliveries.py; the usage report: usage.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from google.api import httpbody_pb2
 
 from imagejobs.api.auth import Authenticator
 from imagejobs.api.console_reads import ConsoleRpcs
+from imagejobs.api.deliveries import DeliveryRpcs
 from imagejobs.api.fields import (
     Context,
     list_kind,
@@ -31,10 +33,10 @@ from imagejobs.api.fields import (
     read_kind,
     submit_kind,
 )
-from imagejobs.api.messages import IMAGE_CHUNK_BYTES, delivery_message, inlines, job_message
+from imagejobs.api.messages import IMAGE_CHUNK_BYTES, inlines, job_message
 from imagejobs.api.models import listing, listing_json
 from imagejobs.api.reads import Page
-from imagejobs.api.render import deliveries_json, job_json, list_json
+from imagejobs.api.render import job_json, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
 from imagejobs.api.service import JobService
 from imagejobs.api.usage import UsageRpcs
@@ -44,7 +46,6 @@ from imagejobs.domain.jobs import Job, Status, resolve_ttl
 from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.v1 import jobs_pb2, jobs_pb2_grpc
-from imagejobs.webhooks.delivery import DeliveryRecord
 
 SSE_CONTENT_TYPE = "text/event-stream"
 JSON_CONTENT_TYPE = "application/json"
@@ -58,7 +59,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServicer):
+class ImageJobServicer(UsageRpcs, ConsoleRpcs, DeliveryRpcs, jobs_pb2_grpc.ImageJobServiceServicer):
     def __init__(self, service: JobService, settings: Settings) -> None:
         self._service = service
         self._settings = settings
@@ -72,6 +73,12 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
             catalogue=self._catalogue,
         )
 
+    def _who(self, context: Context) -> tuple[dict[str, str], Caller]:
+        """The call's metadata and its caller (401 before anything else, when the key is
+        missing and one is required, or refused)."""
+        md = metadata_of(context)
+        return md, self._auth.caller(md)
+
     def _base_url(self, md: dict[str, str]) -> str:
         if self._settings.public_url:
             return self._settings.public_url.rstrip("/")
@@ -84,8 +91,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def SubmitImageJob(
         self, request: jobs_pb2.SubmitImageJobRequest, context: Context
     ) -> jobs_pb2.Job:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)  # 401 before anything else
+        md, caller = self._who(context)
         kind = submit_kind(request.kind)
         if kind is not Kind.GENERATION and request.request.images:
             # decoding and checking MBs of images is CPU work: off the event loop
@@ -106,8 +112,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def SubmitImageJobJson(
         self, request: jobs_pb2.SubmitImageJobJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         kind = parse_kind(request.kind)
         body = request.http_body
         if len(body.data) > self._settings.max_body_bytes:
@@ -159,8 +164,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     # --- reads ----------------------------------------------------------------------
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Context) -> jobs_pb2.Job:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         kind = read_kind(request.kind)
         job = await self._read(kind, request.job_id, request.wait, caller, context)
         return await self._typed(job, md)
@@ -168,8 +172,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def GetJobJson(
         self, request: jobs_pb2.GetJobJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         kind = parse_kind_or_404(request.kind)
         job = await self._read(kind, request.job_id, request.wait, caller, context)
         return await self._json_body(job, md)
@@ -192,8 +195,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def GetJobImage(
         self, request: jobs_pb2.GetJobImageRequest, context: Context
     ) -> jobs_pb2.GetJobImageResponse:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        _, caller = self._who(context)
         obj = await self._service.image(
             parse_kind_or_404(request.kind), request.job_id, request.index, caller
         )
@@ -205,8 +207,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def StreamJobImage(
         self, request: jobs_pb2.StreamJobImageRequest, context: Context
     ) -> AsyncIterator[jobs_pb2.StreamJobImageResponse]:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        _, caller = self._who(context)
         obj = await self._service.image(
             read_kind(request.kind), request.job_id, request.index, caller
         )
@@ -222,16 +223,14 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     # --- cancel ---------------------------------------------------------------------
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Context) -> jobs_pb2.Job:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         job = await self._service.cancel(read_kind(request.kind), request.job_id, caller)
         return await self._typed(job, md)
 
     async def CancelJobJson(
         self, request: jobs_pb2.CancelJobJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         job = await self._service.cancel(parse_kind_or_404(request.kind), request.job_id, caller)
         return await self._json_body(job, md)
 
@@ -240,8 +239,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[jobs_pb2.Job]:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         async for job in self._service.watch(read_kind(request.kind), request.job_id, caller):
             if job is not None:
                 yield await self._typed(job, md)
@@ -249,8 +247,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def StreamJobEvents(
         self, request: jobs_pb2.StreamJobEventsRequest, context: Context
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         kind = parse_kind_or_404(request.kind)
         number = 0
         async for job in self._service.watch(kind, request.job_id, caller):
@@ -267,8 +264,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: Context
     ) -> jobs_pb2.ListJobsResponse:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         status, kind = list_status(request.status), list_kind(request.kind)
         page = await self._list(caller, status, kind, request)
         base_url = self._base_url(md)
@@ -280,8 +276,7 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def ListJobsJson(
         self, request: jobs_pb2.ListJobsJsonRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        md = metadata_of(context)
-        caller = self._auth.caller(md)
+        md, caller = self._who(context)
         status = parse_status(request.status)
         kind = parse_kind(request.kind) if request.kind else None
         page = await self._list(caller, status, kind, request)
@@ -363,39 +358,4 @@ class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServ
     async def _json_body(self, job: Job, md: dict[str, str]) -> httpbody_pb2.HttpBody:
         return httpbody_pb2.HttpBody(
             content_type=JSON_CONTENT_TYPE, data=await self._render_json(job, md)
-        )
-
-    # --- webhooks -----------------------------------------------------------------------
-
-    async def ListDeliveries(
-        self, request: jobs_pb2.ListDeliveriesRequest, context: Context
-    ) -> jobs_pb2.ListDeliveriesResponse:
-        records = await self._deliveries(request, context)
-        return jobs_pb2.ListDeliveriesResponse(deliveries=[delivery_message(r) for r in records])
-
-    async def ListDeliveriesJson(
-        self, request: jobs_pb2.ListDeliveriesJsonRequest, context: Context
-    ) -> httpbody_pb2.HttpBody:
-        records = await self._deliveries(request, context)
-        return httpbody_pb2.HttpBody(content_type="application/json", data=deliveries_json(records))
-
-    async def _deliveries(
-        self,
-        request: jobs_pb2.ListDeliveriesRequest | jobs_pb2.ListDeliveriesJsonRequest,
-        context: Context,
-    ) -> list[DeliveryRecord]:
-        caller = self._auth.caller(metadata_of(context))
-        if isinstance(request, jobs_pb2.ListDeliveriesRequest):
-            kind = read_kind(request.kind)
-        else:
-            kind = parse_kind_or_404(request.kind)
-        return await self._service.webhooks.list(kind, request.job_id, caller)
-
-    async def Redeliver(
-        self, request: jobs_pb2.RedeliverRequest, context: Context
-    ) -> jobs_pb2.WebhookDelivery:
-        caller = self._auth.caller(metadata_of(context))
-        kind = read_kind(request.kind)
-        return delivery_message(
-            await self._service.webhooks.redeliver(kind, request.job_id, caller)
         )
