@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["ImageJobService"].full_name
 SHUTDOWN_GRACE_S = 5.0
-FAILPOINT_BEFORE_PUBLISH = "submit.before_publish"  # the one `failpoint` setting there is
+FAILPOINT_BEFORE_PUBLISH = constants.FAILPOINT_BEFORE_PUBLISH
 CRASH_EXIT_CODE = 137  # what a kill -9 leaves
 
 
@@ -55,12 +55,11 @@ def hooks_for(settings: Settings) -> ServiceHooks:
     """The service's hooks for the fault tests' `failpoint` setting (none without it):
     `submit.before_publish` makes the process die right after a submit's record is
     written, as a crash there would."""
-    if not settings.failpoint:
+    if settings.failpoint not in constants.FAILPOINTS:
+        known = ", ".join(sorted(constants.FAILPOINTS - {""}))
+        raise ConfigError(f"unknown failpoint {settings.failpoint!r}; known: {known}")
+    if settings.failpoint != FAILPOINT_BEFORE_PUBLISH:  # none, or another process's
         return ServiceHooks()
-    if settings.failpoint != FAILPOINT_BEFORE_PUBLISH:
-        raise ConfigError(
-            f"unknown failpoint {settings.failpoint!r}; the only one is {FAILPOINT_BEFORE_PUBLISH}"
-        )
     return ServiceHooks(after_record=_die_before_publish)
 
 

@@ -74,3 +74,11 @@ MAX_IMAGES = 16  # uploaded images per edit/variation; entries of `input_images`
 MAX_IMAGE_PIXELS = 8192 * 8192  # an input image's width x height; more is a decompression bomb
 MAX_JSON_DEPTH = 32  # nesting of a JSON request body (pass-through values included)
 MAX_FALLBACKS = 10  # `fallbacks` entries, each tried in turn when the one before fails
+
+# fault tests only (the `failpoint` setting): where a process dies as a crash there would.
+# The API's: right after a submit's record is written, before the job is queued. The
+# worker's: right after a job's terminal write, before its debts (webhook intent, budget
+# settlement) are paid. A process ignores the other's.
+FAILPOINT_BEFORE_PUBLISH = "submit.before_publish"
+FAILPOINT_AFTER_TERMINAL_WRITE = "worker.after_terminal_write"
+FAILPOINTS = frozenset({"", FAILPOINT_BEFORE_PUBLISH, FAILPOINT_AFTER_TERMINAL_WRITE})

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +34,13 @@ from opentelemetry.trace import SpanKind
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import ErrorCode, ErrorType, RevisionConflict, StoreError
+from imagejobs.domain.errors import (
+    ConfigError,
+    ErrorCode,
+    ErrorType,
+    RevisionConflict,
+    StoreError,
+)
 from imagejobs.domain.jobs import Job, StoredError, age_limit_error
 from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
@@ -44,6 +51,9 @@ log = logging.getLogger(__name__)
 
 STORE_RETRY_DELAY_S = 2.0  # a delivery that hit a store error comes back after this
 MIN_HEARTBEAT_S = 0.2
+
+
+CRASH_EXIT_CODE = 137  # what a kill -9 leaves
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,16 @@ class WorkerOptions:
     ack_wait_s: float = constants.ACK_WAIT_S
     max_attempts: int = constants.MAX_DELIVERIES
     max_job_age_s: float = constants.MAX_JOB_AGE_S
+    # fault tests only: constants.FAILPOINT_AFTER_TERMINAL_WRITE: the worker dies right after a
+    # job's terminal write, before its debts (webhook intent, budget settlement) are paid
+    failpoint: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
+        """The options as set; ConfigError for a `failpoint` no process knows."""
+        if settings.failpoint not in constants.FAILPOINTS:
+            known = ", ".join(sorted(constants.FAILPOINTS - {""}))
+            raise ConfigError(f"unknown failpoint {settings.failpoint!r}; known: {known}")
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -251,6 +268,9 @@ class DeliveryHandler:
             else:
                 log.info("job %s: lost the race to finish it; discarding this result", final.id)
             return
+        if self._options.failpoint == constants.FAILPOINT_AFTER_TERMINAL_WRITE:
+            log.critical("failpoint %s: exiting, job %s unpaid", self._options.failpoint, final.id)
+            os._exit(CRASH_EXIT_CODE)
         # the webhook intent before the ack (a StoreError naks: the redelivery owes it)
         await job_ended(final, self._quotas, self._outbox, self._budgets)
         # no need to wait, nor to fail over it: a lost ack redelivers a terminal job,
