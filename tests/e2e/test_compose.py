@@ -1,0 +1,316 @@
+"""The compose deployment, really run (marker `docker`; not in the default run).
+
+Builds the base image (scripts/docker/base.sh, when missing) and the one image
+(scripts/docker/build.sh), starts docker-compose.yml (3 NATS nodes with replicas 3, two
+APIs, two workers, Envoy) with a mounted config, waits until every container is
+healthy, and then counts as the cluster run does (tests/faults/cluster_run.py: about 30
+submits/s through Envoy's published port on 127.0.0.1, clients that retry with the same
+Idempotency-Key and follow each accepted job to its end, mock latency 0.3-2 s) while
+`docker kill` takes the NATS container leading the job-record and work-queue streams,
+which is started again 10 s later. The checks are the cluster run's
+(tests/faults/test_cluster_run.py `check`): every 202 completed once and listed, no
+retry made a second job, failed submits a fast 503 with the error body, reads of
+accepted jobs never 404 or 500. Then `down -v`.
+
+Run it: `.venv/bin/python -m pytest -m docker -p no:cacheprovider tests/e2e/test_compose.py`
+(root: it starts dockerd when none runs, and stops it after). Without a Docker engine it
+skips, saying why; with CI=true it fails instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import httpx
+import pytest
+from imagejobs.domain import constants
+from imagejobs.store.records import JOBS_STREAM
+from imagejobs.testing import Stack, free_port, http_ok, wait_until
+
+from tests.faults.cluster_run import Load, Phase, Record
+from tests.faults.test_cluster_run import KEY, PAUSE_S, RATE_PER_S, check
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_TIMEOUT_S = 900.0  # cold: debootstrap (~1.5 min) and the wheels (~2 min) included
+UP_TIMEOUT_S = 240.0  # `up -d` until every container is healthy
+DOWN_S = 10.0  # the killed NATS node stays down this long
+CURRENT_TIMEOUT_S = 90.0  # after its restart, every stream has a leader and current replicas
+SERVICES = ("nats1", "nats2", "nats3", "api1", "api2", "worker1", "worker2", "gateway")
+
+# Run inside a NATS container (the image has nats-py): each stream's cluster info as
+# JSON, after moving the leadership of stream argv[1] to server argv[2] when given.
+CLUSTER_INFO = """
+import asyncio, json, sys
+import nats
+
+async def main():
+    nc = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2, max_reconnect_attempts=1)
+    async def api(subject, body=None):
+        reply = await nc.request("$JS.API." + subject, json.dumps(body or {}).encode(), timeout=2)
+        return json.loads(reply.data)
+    try:
+        if len(sys.argv) == 3:
+            prefer = {"placement": {"preferred": sys.argv[2]}}
+            await api("STREAM.LEADER.STEPDOWN." + sys.argv[1], prefer)
+        names = (await api("STREAM.NAMES")).get("streams") or []
+        print(json.dumps({s: (await api("STREAM.INFO." + s)).get("cluster", {}) for s in names}))
+    finally:
+        await nc.close()
+
+asyncio.run(main())
+"""
+
+
+def run(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> str:
+    """`argv`'s stdout; AssertionError with its output when it fails or overruns."""
+    try:
+        done = subprocess.run(
+            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{argv} took over {timeout_s:g} s") from exc
+    assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def docker_ok() -> bool:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    return False
+
+
+def no_engine(why: str) -> None:
+    """Skip, saying why; in CI (CI=true) fail instead: there the test must run."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A running Docker engine: the one there is, or dockerd started here (as root) and
+    stopped after the test."""
+    if shutil.which("docker") is None:
+        no_engine("no docker client (apt-get install docker.io docker-compose)")
+    if docker_ok():
+        yield
+        return
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        no_engine("no Docker engine running, and none can be started here (dockerd as root)")
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(["dockerd"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(docker_ok, 60, "dockerd to answer", interval_s=0.5)
+        yield
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+def compose_command() -> list[str]:
+    """docker-compose (v1), else `docker compose` (v2)."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        if (
+            subprocess.run(
+                ["docker", "compose", "version"], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        ):
+            return ["docker", "compose"]
+    no_engine("neither docker-compose nor the docker compose plugin is installed")
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Deployment:
+    """One compose project. `url` and `procs` and `log()` are what the cluster run's
+    load and checks read of a `Stack` (its Envoy; the workers' logs)."""
+
+    project: str
+    config: Path
+    port: int
+    compose: list[str]
+    url: str = ""
+    procs: dict[str, None] = field(default_factory=lambda: {"worker1": None, "worker2": None})
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "IMAGEJOBS_CONFIG_FILE": str(self.config),
+            "IMAGEJOBS_PUBLISH": f"127.0.0.1:{self.port}",
+        }
+
+    def __call__(self, *args: str, timeout_s: float = 120.0) -> str:
+        argv = [*self.compose, "-p", self.project, "-f", str(ROOT / "docker-compose.yml")]
+        return run([*argv, *args], timeout_s, self.env)
+
+    def container(self, service: str) -> str:
+        return self("ps", "-q", service).strip()
+
+    def log(self, service: str) -> str:
+        return self("logs", "--no-color", service)
+
+    def healthy(self, service: str) -> bool:
+        cid = self("ps", "-a", "-q", service).strip()
+        if not cid:
+            return False
+        state = run(["docker", "inspect", "--format", "{{json .State}}", cid], 20)
+        return bool(json.loads(state).get("Health", {}).get("Status") == "healthy")
+
+    def streams(
+        self, via: str, move: tuple[str, str] | None = None
+    ) -> dict[str, dict[str, object]]:
+        """Every stream's cluster info, asked inside the `via` NATS container (after
+        moving a stream's leadership when `move` = (stream, server))."""
+        script = ["docker", "exec", self.container(via), "python", "-c", CLUSTER_INFO]
+        return cast(dict[str, dict[str, object]], json.loads(run([*script, *(move or ())], 30)))
+
+    def current(self, via: str) -> bool:
+        """Every stream has a leader and all its replicas are current."""
+        with contextlib.suppress(AssertionError, ValueError):
+            info = self.streams(via)
+            return bool(info) and all(
+                c.get("leader")
+                and all(
+                    r.get("current") for r in cast(list[dict[str, object]], c.get("replicas") or [])
+                )
+                for c in info.values()
+            )
+        return False
+
+
+def timed(d: Deployment, what: str, started: float) -> None:
+    d.timings[what] = time.monotonic() - started
+
+
+def config_file(root: Path) -> Path:
+    """The shipped example (deploy/compose/imagejobs.toml) with the cluster run's client
+    key required, and its job settings: what the mounted config can do, shown by the
+    401 an anonymous submit gets."""
+    head = {
+        "require_virtual_key": "true",
+        "worker_concurrency": "64",  # as the cluster run (the example says 32)
+        "max_attempts": "10",
+    }
+    example = (ROOT / "deploy/compose/imagejobs.toml").read_text()
+    example = example.replace("worker_concurrency = 32\n", "")
+    lines = [f"{k} = {v}" for k, v in head.items()]
+    lines += [
+        example,
+        "[virtual_keys.run]",
+        f'key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"',
+    ]
+    path = root / "imagejobs.toml"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)  # read by the containers' user
+    return path
+
+
+@pytest.fixture
+def deployment(
+    engine: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Deployment]:
+    d = Deployment(f"ijtest{os.getpid()}", config_file(tmp_path), free_port(), compose_command())
+    started = time.monotonic()
+    built = run([str(ROOT / "scripts/docker/build.sh")], BUILD_TIMEOUT_S)
+    timed(d, "build (base if missing, wheels, image)", started)
+    with capsys.disabled():
+        print("\n" + "\n".join(line for line in built.splitlines() if "sh:" in line))
+    try:
+        started = time.monotonic()
+        d("up", "-d", "--no-build", timeout_s=UP_TIMEOUT_S)
+        wait_until(
+            lambda: all(d.healthy(s) for s in SERVICES),
+            UP_TIMEOUT_S,
+            "every container healthy",
+            1.0,
+        )
+        wait_until(lambda: http_ok(f"{d.url}/health"), 30, "Envoy's /health", 0.5)
+        timed(d, "up until every container is healthy", started)
+        yield d
+    finally:
+        started = time.monotonic()
+        d("down", "-v", "--timeout", "10", timeout_s=180)
+        timed(d, "down -v", started)
+        with capsys.disabled():
+            print(
+                "compose run timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in d.timings.items())
+            )
+
+
+def kill_the_leader(d: Deployment) -> Phase:
+    """docker kill of the NATS container leading the job-record and work-queue streams
+    (moved there first), started again after DOWN_S."""
+    info = d.streams("nats1")
+    leader = str(info[JOBS_STREAM]["leader"])
+    d.streams(leader, move=(constants.QUEUE_STREAM, leader))
+    wait_until(
+        lambda: d.streams(leader)[constants.QUEUE_STREAM].get("leader") == leader,
+        30,
+        "the move",
+        0.5,
+    )
+    phase = Phase(f"docker kill of {leader}, leader of the job-record and work-queue streams")
+    other = next(s for s in ("nats1", "nats2", "nats3") if s != leader)
+    cid = d.container(leader)
+    phase.start = time.monotonic()
+    run(["docker", "kill", cid], 30)
+    time.sleep(DOWN_S)
+    run(["docker", "start", cid], 30)
+    phase.down = (phase.start, time.monotonic())
+    wait_until(lambda: d.healthy(leader), CURRENT_TIMEOUT_S, f"{leader} healthy again", 0.5)
+    wait_until(lambda: d.current(other), CURRENT_TIMEOUT_S, "every stream current", 0.5)
+    phase.whole = time.monotonic()
+    return phase
+
+
+def test_compose_deployment_survives_docker_kill_of_the_nats_leader(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = deployment
+    anonymous = httpx.post(
+        f"{d.url}/v1/async/images/generations",
+        json={"model": "mock/image-1", "prompt": "no key", "size": "16x16"},
+        timeout=10,
+    )
+    assert anonymous.status_code == 401, anonymous.text  # the mounted config is read
+
+    record = Record()
+    stack = cast(Stack, d)  # the load and the checks read only url, procs and log()
+    load = Load(stack, KEY, RATE_PER_S, record)
+    started = time.monotonic()
+    load.start()
+    try:
+        time.sleep(PAUSE_S)
+        record.phases.append(kill_the_leader(d))
+        time.sleep(PAUSE_S)
+    finally:
+        run_end = time.monotonic()
+        load.stop()
+    timed(d, "load with the fault, until every job settled", started)
+    started = time.monotonic()
+    check(stack, record, run_end, capsys)
+    timed(d, "checks", started)
