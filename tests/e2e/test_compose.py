@@ -37,7 +37,7 @@ from imagejobs.domain import constants
 from imagejobs.store.records import JOBS_STREAM
 from imagejobs.testing import Stack, free_port, http_ok, wait_until
 
-from tests.faults.cluster_run import Load, Phase, Record
+from tests.faults.cluster_run import Attempt, Load, Phase, Record
 from tests.faults.test_cluster_run import KEY, PAUSE_S, RATE_PER_S, check
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -252,6 +252,9 @@ def deployment(
         timed(d, "up until every container is healthy", started)
         yield d
     finally:
+        logs = tmp_path / "compose.log"  # every container's log, kept for a failure's story
+        with contextlib.suppress(AssertionError):
+            logs.write_text(d("logs", "--no-color", "--timestamps", timeout_s=60))
         started = time.monotonic()
         d("down", "-v", "--timeout", "10", timeout_s=180)
         timed(d, "down -v", started)
@@ -287,6 +290,27 @@ def kill_the_leader(d: Deployment) -> Phase:
     return phase
 
 
+def dump(record: Record, run_end: float, path: Path) -> None:
+    """Every attempt and phase as JSON (times in s from the first submit), for a
+    failure's post-mortem beside the container logs."""
+    zero = min(a.at for a in record.all_submits())
+
+    def rows(attempts: list[Attempt]) -> list[tuple[float, float, int]]:
+        return [(round(a.at - zero, 3), round(a.took, 3), a.status) for a in attempts]
+
+    phases = [(p.name, p.start - zero, p.whole - zero) for p in record.phases]
+    path.write_text(
+        json.dumps(
+            {
+                "run_end": run_end - zero,
+                "phases": phases,
+                "submits": rows(record.all_submits()),
+                "reads": rows(record.reads),
+            }
+        )
+    )
+
+
 def test_compose_deployment_survives_docker_kill_of_the_nats_leader(
     deployment: Deployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -309,7 +333,10 @@ def test_compose_deployment_survives_docker_kill_of_the_nats_leader(
         time.sleep(PAUSE_S)
     finally:
         run_end = time.monotonic()
-        load.stop()
+        try:
+            load.stop()
+        finally:
+            dump(record, run_end, d.config.parent / "attempts.json")
     timed(d, "load with the fault, until every job settled", started)
     started = time.monotonic()
     check(stack, record, run_end, capsys)
