@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ import pytest
 from imagejobs.domain import constants
 from imagejobs.store.records import JOBS_STREAM
 from imagejobs.testing import Stack, free_port, http_ok, wait_until
+from imagejobs.webhooks.signing import new_secret
+from standardwebhooks.webhooks import Webhook
 
 from tests.faults.cluster_run import Attempt, Load, Phase, Record
 from tests.faults.test_cluster_run import KEY, PAUSE_S, RATE_PER_S, check
@@ -43,11 +46,11 @@ from tests.faults.test_cluster_run import KEY, PAUSE_S, RATE_PER_S, check
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
+WEBHOOK_HEADER = "x-bf-async-webhook"
 BUILD_TIMEOUT_S = 900.0  # cold: debootstrap (~1.5 min) and the wheels (~2 min) included
 UP_TIMEOUT_S = 240.0  # `up -d` until every container is healthy
 DOWN_S = 10.0  # the killed NATS node stays down this long
 CURRENT_TIMEOUT_S = 90.0  # after its restart, every stream has a leader and current replicas
-SERVICES = ("nats1", "nats2", "nats3", "api1", "api2", "worker1", "worker2", "gateway")
 
 # Run inside a NATS container (the image has nats-py): each stream's cluster info as
 # JSON, after moving the leadership of stream argv[1] to server argv[2] when given.
@@ -71,6 +74,50 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+# The webhook receiver (a container of the same image, in an override file the test
+# writes): every POST appended to a file as {"headers", "body"}, answered 200.
+RECEIVER = r"""
+import http.server, json, threading
+lock = threading.Lock()
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with lock, open("/tmp/hooks.jsonl", "a") as out:
+            out.write(json.dumps({"headers": headers, "body": body}) + "\n")
+        self.send_response(200)
+        self.end_headers()
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8000), Hook).serve_forever()
+"""
+HOOK = "receiver"  # the [[webhooks]] endpoint the test's jobs name
+HOOK_DEADLINE_S = 60.0  # after the run, every completed job's webhook has arrived by then
+SERVICES = (
+    *("nats1", "nats2", "nats3", "api1", "api2", "worker1", "worker2", "gateway"),
+    *("dispatcher", HOOK),
+)
+
+
+def receiver_override(root: Path) -> Path:
+    """A compose override (JSON is YAML) adding the receiver beside the deployment."""
+    service = {
+        "image": "${IMAGEJOBS_IMAGE:-imagejobs:local}",
+        "command": ["python", "-c", RECEIVER],
+        "healthcheck": {
+            "test": ["CMD", "imagejobs-probe", "http", "http://127.0.0.1:8000/"],
+            "interval": "2s",
+            "retries": 10,
+        },
+    }
+    path = root / "compose.receiver.json"
+    path.write_text(json.dumps({"services": {HOOK: service}}))
+    return path
 
 
 def run(argv: list[str], timeout_s: float, env: dict[str, str] | None = None) -> str:
@@ -149,6 +196,7 @@ class Deployment:
     config: Path
     port: int
     compose: list[str]
+    secret: str = field(default_factory=new_secret, repr=False)
     url: str = ""
     procs: dict[str, None] = field(default_factory=lambda: {"worker1": None, "worker2": None})
     timings: dict[str, float] = field(default_factory=dict)
@@ -161,10 +209,13 @@ class Deployment:
         return os.environ | {
             "IMAGEJOBS_CONFIG_FILE": str(self.config),
             "IMAGEJOBS_PUBLISH": f"127.0.0.1:{self.port}",
+            "IMAGEJOBS_WEBHOOK_SECRET": self.secret,
+            "COMPOSE_PROFILES": "webhooks",
         }
 
     def __call__(self, *args: str, timeout_s: float = 120.0) -> str:
-        argv = [*self.compose, "-p", self.project, "-f", str(ROOT / "docker-compose.yml")]
+        files = [ROOT / "docker-compose.yml", receiver_override(self.config.parent)]
+        argv = [*self.compose, "-p", self.project, *(f"--file={f}" for f in files)]
         return run([*argv, *args], timeout_s, self.env)
 
     def container(self, service: str) -> str:
@@ -222,6 +273,13 @@ def config_file(root: Path) -> Path:
         example,
         "[virtual_keys.run]",
         f'key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"',
+        "[[webhooks]]",
+        f'name = "{HOOK}"',
+        f'url = "http://{HOOK}:8000/hook"',
+        'secret_env = "IMAGEJOBS_WEBHOOK_SECRET"',
+        'events = ["async_job.completed"]',
+        "allow_private_network = true",
+        "initial_backoff_s = 1",
     ]
     path = root / "imagejobs.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -290,6 +348,32 @@ def kill_the_leader(d: Deployment) -> Phase:
     return phase
 
 
+def hooks_received(d: Deployment, accepted: set[str]) -> Counter[str]:
+    """Completed jobs' webhooks at the receiver, each signature verified with the
+    secret the dispatcher got from compose's environment: job id -> deliveries, once
+    every accepted job has one (or at HOOK_DEADLINE_S)."""
+    hook = Webhook(d.secret)
+
+    def received() -> Counter[str]:
+        lines = run(["docker", "exec", d.container(HOOK), "cat", "/tmp/hooks.jsonl"], 30)
+        seen: Counter[str] = Counter()
+        for line in lines.splitlines():
+            delivery = json.loads(line)
+            payload = hook.verify(delivery["body"].encode(), delivery["headers"])
+            seen[payload["data"]["job_id"]] += 1
+        return seen
+
+    deadline = time.monotonic() + HOOK_DEADLINE_S
+    seen: Counter[str] = Counter()
+    while time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError):  # no file before the first delivery
+            seen = received()
+        if accepted <= set(seen):
+            break
+        time.sleep(1.0)
+    return seen
+
+
 def dump(record: Record, run_end: float, path: Path) -> None:
     """Every attempt and phase as JSON (times in s from the first submit), for a
     failure's post-mortem beside the container logs."""
@@ -325,6 +409,7 @@ def test_compose_deployment_survives_docker_kill_of_the_nats_leader(
     record = Record()
     stack = cast(Stack, d)  # the load and the checks read only url, procs and log()
     load = Load(stack, KEY, RATE_PER_S, record)
+    load.headers[WEBHOOK_HEADER] = HOOK  # each job's end POSTed to the receiver
     started = time.monotonic()
     load.start()
     try:
@@ -340,4 +425,12 @@ def test_compose_deployment_survives_docker_kill_of_the_nats_leader(
     timed(d, "load with the fault, until every job settled", started)
     started = time.monotonic()
     check(stack, record, run_end, capsys)
+    accepted = set(record.accepted.values())
+    hooks = hooks_received(d, accepted)
+    with capsys.disabled():
+        print(
+            f"webhooks: {len(hooks)} completed jobs delivered to the receiver, signatures "
+            f"verified, {sum(hooks.values()) - len(hooks)} delivered more than once"
+        )
+    assert set(hooks) == accepted, len(accepted - set(hooks))
     timed(d, "checks", started)
