@@ -22,11 +22,9 @@ RUN /opt/imagejobs/bin/pip install --no-cache-dir --no-index --no-deps /wheels/a
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/imagejobs /opt/imagejobs
+COPY scripts/docker/probe /usr/local/bin/imagejobs-probe
 COPY scripts/docker/probe.py /opt/imagejobs/probe.py
-RUN printf '#!/bin/sh\nexec /opt/imagejobs/bin/python /opt/imagejobs/probe.py "$@"\n' \
-        > /usr/local/bin/imagejobs-probe \
-    && chmod 755 /usr/local/bin/imagejobs-probe \
-    && useradd --create-home --uid 10001 imagejobs \
+RUN useradd --create-home --uid 10001 imagejobs \
     && mkdir -p /data /etc/imagejobs && chown imagejobs /data
 # Every listener on all interfaces: the image runs one component per container, reached
 # by the other containers over the compose network (the package's defaults are loopback).

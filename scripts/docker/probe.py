@@ -1,35 +1,20 @@
-"""The containers' health checks (docker-compose.yml `healthcheck:`), installed in the
-image as `imagejobs-probe`. Exit status 0 = healthy, 1 = not (the reason on stderr).
-
-    imagejobs-probe http URL        200 from URL (nats /healthz, Envoy /health, /metrics)
-    imagejobs-probe grpc HOST:PORT  the gRPC health service says SERVING (the API: it
-                                    follows the store's ability to accept jobs)
-
-Each check gives up after 3 s (Docker's own `timeout` is longer), so a probe never hangs.
-"""
+"""`imagejobs-probe grpc HOST:PORT` (scripts/docker/probe): exit status 0 when the gRPC
+health service at HOST:PORT says SERVING (the overall status; the API's follows the
+store's ability to accept jobs), 1 when not (the reason on stderr). The call gives up
+after 3 s, so a probe never hangs."""
 
 from __future__ import annotations
 
 import sys
-import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TIMEOUT_S = 3.0
 
 
-def http_ok(url: str) -> str:
-    """'' when `url` answers 200, else why not."""
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            return "" if response.status == 200 else f"{url}: HTTP {response.status}"
-    except OSError as exc:  # URLError and HTTPError (a non-2xx answer) are OSErrors
-        return f"{url}: {exc}"
-
-
 def grpc_serving(target: str) -> str:
-    """'' when the gRPC health service at `target` says SERVING (the overall status)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+    """'' when the gRPC health service at `target` says SERVING, else why not."""
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -42,11 +27,10 @@ def grpc_serving(target: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    checks = {"http": http_ok, "grpc": grpc_serving}
-    if len(argv) != 2 or argv[0] not in checks:
+    if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    problem = checks[argv[0]](argv[1])
+    problem = grpc_serving(argv[0])
     if problem:
         print(problem, file=sys.stderr)
     return 1 if problem else 0
