@@ -42,6 +42,7 @@ from imagejobs.testing import Stack, free_port, http_ok, wait_until
 from imagejobs.webhooks.signing import new_secret
 from standardwebhooks.webhooks import Webhook
 
+from tests.docker.receiver import HOOKS
 from tests.faults.cluster_run import Attempt, Load, Phase, Record
 from tests.faults.test_cluster_run import KEY, PAUSE_S, check
 
@@ -60,50 +61,10 @@ CURRENT_TIMEOUT_S = 90.0  # after its restart, every stream has a leader and cur
 RATE_PER_S = 10.0
 STOP_TIMEOUT_S = 120.0  # the load's clients finish: 30 s to give up, calls of up to 30 s
 
-# Run inside a NATS container (the image has nats-py): each stream's cluster info as
-# JSON, after moving the leadership of stream argv[1] to server argv[2] when given.
-CLUSTER_INFO = """
-import asyncio, json, sys
-import nats
-
-async def main():
-    nc = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2, max_reconnect_attempts=1)
-    async def api(subject, body=None):
-        reply = await nc.request("$JS.API." + subject, json.dumps(body or {}).encode(), timeout=2)
-        return json.loads(reply.data)
-    try:
-        if len(sys.argv) == 3:
-            prefer = {"placement": {"preferred": sys.argv[2]}}
-            await api("STREAM.LEADER.STEPDOWN." + sys.argv[1], prefer)
-        names = (await api("STREAM.NAMES")).get("streams") or []
-        print(json.dumps({s: (await api("STREAM.INFO." + s)).get("cluster", {}) for s in names}))
-    finally:
-        await nc.close()
-
-asyncio.run(main())
-"""
-
-
-# The webhook receiver (a container of the same image, in an override file the test
-# writes): every POST appended to a file as {"headers", "body"}, answered 200.
-RECEIVER = r"""
-import http.server, json, threading
-lock = threading.Lock()
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        with lock, open("/tmp/hooks.jsonl", "a") as out:
-            out.write(json.dumps({"headers": headers, "body": body}) + "\n")
-        self.send_response(200)
-        self.end_headers()
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8000), Hook).serve_forever()
-"""
+# Programs run inside the containers (tests/docker/): the webhook receiver, and the
+# question to JetStream about each stream's leader and replicas
+RECEIVER = (ROOT / "tests/docker/receiver.py").read_text()
+STREAMS = (ROOT / "tests/docker/streams.py").read_text()
 HOOK = "receiver"  # the [[webhooks]] endpoint the test's jobs name
 HOOK_DEADLINE_S = 60.0  # after the run, every completed job's webhook has arrived by then
 SERVICES = (
@@ -244,7 +205,7 @@ class Deployment:
     ) -> dict[str, dict[str, object]]:
         """Every stream's cluster info, asked inside the `via` NATS container (after
         moving a stream's leadership when `move` = (stream, server))."""
-        script = ["docker", "exec", self.container(via), "python", "-c", CLUSTER_INFO]
+        script = ["docker", "exec", self.container(via), "python", "-c", STREAMS]
         return cast(dict[str, dict[str, object]], json.loads(run([*script, *(move or ())], 30)))
 
     def current(self, via: str) -> bool:
@@ -366,7 +327,7 @@ def hooks_received(d: Deployment, accepted: set[str]) -> Counter[str]:
     hook = Webhook(d.secret)
 
     def received() -> Counter[str]:
-        lines = run(["docker", "exec", d.container(HOOK), "cat", "/tmp/hooks.jsonl"], 30)
+        lines = run(["docker", "exec", d.container(HOOK), "cat", HOOKS], 30)
         seen: Counter[str] = Counter()
         for line in lines.splitlines():
             delivery = json.loads(line)
