@@ -1,0 +1,1 @@
+"""Programs that tests/e2e/test_compose.py runs inside the deployment's containers."""
