@@ -12,13 +12,16 @@
 # - Debian's nghttp2-client: h2load, bench/run.py's load generator (C, a fraction of a
 #   core; the Python fallback competes for the 2 cores with what it measures). Here, with
 #   the other system tools, so that the bench itself never needs root or apt.
+# - Debian's docker.io (engine 20.10), docker-compose (v1) and debootstrap: the compose
+#   test (tests/e2e/test_compose.py) builds the image from a base made with debootstrap
+#   (Docker Hub is not reachable) and runs docker-compose.yml; the test starts dockerd.
 # - the TypeScript client's npm packages, exactly as its lockfile pins them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
   golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc chromium prometheus
-  nghttp2-client)
+  nghttp2-client docker.io docker-compose debootstrap)
 
 apt_install() {
   local missing=()

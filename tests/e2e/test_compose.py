@@ -1,4 +1,4 @@
-"""The compose deployment, really run (marker `docker`; not in the default run).
+"""The compose deployment, really run (marker `docker`; in the default run and in CI).
 
 Builds the base image (scripts/docker/base.sh, when missing) and the one image
 (scripts/docker/build.sh), starts docker-compose.yml (3 NATS nodes with replicas 3, two
@@ -46,7 +46,7 @@ from tests.docker.receiver import HOOKS
 from tests.faults.cluster_run import Attempt, Load, Phase, Record
 from tests.faults.test_cluster_run import KEY, PAUSE_S, check
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_HEADER = "x-bf-async-webhook"
