@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     # how long one JetStream request (a write, a read) may take before the call fails
     # with 503: an election or a lost quorum answers fast instead of hanging
     store_timeout_s: float = Field(default=constants.STORE_TIMEOUT_S, gt=0)
+    # how long a whole submit may take (its several requests, after an election each may
+    # be slow) before it answers 503 with Retry-After, plus submit_upload_s_per_mib for
+    # each MiB it uploads; what it made is taken back
+    submit_timeout_s: float = Field(default=constants.SUBMIT_TIMEOUT_S, gt=0)
+    submit_upload_s_per_mib: float = Field(default=constants.SUBMIT_UPLOAD_S_PER_MIB, ge=0)
 
     # workers
     worker_processes: int = Field(default=1, ge=1)

@@ -2,12 +2,15 @@
 accept jobs a submit fails at once and keeps nothing; while it has no leader a terminal
 job is still read and anything else is 503, never a 404; a submit whose index write or
 queue publish fails leaves nothing half-made (or, when even the take-back fails, a key
-that resumes the same job); an idempotent retry finishes what a submit that died left
-undone. Parts of the twin are wrapped to fail on demand (`Failing`)."""
+that resumes the same job), and one past its deadline answers 503 at once; an idempotent
+retry finishes what a submit that died left undone. Parts of the twin are wrapped to
+fail or hang on demand (`Failing`)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 import uuid
 from typing import Any
 
@@ -29,15 +32,22 @@ GEN = Kind.GENERATION
 
 
 class Failing:
-    """Wraps a store part: the methods named in `failing` raise StoreUnavailable, the rest
-    pass through."""
+    """Wraps a store part: the methods named in `failing` raise StoreUnavailable, those in
+    `hanging` never answer, the rest pass through."""
 
     def __init__(self, part: Any) -> None:
         self._part = part
         self.failing: set[str] = set()
+        self.hanging: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._part, name)
+        if name in self.hanging:
+
+            async def hang(*args: Any, **kwargs: Any) -> Any:
+                await asyncio.Event().wait()
+
+            return hang
         if name not in self.failing:
             return attr
 
@@ -178,6 +188,29 @@ async def test_an_idempotent_retry_at_once_resumes_a_submit_that_died_before_pub
     degraded.service.hooks.after_record = None
     again = await submit(degraded.service, ALICE, idempotency_key="k")
     assert again.status is Status.PENDING
+    assert await degraded.backend.queue.contains(again.id)
+    assert await listed(degraded.service) == [again.id]
+
+
+async def test_a_submit_past_its_deadline_is_a_fast_503_and_takes_back_what_it_made(
+    degraded: Degraded,
+) -> None:
+    """Each request is bounded, but a submit makes several: the whole answers within its
+    deadline (here a publish never answers), and what it made goes in the background."""
+    degraded.service.limits = dataclasses.replace(degraded.service.limits, submit_timeout_s=0.2)
+    degraded.queue.hanging = {"publish"}
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"within 0\.2 s"):
+        await asyncio.wait_for(submit(degraded.service, ALICE, idempotency_key="k"), 5.0)
+    assert time.monotonic() - started < 1.0
+    for _ in range(100):  # the cancelled submit unwinds: its record and key go
+        if not degraded.service._unwinding:
+            break
+        await asyncio.sleep(0.01)
+    assert not degraded.service._unwinding
+    assert await listed(degraded.service) == []
+    degraded.queue.hanging = set()
+    again = await submit(degraded.service, ALICE, idempotency_key="k")  # the key is free
     assert await degraded.backend.queue.contains(again.id)
     assert await listed(degraded.service) == [again.id]
 
