@@ -33,6 +33,7 @@ IN_FLIGHT = 64  # HTTP calls the load has in flight at most
 POLL_EVERY_S = 1.0  # a client polls its accepted job this often until it is terminal
 HEALTH_EVERY_S = 0.25
 GIVE_UP_S = 30.0  # after the load stops, a job still not accepted is given up on
+REQUEST_TIMEOUT_S = 10.0  # one HTTP call (the API answers a submit within 4 s)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,9 @@ class Load:
     async def _run(self) -> None:
         stopping = self._stopping = asyncio.Event()
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.url, timeout=REQUEST_TIMEOUT_S, limits=limits
+        ) as client:
             health = asyncio.create_task(self._health(client, stopping))
             begin = time.monotonic()
             n = 0
@@ -200,7 +203,7 @@ class Load:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout_s: float = GIVE_UP_S + 30.0) -> None:
+    def stop(self, timeout_s: float = GIVE_UP_S + 2 * REQUEST_TIMEOUT_S + 10.0) -> None:
         """Make no new jobs; wait until every job made is accepted and followed to its end
         (or given up on, GIVE_UP_S after now)."""
         self._stopped_at = time.monotonic()

@@ -55,6 +55,8 @@ def cluster_stack(root: Any) -> Stack:
     config = {
         "worker_concurrency": 64,
         "max_attempts": 10,
+        # ~30 jobs/s of 0.3-2 s need ~35 calls at once; the default 16 is cluster-wide
+        "providers": {"mock": {"concurrency": 64}},
         "virtual_keys": {"run": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}},
     }
     return Stack(root, config, apis=2, workers=2, nats_nodes=3)

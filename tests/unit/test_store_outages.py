@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 from imagejobs.api.service import JobService, ServiceLimits
 from imagejobs.config import Settings
-from imagejobs.domain.errors import JobNotFound, StoreUnavailable
+from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreUnavailable
 from imagejobs.domain.jobs import Job, Status
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock
 from imagejobs.store.health import MemoryHealth, stream_problem
+from imagejobs.store.jetstream import nats_errors
 from imagejobs.store.protocols import Backend
 from imagejobs.worker.worker import Worker
 from nats.js import api as js_api
+from nats.js.errors import APIError
 
 from tests.unit.conftest import ALICE, ScriptedRunner, make_worker, submit
 
@@ -239,3 +241,21 @@ def test_a_stream_accepts_writes_with_a_leader_and_a_quorum_of_current_replicas(
     assert "no quorum" in stream_problem(
         stream_info("n1", [("n2", True), ("n3", False), ("n4", False), ("n5", False)], 5)
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "description"),
+    [(10071, "wrong last sequence: 7"), (10164, "wrong last sequence")],
+)
+def test_a_lost_compare_and_set_is_a_revision_conflict_alone_or_on_a_cluster(
+    code: int, description: str
+) -> None:
+    """A replicated stream refuses a compare-and-set whose subject has another one in
+    flight with 10164 (no sequence to name): a lost race like 10071, not an outage."""
+    with pytest.raises(RevisionConflict), nats_errors("slot write"):
+        raise APIError(code=400, err_code=code, description=description)
+
+
+def test_any_other_refusal_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable, match="slot write failed"), nats_errors("slot write"):
+        raise APIError(code=503, err_code=10163, description="temporarily unavailable")

@@ -11,7 +11,7 @@ CHUNK_EXTRA_TTL_S = 60  # image chunks outlive their meta record by this much
 
 PROVIDER_TIMEOUT_S = 300.0  # one upstream call: image models take minutes
 PROVIDER_MAX_RETRIES = 3  # retries of one provider call after the first attempt
-PROVIDER_CONCURRENCY = 16  # calls in flight to one provider, per worker process
+PROVIDER_CONCURRENCY = 16  # calls in flight to one provider, across the cluster
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # one result image a vendor links to
 JOB_TIMEOUT_S = 900.0  # a whole job incl. retries and fallbacks
 ACK_WAIT_S = 30.0  # JetStream redelivers an un-acked job after this
