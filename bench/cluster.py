@@ -1,6 +1,6 @@
 """What limits each process, measured on a local 3-node JetStream cluster (docs/scaling.md):
 
-    .venv/bin/python bench/cluster.py            # ~2-3 min on 2 cores
+    .venv/bin/python bench/cluster.py            # 3-5 min on 2 busy cores
     .venv/bin/python bench/cluster.py --smoke    # small loads, under a minute
 
 (1) NATS: acknowledged 1 KiB publishes (one subject each, as job records are written),
