@@ -1,6 +1,7 @@
 """The local JetStream cluster `imagejobs up --nats-nodes N` starts (runtime/natsd.py),
-what `imagejobs nats` takes for a node of someone else's cluster, and the backoff of a
-child `up` restarts (runtime/children.py). No process is started here."""
+what `imagejobs nats` takes for a node of someone else's cluster, the backoff of a child
+`up` restarts (runtime/children.py), and the jobs out with workers at once. No process is
+started here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from imagejobs.config import Settings
 from imagejobs.domain.errors import ConfigError
 from imagejobs.runtime import natsd
 from imagejobs.runtime.children import RestartPolicy
+from imagejobs.store.jetstream import consumer_config
 
 
 def test_three_nodes_on_ports_derived_from_nats_port_each_routing_to_the_others(
@@ -71,3 +73,9 @@ def test_a_restarted_child_backs_off_doubling_to_a_cap_and_quickly_again_once_st
     assert [policy.delay_s(ran_s=0.5) for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert policy.delay_s(ran_s=61.0) == 1.0  # it had stayed up: a fresh crash
     assert policy.delay_s(ran_s=0.5) == 2.0
+
+
+def test_the_jobs_out_with_workers_at_once_are_a_setting_for_a_large_cluster() -> None:
+    assert consumer_config(Settings()).max_ack_pending == 1024
+    assert consumer_config(Settings(worker_processes=16)).max_ack_pending == 16 * 32 * 4
+    assert consumer_config(Settings(queue_max_in_flight=100_000)).max_ack_pending == 100_000

@@ -365,13 +365,16 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
 def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
     """The workers' shared durable pull consumer. Deliveries are unlimited here: the job
     record counts them and fails the job past `max_attempts` (worker/handler.py), so no
-    job can be stranded by a missed max-deliveries advisory."""
+    job can be stranded by a missed max-deliveries advisory. At most `queue_max_in_flight`
+    jobs are out with workers at once (by default derived from this process's view of
+    the workers, which a deployment of one worker per container must override)."""
     return js_api.ConsumerConfig(
         durable_name=constants.WORKER_CONSUMER,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
         max_deliver=-1,
-        max_ack_pending=max(settings.worker_concurrency * settings.worker_processes * 4, 1024),
+        max_ack_pending=settings.queue_max_in_flight
+        or max(settings.worker_concurrency * settings.worker_processes * 4, 1024),
         max_waiting=4096,
         filter_subject=f"{constants.QUEUE_SUBJECT_PREFIX}.>",
     )
