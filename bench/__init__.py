@@ -1,1 +1,2 @@
-"""Benchmarks: `python bench/run.py` (full, ~6-8 min) or `--smoke` (seconds). See RESULTS.md."""
+"""Benchmarks: `python bench/run.py` (full, ~6-8 min plus filling the (h)/(i) stores;
+`--quick` keeps those small) or `--smoke` (seconds). See RESULTS.md."""

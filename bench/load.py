@@ -60,6 +60,23 @@ def have_h2load() -> bool:
     return shutil.which("h2load") is not None
 
 
+def h2load_version() -> str:
+    """`nghttp2/1.52.0` (what `h2load --version` names), or "" when it cannot be run."""
+    try:
+        out = subprocess.run(["h2load", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    m = re.search(r"nghttp2/[\w.]+", out.stdout)
+    return m.group(0) if m else ""
+
+
+def generator_name(tool: str) -> str:
+    """What a run's `tool` stands for, as the output and `--json` (`load_generator`) say."""
+    if tool == "h2load":
+        return f"h2load ({h2load_version() or 'version unknown'})"
+    return "python (asyncio HTTP/1.1 keep-alive and grpc.aio clients)"
+
+
 # --- h2load ----------------------------------------------------------------------------
 
 
@@ -81,6 +98,7 @@ def h2load(
 ) -> LoadResult:
     """POST `body` to `url` `total` times over `connections` (each with up to `streams`
     concurrent requests); killed at `timeout_s` (then `hit_time_limit`)."""
+    connections = max(1, min(connections, total))  # h2load refuses more clients than requests
     with tempfile.TemporaryDirectory(prefix="bench-h2load-") as tmp:
         body_path, log_path = Path(tmp, "body"), Path(tmp, "log")
         body_path.write_bytes(body)

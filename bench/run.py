@@ -7,28 +7,35 @@
 through Envoy; (c) the same loads against two baselines started in the same run (Envoy
 answering by itself; a no-op grpc.aio servicer behind our Envoy config), with our rate
 as a share of each; (d) end to end at fixed offered rates; (e) 2,000 slow jobs at once
-on one worker; (f) 4 x 4 MB images per job; (g) 1 vs 2 API and worker processes. Every
-count is cross-checked against the processes' Prometheus metrics. See bench/RESULTS.md.
+on one worker; (f) 4 x 4 MB images per job; (g) 1 vs 2 API and worker processes; (h) the
+first page of a caller's list with N live jobs; (i) the API's CPU per submit with a small
+vs a large store (bench/store_rows.py); (j) fair share between keys against FIFO
+(bench/fairshare.py). Every count is cross-checked against the processes' Prometheus
+metrics. See bench/RESULTS.md.
+
+    --quick        the (h) and (i) stores small (thousands, not 10^5..10^6), the rest full
+    --list-sizes / --cpu-sizes / --cpu-submits   the (h) and (i) sizes
+    --fair-backlog / --fair-drain                the (j) sizes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
 
@@ -36,8 +43,9 @@ from imagejobs.testing import Samples
 from imagejobs.v1 import jobs_pb2
 from PIL import Image
 
-from bench import load
+from bench import fairshare, load, store_rows
 from bench.load import LoadResult, percentile
+from bench.report import Report, ms, rate, render
 from bench.stack import BenchStack, Completions, job_id, memory_kb, metric
 
 GEN_BODY = {"model": "mock/m", "prompt": "bench", "size": "16x16"}
@@ -69,7 +77,20 @@ class Plan:
     big_side: int  # noise PNG side: 1160 -> 4.0 MB
     big_n: int
     big_fetches: int
+    list_sizes: tuple[int, ...] = (1000, 100_000)  # (h) the caller's live jobs
+    list_calls: int = 50  # (h) first pages timed at each size
+    cpu_sizes: tuple[int, ...] = (10_000, 1_000_000)  # (i) jobs in the store: small, large
+    cpu_submits: int = 5000  # (i) REST submits billed at each size
+    fair_backlog: int = 2000  # (j): key A's queued jobs before key B's 4
+    fair_latency_ms: int = 500
+    fair_observe_s: float = 15.0  # (j): how long B's jobs are waited for
+    fair_drain_jobs: int = 3000  # (j): jobs per throughput drain
+    fair_rounds: int = 2  # (j): drains of each configuration; the best is kept
 
+
+# --quick (and --smoke): stores of thousands, seconds to fill, for a works-check
+QUICK_STORES: dict[str, Any] = {"list_sizes": (100, 2000), "list_calls": 10}
+QUICK_STORES |= {"cpu_sizes": (100, 3000), "cpu_submits": 300}
 
 FULL = Plan(
     name="full",
@@ -93,10 +114,15 @@ FULL = Plan(
     big_side=1160,
     big_n=4,
     big_fetches=5,
+    fair_backlog=2000,
+    fair_latency_ms=500,
+    fair_observe_s=15.0,
+    fair_drain_jobs=3000,
+    fair_rounds=2,
 )
 SMOKE = Plan(
     name="smoke (tiny loads: a works-check, the numbers mean nothing)",
-    tool="python",
+    tool="h2load",  # when found (the CI smoke test asks for --python-load)
     rounds=1,
     sequential=20,
     seconds=0.3,
@@ -106,8 +132,8 @@ SMOKE = Plan(
     run_timeout_s=10.0,
     grpc_connections=2,
     grpc_streams=4,
-    e2e_runs=((50.0, 1),),
-    e2e_seconds=1.0,
+    e2e_runs=((250.0, 1),),  # the rate of the issue's e2e row, 100 jobs
+    e2e_seconds=0.4,
     drain_jobs=40,
     slow_jobs=40,
     slow_latency_ms=500,
@@ -116,47 +142,13 @@ SMOKE = Plan(
     big_side=200,
     big_n=2,
     big_fetches=2,
+    fair_backlog=40,
+    fair_latency_ms=100,
+    fair_observe_s=3.0,
+    fair_drain_jobs=40,
+    fair_rounds=1,
+    **QUICK_STORES,
 )
-
-
-@dataclass
-class Row:
-    section: str
-    what: str
-    result: str
-    p50: str = ""
-    p99: str = ""
-    compare: str = ""
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    checks: list[tuple[str, float, float]] = field(default_factory=list)  # what, bench, metrics
-    targets: list[tuple[str, bool]] = field(default_factory=list)
-    numbers: dict[str, float] = field(default_factory=dict)
-
-    def add(self, *cells: str, **named: str) -> None:
-        self.rows.append(Row(*cells, **named))
-
-    def check(self, what: str, bench: float, metrics: float) -> None:
-        self.checks.append((what, bench, metrics))
-
-    def target(self, what: str, met: bool) -> str:
-        self.targets.append((what, met))
-        return f"{'met' if met else 'MISSED'}: {what}"
-
-    @property
-    def ok(self) -> bool:
-        return all(b == m for _, b, m in self.checks)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def rate(value: float) -> str:
-    return f"{value:,.0f}/s"
 
 
 # --- (a)(b)(c)(g-api): submit rates ----------------------------------------------------------
@@ -336,6 +328,7 @@ async def submit_rates(bs: BenchStack, plan: Plan, report: Report) -> None:
     streams = f"{plan.grpc_connections}x{plan.grpc_streams} streams"
     for where, label in (("direct", "direct"), ("envoy", "via Envoy")):
         ours, noop = best(runs[f"grpc-ours-{where}"]), best(runs[f"grpc-noop-{where}"])
+        report.numbers[f"grpc_{where}_vs_noop"] = share(ours, noop)
         report.add(
             "b", f"gRPC submit {label}, 1 API, {streams}", rate(ours.rate),
             ms(ours.p(50)), ms(ours.p(99)), f"{share(ours, noop):.0%} of no-op {label}",
@@ -395,6 +388,8 @@ async def end_to_end(bs: BenchStack, plan: Plan, report: Report) -> None:
             verdict += "; " + report.target(f"e2e p99 <= 50 ms at {offered:.0f}/s", p99 <= 0.050)
         report.numbers[f"e2e_{offered:.0f}x{workers}_p50_s"] = p50
         report.numbers[f"e2e_{offered:.0f}x{workers}_p99_s"] = p99
+        if workers == 1:  # also under the issue's names (`e2e_250_p50_s`: one worker)
+            report.numbers |= {f"e2e_{offered:.0f}_p50_s": p50, f"e2e_{offered:.0f}_p99_s": p99}
         report.add(
             "d", f"e2e, mock 0 ms, {offered:.0f}/s offered for {plan.e2e_seconds:g} s, "
             f"{workers} worker(s)",
@@ -559,6 +554,8 @@ async def slow_jobs(bs: BenchStack, plan: Plan, report: Report) -> None:
         f"(queueing them took {submit_s:.2f} s); " + verdict,
     )  # fmt: skip
     report.numbers["slow_drain_s"] = drain
+    report.numbers["drain_2000_s"] = drain  # the issue's row; `slow_jobs` says how many
+    report.numbers["slow_jobs"] = len(ends)
     report.numbers["slow_worker_peak_mb"] = peak_mb
     report.check("slow submits accepted", submitted.ok, accepted_since(bs, before))
     report.check(
@@ -674,49 +671,6 @@ async def large_results(bs: BenchStack, plan: Plan, report: Report) -> None:
 # --- the table ----------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
-
-
-def render(report: Report, plan: Plan, started: float, load_before: tuple[float, ...]) -> str:
-    head = [
-        "| | measurement | result | p50 | p99 | compared / target |",
-        "|---|---|---|---|---|---|",
-    ]
-    rows = [
-        f"| {r.section} | {r.what} | {r.result} | {r.p50} | {r.p99} | {r.compare} |"
-        for r in report.rows
-    ]
-    checks = ", ".join(
-        f"{what} {b:.0f}/{m:.0f}{'' if b == m else ' MISMATCH'}" for what, b, m in report.checks
-    )
-    missed = [w for w, met in report.targets if not met]
-    lines = [
-        f"bench: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}",
-        f"run: {plan.name}; load tool: {plan.tool}; load average before {load_before[0]:.2f}, "
-        f"after {os.getloadavg()[0]:.2f}; took {time.monotonic() - started:.0f} s",
-        "",
-        *head,
-        *rows,
-        "",
-        f"metrics cross-check (bench/Prometheus): {checks} -> "
-        f"{'all equal' if report.ok else 'MISMATCH'}",
-        f"targets: {len(report.targets) - len(missed)}/{len(report.targets)} met"
-        + (f"; missed: {', '.join(missed)}" if missed else ""),
-    ]
-    return "\n".join(lines)
-
-
 async def main_async(plan: Plan, root: Path, only: set[str]) -> Report:
     report = Report()
     bs = BenchStack(root)
@@ -732,12 +686,24 @@ async def main_async(plan: Plan, root: Path, only: set[str]) -> Report:
             await slow_jobs(bs, plan, report)
         if "large" in only:
             await large_results(bs, plan, report)
+        if "list" in only:
+            await store_rows.list_rows(bs, plan.list_sizes, plan.list_calls, report)
+        if "cpu" in only:
+            submit = partial(burst, plan, bs.gateway_one_api, json.dumps(GEN_BODY).encode())
+            await store_rows.cpu_rows(bs, plan.cpu_sizes, submit, plan.cpu_submits, report)
     finally:
         bs.stop()
+    if "fair" in only:  # stacks of its own (keys, fair share on and off)
+        await fairshare.fair_share(root / "fair", plan, report)
     return report
 
 
-PHASES = ("submit", "e2e", "workers", "slow", "large")
+PHASES = ("submit", "e2e", "workers", "slow", "large", "list", "cpu", "fair")
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """`1000,100000` -> (1000, 100000)."""
+    return tuple(int(part) for part in text.split(","))
 
 
 def main() -> int:
@@ -747,12 +713,29 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PHASES), help=f"subset of {PHASES}")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--quick", action="store_true", help="small (h)/(i) stores")
+    parser.add_argument("--list-sizes", type=sizes, help="(h) live jobs, e.g. 1000,100000")
+    parser.add_argument("--cpu-sizes", type=sizes, help="(i) store sizes, e.g. 10000,1000000")
+    parser.add_argument("--cpu-submits", type=int, help="(i) submits billed at each size")
+    parser.add_argument("--fair-backlog", type=int, help="(j) key A's queued jobs (2000)")
+    parser.add_argument("--fair-drain", type=int, help="(j) jobs per throughput drain (3000)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if plan.tool == "h2load" and (args.python_load or not load.have_h2load()):
         if not args.python_load:
-            print("h2load not found (apt-get install nghttp2-client): Python load instead")
+            print("h2load not found (scripts/toolchains.sh installs nghttp2-client): Python load")
         plan = Plan(**{**plan.__dict__, "tool": "python"})
+    changes: dict[str, Any] = dict(QUICK_STORES) if args.quick else {}
+    for name in ("list_sizes", "cpu_sizes", "cpu_submits"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.fair_backlog:
+        changes["fair_backlog"] = args.fair_backlog
+    if args.fair_drain:
+        changes["fair_drain_jobs"] = args.fair_drain
+    plan = dataclasses.replace(plan, **changes)
+    generator = load.generator_name(plan.tool)
+    print(f"load generator: {generator}", flush=True)
     started, load_before = time.monotonic(), os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="imagejobs-bench-"))
     try:
@@ -762,11 +745,12 @@ def main() -> int:
             print(f"logs in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    print(render(report, plan, started, load_before), flush=True)
+    print(render(report, plan.name, generator, started, load_before), flush=True)
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
+                    "load_generator": generator,
                     "numbers": report.numbers,
                     "checks": report.checks,
                     "targets": report.targets,

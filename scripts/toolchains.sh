@@ -9,12 +9,16 @@
 #   the code generator its Go plugins.
 # - Debian's chromium (the web console's browser test, driven by playwright) and
 #   prometheus (promtool's rule checks, and a real server scraping a stack).
+# - Debian's nghttp2-client: h2load, bench/run.py's load generator (C, a fraction of a
+#   core; the Python fallback competes for the 2 cores with what it measures). Here, with
+#   the other system tools, so that the bench itself never needs root or apt.
 # - the TypeScript client's npm packages, exactly as its lockfile pins them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev
-  golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc chromium prometheus)
+  golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc chromium prometheus
+  nghttp2-client)
 
 apt_install() {
   local missing=()

@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from imagejobs.domain import constants
+from imagejobs.domain.budget import Period
 from imagejobs.domain.errors import ConfigError
-from imagejobs.domain.keys import KeyPolicy
+from imagejobs.domain.keys import KeyPolicy, owner_of
 from imagejobs.providers import registry
 from imagejobs.providers.adapter import VENDOR_OPTIONS
 from imagejobs.providers.base import ProviderConfig, WeightedKey
 from imagejobs.providers.catalogue import Catalogue, Family
+from imagejobs.providers.pricing import PriceRule, PriceTable
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.safefetch import FetchPolicy
 from imagejobs.webhooks.endpoints import Endpoint, WebhookSettings
@@ -87,6 +89,12 @@ class VirtualKeySettings(BaseModel):
     max_concurrent_jobs: int = Field(default=0, ge=0, le=1000)  # pending + processing
     requests_per_minute: int = Field(default=0, ge=0)  # submits
     max_ttl_s: int = Field(default=0, ge=0)  # longer requested result TTLs are capped
+    # governance (docs/governance.md): spend limit per period (USD; 0 = none), the key's
+    # share of the workers against other keys with queued jobs, its waiting jobs at most
+    budget_usd: float = Field(default=0.0, ge=0)
+    budget_period: Period = Period.MONTH
+    weight: int = Field(default=1, ge=1, le=1000)
+    max_queued_jobs: int = Field(default=0, ge=0)
 
 
 class FetchSettings(BaseModel):
@@ -201,6 +209,11 @@ class Settings(BaseSettings):
     virtual_keys: dict[str, VirtualKeySettings] = Field(default_factory=dict)
     # with keys configured, refuse calls without one (401); else they are anonymous
     require_virtual_key: bool = False
+    # `[[pricing]]`: prices matched before the shipped table's (providers/pricing.toml)
+    pricing: tuple[PriceRule, ...] = ()
+    # workers take jobs round-robin across keys with queued work (by `weight`); false:
+    # one queue in submit order for everyone (FIFO)
+    fair_share: bool = True
     failpoint: str = ""  # fault tests only: e.g. "submit.before_publish" makes the API die there
 
     @model_validator(mode="after")
@@ -225,9 +238,35 @@ class Settings(BaseSettings):
                 max_concurrent_jobs=vk.max_concurrent_jobs,
                 requests_per_minute=vk.requests_per_minute,
                 max_ttl_s=vk.max_ttl_s,
+                budget_usd=vk.budget_usd,
+                budget_period=vk.budget_period,
+                weight=vk.weight,
+                max_queued_jobs=vk.max_queued_jobs,
             )
             for key_id, vk in self.virtual_keys.items()
         }
+
+    @model_validator(mode="after")
+    def _governance(self) -> Settings:
+        if not self.fair_share and any(k.max_queued_jobs for k in self.virtual_keys.values()):
+            # the per-key bound counts a key's own queue, which only fair share keeps
+            raise ValueError("max_queued_jobs needs fair_share = true")
+        if any(k.budget_usd for k in self.virtual_keys.values()):
+            for rule in self.pricing:
+                if rule.token_priced and rule.per_image_usd is None:
+                    raise ValueError(
+                        f"pricing for {rule.model}: a budget reserves per_image_usd per image"
+                        " at submit; give it (the estimate) for this token-priced model"
+                    )
+        return self
+
+    def price_table(self) -> PriceTable:
+        """This deployment's `[[pricing]]` matched before the shipped table's."""
+        return PriceTable.builtin().with_overrides(self.pricing)
+
+    def lane_weights(self) -> dict[str, int]:
+        """Each configured key's fair-share weight, by its jobs' owner (default 1)."""
+        return {owner_of(key_id): vk.weight for key_id, vk in self.virtual_keys.items()}
 
     @model_validator(mode="after")
     def _unique_webhooks(self) -> Settings:

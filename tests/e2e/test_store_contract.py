@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from imagejobs.config import Settings
-from imagejobs.domain.errors import QueueFull, RateLimited, RevisionConflict
+from imagejobs.domain.errors import BudgetExceeded, QueueFull, RateLimited, RevisionConflict
 from imagejobs.domain.jobs import Job, StoredRequest
-from imagejobs.domain.keys import KeyPolicy
+from imagejobs.domain.keys import KeyPolicy, owner_of
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.store import jetstream
@@ -71,8 +71,18 @@ class Store:
             await asyncio.sleep(0.02)
 
 
+HEAVY = owner_of("heavy")  # a key whose lane weighs 3 (fair share)
+
+
 def settings_for(nats_port: int = 4222) -> Settings:
-    return Settings(nats_port=nats_port, ack_wait_s=ACK_WAIT_S, queue_max_jobs=QUEUE_MAX)
+    return Settings.model_validate(
+        {
+            "nats_port": nats_port,
+            "ack_wait_s": ACK_WAIT_S,
+            "queue_max_jobs": QUEUE_MAX,
+            "virtual_keys": {"heavy": {"key_sha256": "a" * 64, "weight": 3}},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +291,97 @@ async def test_cancel_notices_reach_subscribers(store: Store) -> None:
 
     assert await store.eventually(arrived)
     await subscription.close()
+
+
+# --- fair share: a lane per owner, taken in weighted turns -----------------------------
+
+
+async def publish_lanes(store: Store, counts: dict[str, int]) -> dict[str, list[str]]:
+    """Queue `counts[owner]` jobs for each owner (in that order); their ids by owner."""
+    ids: dict[str, list[str]] = {}
+    for owner, n in counts.items():
+        for _ in range(n):
+            job_id = str(uuid.uuid4())
+            await store.backend.queue.publish(job_id, owner=owner)
+            ids.setdefault(owner, []).append(job_id)
+    return ids
+
+
+def by_owner(deliveries: list[Delivery], ids: dict[str, list[str]]) -> dict[str, list[str]]:
+    owner_of_id = {j: o for o, js in ids.items() for j in js}
+    out: dict[str, list[str]] = {}
+    for d in deliveries:
+        out.setdefault(owner_of_id[d.job_id], []).append(d.job_id)
+    return out
+
+
+async def test_owners_lanes_are_taken_in_turns_each_in_submit_order(store: Store) -> None:
+    ids = await publish_lanes(store, {"vk-a": 2, "vk-b": 1})  # QUEUE_MAX (3) jobs at most
+    first = by_owner(await store.fetch(2, 2.0), ids)
+    assert first == {"vk-a": ids["vk-a"][:1], "vk-b": ids["vk-b"]}
+    rest = await store.fetch(2, 2.0)
+    assert [d.job_id for d in rest] == ids["vk-a"][1:]
+    for d in rest:
+        await d.ack_sync()
+
+
+async def test_a_heavier_lane_takes_its_weight_in_picks(store: Store) -> None:
+    ids = await publish_lanes(store, {HEAVY: 2, "": 1})  # the bound: QUEUE_MAX jobs
+    taken = by_owner(await store.fetch(3, 2.0), ids)
+    assert {o: len(js) for o, js in taken.items()} == {HEAVY: 2, "": 1}
+    assert taken[HEAVY] == ids[HEAVY]  # in submit order within the lane
+
+
+async def test_a_lanes_unacked_delivery_comes_back_after_ack_wait(store: Store) -> None:
+    ids = await publish_lanes(store, {"vk-a": 1})
+    [first] = await store.fetch(1, 2.0)
+    assert first.job_id == ids["vk-a"][0]
+    assert await store.fetch(1, SHORT_S) == []
+    await store.elapse(ACK_WAIT_S + 0.5)
+    [again] = await store.fetch(1, 2.0)
+    assert (again.job_id, again.num_delivered) == (first.job_id, 2)
+    await again.ack_sync()
+
+
+async def test_queued_counts_an_owners_waiting_jobs_and_contains_finds_its_lane(
+    store: Store,
+) -> None:
+    queue = store.backend.queue
+    ids = await publish_lanes(store, {"vk-a": 2, "vk-b": 1})
+
+    async def waiting(owner: str) -> int:
+        return await queue.queued(owner)
+
+    assert await store.eventually(lambda: _equals(waiting("vk-a"), 2))
+    assert await queue.queued("vk-b") == 1 and await queue.queued("vk-none") == 0
+    job = ids["vk-a"][0]
+    assert await queue.contains(job, owner="vk-a") and await queue.contains(job)
+    assert not await queue.contains(job, owner="vk-b")
+    taken = await store.fetch(3, 2.0)
+    assert len(taken) == 3
+    assert await store.eventually(lambda: _equals(waiting("vk-a"), 0))
+    assert await queue.contains(job)  # taken, not acked: still in the queue
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_spend_counts_once_per_message_id_and_settles_once(store: Store) -> None:
+    budgets = store.backend.budgets
+    policy = KeyPolicy(id="spender", budget_usd=1.0)
+    hold = await budgets.reserve(policy, "job-1", 30_000)
+    assert await budgets.reserve(policy, "job-1", 30_000) == hold  # a retried submit
+    spend = await budgets.usage(policy)
+    assert (spend.used, spend.reserved) == (30_000, 30_000)
+    await budgets.settle(hold, "job-1", 12_345)
+    await budgets.settle(hold, "job-1", 12_345)
+    spend = await budgets.usage(policy)
+    assert (spend.used, spend.reserved, spend.spent) == (12_345, 0, 12_345)
+    with pytest.raises(BudgetExceeded):
+        await budgets.reserve(policy, "job-2", 1_000_000)
+    spend = await budgets.usage(policy)
+    assert (spend.used, spend.reserved) == (12_345, 0)  # the refused one holds nothing
 
 
 # --- index, idempotency, quotas --------------------------------------------------------

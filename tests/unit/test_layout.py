@@ -21,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"domain", "providers", "safefetch", "webhooks.endpoints", "webhooks.signing"},
     "store": {"domain", "config", "webhooks.delivery"},
     # runtime.metrics and runtime.tracing (and the job's log fields, runtime.logs): the
-    # process-wide observability every layer that runs jobs records into
+    # process-wide observability every layer that runs jobs records into; runtime.process:
+    # what a background process does around its main loop (signals, /metrics, spans)
     "worker": {
         "domain",
         "config",
@@ -30,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
         "runtime.metrics",
         "runtime.tracing",
         "runtime.logs",
+        "runtime.process",
         "webhooks.payload",
     },
     "webhooks": {
@@ -41,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
         "runtime.metrics",
         "runtime.tracing",
         "runtime.logs",
+        "runtime.process",
     },
     "gateway": {"domain", "config", "runtime.binaries"},
     "api": {
@@ -51,6 +54,8 @@ ALLOWED: dict[str, set[str]] = {
         "worker.finish",
         "providers.registry",
         "providers.catalogue",
+        # the price table: a submit's budget reservation is its estimate (issue 16)
+        "providers.pricing",
         "runtime.metrics",
         "runtime.tracing",
         "runtime.logs",

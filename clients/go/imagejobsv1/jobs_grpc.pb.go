@@ -87,6 +87,13 @@ type ImageJobServiceClient interface {
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*Stats, error)
 	// GetStats for REST: the same, rendered by the server.
 	GetStatsJson(ctx context.Context, in *GetStatsJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// The caller's virtual key in its current budget period: spent by jobs that ended,
+	// reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+	// in the queue. UNAUTHENTICATED without a configured virtual key.
+	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+	// left out).
+	GetUsageJson(ctx context.Context, in *GetUsageJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type imageJobServiceClient struct {
@@ -355,6 +362,24 @@ func (c *imageJobServiceClient) GetStatsJson(ctx context.Context, in *GetStatsJs
 	return out, nil
 }
 
+func (c *imageJobServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error) {
+	out := new(GetUsageResponse)
+	err := c.cc.Invoke(ctx, "/imagejobs.v1.ImageJobService/GetUsage", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageJobServiceClient) GetUsageJson(ctx context.Context, in *GetUsageJsonRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/imagejobs.v1.ImageJobService/GetUsageJson", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImageJobServiceServer is the server API for ImageJobService service.
 // All implementations must embed UnimplementedImageJobServiceServer
 // for forward compatibility
@@ -428,6 +453,13 @@ type ImageJobServiceServer interface {
 	GetStats(context.Context, *GetStatsRequest) (*Stats, error)
 	// GetStats for REST: the same, rendered by the server.
 	GetStatsJson(context.Context, *GetStatsJsonRequest) (*httpbody.HttpBody, error)
+	// The caller's virtual key in its current budget period: spent by jobs that ended,
+	// reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+	// in the queue. UNAUTHENTICATED without a configured virtual key.
+	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+	// left out).
+	GetUsageJson(context.Context, *GetUsageJsonRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedImageJobServiceServer()
 }
 
@@ -497,6 +529,12 @@ func (UnimplementedImageJobServiceServer) GetStats(context.Context, *GetStatsReq
 }
 func (UnimplementedImageJobServiceServer) GetStatsJson(context.Context, *GetStatsJsonRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetStatsJson not implemented")
+}
+func (UnimplementedImageJobServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUsage not implemented")
+}
+func (UnimplementedImageJobServiceServer) GetUsageJson(context.Context, *GetUsageJsonRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUsageJson not implemented")
 }
 func (UnimplementedImageJobServiceServer) mustEmbedUnimplementedImageJobServiceServer() {}
 
@@ -898,6 +936,42 @@ func _ImageJobService_GetStatsJson_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageJobService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageJobServiceServer).GetUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/imagejobs.v1.ImageJobService/GetUsage",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageJobServiceServer).GetUsage(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageJobService_GetUsageJson_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageJsonRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageJobServiceServer).GetUsageJson(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/imagejobs.v1.ImageJobService/GetUsageJson",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageJobServiceServer).GetUsageJson(ctx, req.(*GetUsageJsonRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ImageJobService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "imagejobs.v1.ImageJobService",
 	HandlerType: (*ImageJobServiceServer)(nil),
@@ -973,6 +1047,14 @@ var _ImageJobService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStatsJson",
 			Handler:    _ImageJobService_GetStatsJson_Handler,
+		},
+		{
+			MethodName: "GetUsage",
+			Handler:    _ImageJobService_GetUsage_Handler,
+		},
+		{
+			MethodName: "GetUsageJson",
+			Handler:    _ImageJobService_GetUsageJson_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

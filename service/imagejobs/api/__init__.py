@@ -9,6 +9,8 @@ enqueues jobs and reads them back; it never calls a provider.
     lifecycle.py    the model catalogue at submit: retired models refused, deprecated warned
     uploads.py      multipart parsing and uploaded images
     service.py      JobService: submit (the order that makes a 202 safe) and cancel
+    governance.py   at submit: the per-key queue bound, the budget reservation; usage
+    usage.py        GetUsage / GET /v1/async/images/usage (typed and REST)
     reads.py        JobReader: get, image, wait, watch, list, lazy expiry and orphan repair
     fields.py       kind / status parsing for REST text and typed enums
     messages.py     records -> the typed gRPC messages (Job, JobResult, WebhookDelivery)

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 
 from imagejobs.domain.errors import ErrorCode, InvalidRequest, Unauthenticated
-from imagejobs.domain.keys import Caller, KeyPolicy, key_hash
+from imagejobs.domain.keys import Caller, KeyPolicy, key_hash, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -72,4 +72,4 @@ class Authenticator:
         policy = self._by_hash.get(key_hash(key))
         if policy is None:
             raise InvalidRequest("invalid virtual key", code=ErrorCode.INVALID_VIRTUAL_KEY)
-        return Caller(owner=f"vk-{policy.id}", policy=policy)
+        return Caller(owner=owner_of(policy.id), policy=policy)

@@ -101,6 +101,7 @@ def result_message(
             model_used=result.model,
             latency_ms=result.latency_ms,
             warnings=list(job.request.warnings),
+            cost_usd=result.cost_usd,  # unset (None) when the model has no price
         )
     )
     return msg

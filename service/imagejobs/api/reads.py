@@ -78,6 +78,7 @@ class JobReader:
         self.quotas = backend.quotas
         self.changes = backend.changes
         self.outbox = backend.outbox
+        self.budgets = backend.budgets
         self.health = backend.health
         self.presence = backend.presence
         self.limits = limits or ServiceLimits()
@@ -137,19 +138,25 @@ class JobReader:
         return failed, revision
 
     async def _keep_message(self, job: Job, revision: int) -> None:
-        """Before this process makes a job with a webhook terminal: make sure the job's
-        work-queue message exists (a pending job whose submit died before publishing has
-        none; a processing job's message stays until its worker acks it, which it does
-        only after publishing the intent). That message is the backstop of the intent."""
-        if job.webhook and job.status is Status.PENDING and not await self.queue.contains(job.id):
-            await self.queue.publish(job.id, job.dumps(), revision)
+        """Before this process makes a job with a webhook or a budget hold terminal: make
+        sure the job's work-queue message exists (a pending job whose submit died before
+        publishing has none; a processing job's message stays until its worker acks it,
+        which it does only after paying what the job owes). That message is the backstop
+        of the webhook intent and of the budget settlement."""
+        owes = job.webhook or job.budget is not None  # a webhook intent, a budget settlement
+        if (
+            owes
+            and job.status is Status.PENDING
+            and not await self.queue.contains(job.id, owner=job.owner)
+        ):
+            await self.queue.publish(job.id, job.dumps(), revision, owner=job.owner)
 
     async def _ended(self, job: Job) -> None:
-        """The steps after the API's own terminal write (cancel, expiry). An intent that
-        cannot be published now is not an error for the caller: the job's work-queue
+        """The steps after the API's own terminal write (cancel, expiry). An intent (or a
+        settlement) that cannot be done now is not an error for the caller: the job's work-queue
         message (see `_keep_message`) makes the worker that gets it publish it."""
         try:
-            await job_ended(job, self.quotas, self.outbox, announce_to=self.queue)
+            await job_ended(job, self.quotas, self.outbox, self.budgets, announce_to=self.queue)
         except StoreError as exc:
             log.warning("job %s: webhook intent left to its queue message: %s", job.id, exc)
 
@@ -164,11 +171,12 @@ class JobReader:
         await self._queue_if_missing(job, revision)
 
     async def _queue_if_missing(self, job: Job, revision: int) -> None:
-        """Publish `job` (pending, at `revision`) when the work queue has no message for it,
-        logging it: its submit died, or timed out, between recording and publishing."""
-        if not await self.queue.contains(job.id):
+        """Publish `job` (pending, at `revision`) in its owner's lane when the work queue
+        has no message for it, logging it: its submit died, or timed out, between
+        recording and publishing."""
+        if not await self.queue.contains(job.id, owner=job.owner):
             log.warning("job %s was recorded but never queued; publishing it now", job.id)
-            await self.queue.publish(job.id, job.dumps(), revision)
+            await self.queue.publish(job.id, job.dumps(), revision, owner=job.owner)
 
     async def image(
         self, kind: Kind | None, job_id: str, index: int, caller: Caller

@@ -5,9 +5,10 @@ Webhook delivery records -> `WebhookDelivery` and its REST JSON."""
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
+
+import pybase64
 
 from imagejobs.domain.contract import error_body, result_dict
 from imagejobs.domain.errors import ErrorBody
@@ -83,7 +84,8 @@ def job_json(
     for i, placeholder in enumerate(placeholders):
         marker = json.dumps(placeholder).encode()  # how json.dumps printed it
         head, text = text.split(marker, 1)
-        pieces += [head, b'"', base64.b64encode(images[i]), b'"']
+        # SIMD base64 (pybase64): the same bytes as the stdlib's, several times faster
+        pieces += [head, b'"', pybase64.b64encode(images[i]), b'"']
     pieces.append(text)
     return b"".join(pieces)
 

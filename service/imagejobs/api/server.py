@@ -76,6 +76,7 @@ async def serve(settings: Settings, port: int, ready: asyncio.Event | None = Non
             limits=ServiceLimits.from_settings(settings),
             hooks=hooks,
             webhooks={w.name: w for w in settings.webhooks},
+            prices=settings.price_table(),
         )
         metrics_server = await metrics.start(
             settings,

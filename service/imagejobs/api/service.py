@@ -12,10 +12,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from imagejobs.api.governance import Governance, KeyUsage
 from imagejobs.api.reads import JobReader, Page, ServiceLimits
 from imagejobs.api.requests import ImageRequest, check_key, fingerprint
 from imagejobs.api.uploads import Upload
 from imagejobs.domain import constants
+from imagejobs.domain.budget import BudgetHold
 from imagejobs.domain.errors import (
     ErrorCode,
     IdempotencyConflict,
@@ -23,10 +25,12 @@ from imagejobs.domain.errors import (
     RevisionConflict,
     StoreError,
     StoreUnavailable,
+    Unauthenticated,
 )
 from imagejobs.domain.jobs import Job, ObjectRef, Status, StoredRequest
-from imagejobs.domain.keys import Caller
+from imagejobs.domain.keys import Caller, KeyPolicy
 from imagejobs.domain.kinds import Kind
+from imagejobs.providers.pricing import PriceTable
 from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend
@@ -52,11 +56,14 @@ class ServiceHooks:
 class JobService(JobReader):
     """Accepts, reads, waits on, watches, cancels and lists image jobs on a `Backend`.
 
-    Submit order (what makes a 202 safe): [Idempotency-Key claimed] -> uploads to the
-    object store -> job record created (`pending`, create-only) and indexed -> message
-    published (deduplicated by job id) -> 202. If the queue refuses the message (full),
-    the record and the key are taken back and the caller gets 429: nothing is accepted
-    that cannot be held. If the API dies between the record and the publish, the record
+    Submit order (what makes a 202 safe): [key policy: models (403), priced models when it
+    has a budget (403), rate (429)] -> [Idempotency-Key claimed] -> [the key's queue bound
+    (429), its budget reservation (402), its concurrency slot (429)] -> uploads to the
+    object store -> job record created (`pending`, create-only, holding the reservation)
+    and indexed -> message published (deduplicated by job id) in the key's lane -> 202.
+    If the queue refuses the message (full), the record, the key, the slot and the
+    reservation are taken back and the caller gets 429: nothing is accepted that cannot
+    be held. If the API dies between the record and the publish, the record
     is an orphan no worker will see; the first read of it after `REPAIR_AFTER_S` (a
     poll, a wait, a list, an idempotent retry) finds no queue message and publishes it.
 
@@ -76,6 +83,7 @@ class JobService(JobReader):
     :param hooks: test hooks (`ServiceHooks`); none in production.
     :param clock: time for records and deadlines (a fake one in tests).
     :param webhooks: the configured `[[webhooks]]` endpoints by name.
+    :param prices: the price table budgets reserve by (default: the shipped one).
     """
 
     def __init__(
@@ -86,12 +94,14 @@ class JobService(JobReader):
         hooks: ServiceHooks | None = None,
         clock: Clock | None = None,
         webhooks: Mapping[str, WebhookSettings] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         super().__init__(backend, limits=limits, clock=clock)
         self.idempotency = backend.idempotency
         self.hooks = hooks or ServiceHooks()
         self.webhooks = WebhookService(backend, webhooks or {}, self._clock)
         self._unwinding: set[asyncio.Task[None]] = set()  # clean-ups of cancelled submits
+        self.governance = Governance(backend, prices or PriceTable.builtin())
 
     # --- submit ---------------------------------------------------------------------
 
@@ -108,7 +118,8 @@ class JobService(JobReader):
         """Record and enqueue a job; returns it `pending` (or, for a repeated
         Idempotency-Key, the job that key already made, in its current state). The
         webhook endpoint it names is checked first (400), then a virtual key's policy:
-        models (403), TTL cap, rate and concurrency (429).
+        models and prices (403), TTL cap, rate (429), then its queue bound (429), budget
+        (402) and concurrency (429).
 
         Fails fast: StoreUnavailable (503, Retry-After) at once while the store cannot
         accept jobs, and once the submit has taken `limits.submit_deadline_s` (each of its
@@ -150,8 +161,10 @@ class JobService(JobReader):
         if webhook:
             await self.webhooks.check(webhook)
         policy = caller.policy
+        estimate = None
         if policy is not None:
             policy.check_models(request.model, request.fallbacks)
+            estimate = self.governance.estimate(policy, request)
             ttl_s = policy.cap_ttl(ttl_s)
             await self.quotas.take_request(policy)
         key = check_key(idempotency_key) if idempotency_key else ""
@@ -160,12 +173,12 @@ class JobService(JobReader):
             job_id, existing = await self._claim_key(request, fp, caller, key, job_id)
             if existing is not None:
                 return existing
-        slot = await self.quotas.acquire(policy, job_id) if policy is not None else ""
+        hold, slot = await self._admit(policy, caller.owner, job_id, estimate)
         try:
             job, revision = await self._record(
-                job_id, request, ttl_s, request_id, caller, slot, webhook, key
+                job_id, request, ttl_s, request_id, caller, slot, webhook, key, hold=hold
             )
-            if not revision:  # an idempotent duplicate recorded it first
+            if not revision:  # an idempotent duplicate recorded it first (and shares the hold)
                 await self._release(slot, job_id)
                 return job
             if self.hooks.after_record is not None:
@@ -173,14 +186,41 @@ class JobService(JobReader):
             tracing.annotate(job)  # the submit's span: the job's trace starts here
             logs.tag(job)
             try:
-                await self.queue.publish(job.id, job.dumps(), revision, tracing.carrier())
+                await self.queue.publish(
+                    job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner
+                )
             except BaseException as exc:
                 await self._undo(exc, self._take_back(job, caller, key))
                 raise
         except BaseException as exc:
-            await self._undo(exc, self._release(slot, job_id))
+            await self._undo(exc, self._give_back(slot, hold, job_id))
             raise
         return job
+
+    async def _admit(
+        self, policy: KeyPolicy | None, owner: str, job_id: str, estimate: int | None
+    ) -> tuple[BudgetHold | None, str]:
+        """The key's queue bound, then its budget reservation and its concurrency slot
+        (the reservation given back if the slot is refused): (the hold, the slot)."""
+        if policy is None:
+            return None, ""
+        await self.governance.check_queue(policy, owner)
+        hold = await self.governance.reserve(policy, job_id, estimate)
+        try:
+            return hold, await self.quotas.acquire(policy, job_id)
+        except BaseException:
+            await self.governance.release(hold, job_id)
+            raise
+
+    async def usage(self, caller: Caller) -> KeyUsage:
+        """The caller's key's spend in its current period and its queue; Unauthenticated
+        (401) for a caller without a configured virtual key (nothing is kept for it)."""
+        if caller.policy is None:
+            raise Unauthenticated(
+                "usage is kept per configured virtual key: call with one (x-bf-vk)",
+                code=ErrorCode.MISSING_VIRTUAL_KEY,
+            )
+        return await self.governance.usage(caller.policy, caller.owner)
 
     async def _claim_key(
         self, request: ImageRequest, fp: str, caller: Caller, key: str, job_id: str
@@ -228,6 +268,8 @@ class JobService(JobReader):
         slot: str,
         webhook: str,
         key: str,
+        *,
+        hold: BudgetHold | None = None,
     ) -> tuple[Job, int]:
         """Upload, then create and index the record. (job, its revision) if this call
         created it; (the existing job, 0) if an idempotent duplicate did first. A record
@@ -246,6 +288,7 @@ class JobService(JobReader):
             owner=caller.owner,
             slot=slot,
             webhook=webhook,
+            budget=hold,
             created_at=self._clock.time(),
             ttl_s=ttl_s,
             request=StoredRequest(
@@ -295,11 +338,12 @@ class JobService(JobReader):
 
     async def _take_back(self, job: Job, caller: Caller, key: str) -> None:
         """Undo a submit that was not accepted (the queue refused it, or a write failed),
-        so nothing half-made stays: the record goes, then the key. If the record cannot be
-        deleted (the store is down), the key stays bound to it, so that the client's retry
-        with that key resumes this job instead of making a second one (`_resume`). A
-        message the queue did take after all (a publish that timed out) finds no record
-        and is dropped by the worker."""
+        so nothing half-made stays: the record goes, then the key (the caller frees the
+        slot and the budget reservation). If the record cannot be deleted (the store is
+        down), the key stays bound to it, so that the client's retry with that key
+        resumes this job instead of making a second one (`_resume`). A message the queue
+        did take after all (a publish that timed out) finds no record and is dropped by
+        the worker."""
         try:
             await self.records.delete(job.id)
         except StoreError:
@@ -307,6 +351,11 @@ class JobService(JobReader):
         if key:
             with contextlib.suppress(StoreError):
                 await self.idempotency.release(caller.owner, key)
+
+    async def _give_back(self, slot: str, hold: BudgetHold | None, job_id: str) -> None:
+        """A submit that was not accepted frees its concurrency slot and its budget hold."""
+        await self._release(slot, job_id)
+        await self.governance.release(hold, job_id)
 
     async def _undo(self, error: BaseException, undo: Coroutine[Any, Any, None]) -> None:
         """Run a failed submit's clean-up `undo`: at once, or, when the submit was

@@ -37,6 +37,7 @@ from imagejobs.api.reads import Page
 from imagejobs.api.render import deliveries_json, job_json, list_json
 from imagejobs.api.requests import ImageRequest, Limits, from_proto, parse_body
 from imagejobs.api.service import JobService
+from imagejobs.api.usage import UsageRpcs
 from imagejobs.config import Settings
 from imagejobs.domain.errors import InvalidRequest, JobNotFound, PayloadTooLarge
 from imagejobs.domain.jobs import Job, Status, resolve_ttl
@@ -57,7 +58,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-class ImageJobServicer(ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServicer):
+class ImageJobServicer(UsageRpcs, ConsoleRpcs, jobs_pb2_grpc.ImageJobServiceServicer):
     def __init__(self, service: JobService, settings: Settings) -> None:
         self._service = service
         self._settings = settings

@@ -15,9 +15,10 @@ and the generated messages.
 
 from __future__ import annotations
 
-from imagejobs.client.aio import AsyncClient
+from imagejobs.client.aio import AsyncClient, Shaping
 from imagejobs.client.errors import (
     AuthenticationError,
+    BudgetExceeded,
     ClientError,
     Conflict,
     DeadlineExceeded,
@@ -30,9 +31,9 @@ from imagejobs.client.errors import (
     ServerUnavailable,
     WaitTimeout,
 )
-from imagejobs.client.options import DEFAULT_SERVER, RetryPolicy
+from imagejobs.client.options import DEFAULT_SERVER, ClientOptions, RetryPolicy
 from imagejobs.client.sync import Client
-from imagejobs.client.types import Image, Job, JobResult, TokenDetails, Usage
+from imagejobs.client.types import Image, Job, JobResult, KeyUsage, TokenDetails, Usage
 from imagejobs.domain.jobs import Status
 from imagejobs.domain.kinds import Kind
 
@@ -40,8 +41,10 @@ __all__ = [
     "DEFAULT_SERVER",
     "AsyncClient",
     "AuthenticationError",
+    "BudgetExceeded",
     "Client",
     "ClientError",
+    "ClientOptions",
     "Conflict",
     "DeadlineExceeded",
     "Image",
@@ -50,12 +53,14 @@ __all__ = [
     "Job",
     "JobFailed",
     "JobResult",
+    "KeyUsage",
     "Kind",
     "NotFound",
     "PermissionDenied",
     "RateLimited",
     "RetryPolicy",
     "ServerUnavailable",
+    "Shaping",
     "Status",
     "TokenDetails",
     "Usage",

@@ -14,7 +14,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
 
@@ -35,7 +35,7 @@ from imagejobs.client.options import (
     retryable,
 )
 from imagejobs.client.requests import ImageInput, image_request
-from imagejobs.client.types import Image, Job, JobResult, job_of
+from imagejobs.client.types import Image, Job, JobResult, KeyUsage, job_of, key_usage_of
 from imagejobs.domain.jobs import Status
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.wire import kind_enum, status_enum
@@ -304,22 +304,18 @@ class AsyncClient:
             if not token:
                 return
 
+    async def usage(self) -> KeyUsage:
+        """The client's virtual key's spend in its current budget period and its queue;
+        AuthenticationError without a configured key."""
+        return key_usage_of(await self._unary(self._stub.GetUsage, jobs_pb2.GetUsageRequest()))
+
     # --- conveniences ---------------------------------------------------------------
 
-    async def generate(
-        self,
-        prompt: str,
-        *,
-        model: str,
-        size: str | None = None,
-        n: int | None = None,
-        params: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> JobResult:
+    async def generate(self, prompt: str, *, model: str, **shaping: Unpack[Shaping]) -> JobResult:
         """Submit a generation and wait for it; its result (images with their bytes).
         JobFailed if the job failed or was cancelled, WaitTimeout after `timeout_s`."""
-        job = await self.submit(Kind.GENERATION, model, prompt, params=_shaped(size, n, params))
-        return await self._result(job, timeout_s)
+        job = await self.submit(Kind.GENERATION, model, prompt, params=_shaped(shaping))
+        return await self._result(job, shaping.get("timeout_s"))
 
     async def edit(
         self,
@@ -328,33 +324,19 @@ class AsyncClient:
         prompt: str | None,
         model: str,
         mask: ImageInput | None = None,
-        size: str | None = None,
-        n: int | None = None,
-        params: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
+        **shaping: Unpack[Shaping],
     ) -> JobResult:
         """Submit an edit of `images` (bytes or paths; the first is the base) and wait for
         it, as `generate` does."""
-        job = await self.submit(
-            Kind.EDIT, model, prompt, images=images, mask=mask, params=_shaped(size, n, params)
-        )
-        return await self._result(job, timeout_s)
+        params = _shaped(shaping)
+        job = await self.submit(Kind.EDIT, model, prompt, images=images, mask=mask, params=params)
+        return await self._result(job, shaping.get("timeout_s"))
 
-    async def vary(
-        self,
-        image: ImageInput,
-        *,
-        model: str,
-        size: str | None = None,
-        n: int | None = None,
-        params: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> JobResult:
+    async def vary(self, image: ImageInput, *, model: str, **shaping: Unpack[Shaping]) -> JobResult:
         """Submit a variation of `image` and wait for it, as `generate` does."""
-        job = await self.submit(
-            Kind.VARIATION, model, images=[image], params=_shaped(size, n, params)
-        )
-        return await self._result(job, timeout_s)
+        params = _shaped(shaping)
+        job = await self.submit(Kind.VARIATION, model, images=[image], params=params)
+        return await self._result(job, shaping.get("timeout_s"))
 
     async def _result(self, job: Job, timeout_s: float | None) -> JobResult:
         if not job.terminal:
@@ -384,9 +366,20 @@ class AsyncClient:
         return dataclasses.replace(image, data=await self.image(job_id, image.index))
 
 
-def _shaped(size: str | None, n: int | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The conveniences' `size` and `n` with the other parameters (None: not sent)."""
-    return {"size": size, "n": n, **(params or {})}
+class Shaping(TypedDict, total=False):
+    """What `generate`, `edit` and `vary` take besides their inputs: the image `size`
+    and count `n` (None: not sent), the other request `params`, and `timeout_s`, how long
+    to wait for the job in seconds (None: until it ends)."""
+
+    size: str | None
+    n: int | None
+    params: Mapping[str, Any] | None
+    timeout_s: float | None
+
+
+def _shaped(shaping: Shaping) -> dict[str, Any]:
+    """The request parameters of a convenience call: `size` and `n` with the others."""
+    return {"size": shaping.get("size"), "n": shaping.get("n"), **(shaping.get("params") or {})}
 
 
 _TERMINAL = frozenset(status_enum(s) for s in Status if s.terminal)

@@ -114,6 +114,11 @@ class RateLimited(ClientError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExceeded(ClientError):
+    """HTTP 402: the submit would pass the virtual key's budget for its period (the
+    message says when it resets). Not retried: waiting seconds does not help."""
+
+
 class DeadlineExceeded(ClientError):
     """The call did not finish within its timeout."""
 
@@ -225,6 +230,8 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> ClientError:
         )
     if body.code in KEY_REFUSED_CODES:
         cls = AuthenticationError  # an unknown virtual key is a 400 on the wire
+    if body.code == ErrorCode.BUDGET_EXCEEDED:
+        cls = BudgetExceeded  # RESOURCE_EXHAUSTED, as rate limits, but 402 and for good
     if cls is RateLimited:
         return RateLimited(body, code, retry_after_s=_seconds(_trailer(exc, "retry-after")))
     return cls(body, code)

@@ -11,7 +11,9 @@ not retried: its first try may have worked.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import grpc
 from tenacity import (
@@ -36,6 +38,17 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 # Transport failures that never reached our server's error handling: retried like
 # UNAVAILABLE when no error body came with them.
 _TRANSPORT_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options both clients take (`AsyncClient.__init__` documents each)."""
+
+    key: str | None
+    tls: bool | grpc.ChannelCredentials
+    timeout_s: float
+    metadata: Sequence[tuple[str, str]]
+    retry: RetryPolicy | None
+    channel_options: Sequence[tuple[str, Any]]
 
 
 @dataclass(frozen=True)

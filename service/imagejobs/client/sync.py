@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
-
-import grpc
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack
 
 from imagejobs.client.aio import AsyncClient
-from imagejobs.client.options import DEFAULT_SERVER, DEFAULT_TIMEOUT_S, RetryPolicy
+from imagejobs.client.options import DEFAULT_SERVER, ClientOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,34 +52,16 @@ class Client:
     pages), `image`, and `generate` / `edit` / `vary` (submit, wait, return the result).
     Use it as a context manager, or call `close()`."""
 
-    def __init__(
-        self,
-        server: str = DEFAULT_SERVER,
-        *,
-        key: str | None = None,
-        tls: bool | grpc.ChannelCredentials = False,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        metadata: Sequence[tuple[str, str]] = (),
-        retry: RetryPolicy | None = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
+    def __init__(self, server: str = DEFAULT_SERVER, **options: Unpack[ClientOptions]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="imagejobs-client", daemon=True
         )
         self._thread.start()
-        options = {
-            "key": key,
-            "tls": tls,
-            "timeout_s": timeout_s,
-            "metadata": metadata,
-            "retry": retry,
-            "channel_options": channel_options,
-        }
         self._async: AsyncClient = self._run(self._open(server, options))
 
     @staticmethod
-    async def _open(server: str, options: dict[str, Any]) -> AsyncClient:
+    async def _open(server: str, options: ClientOptions) -> AsyncClient:
         return AsyncClient(server, **options)  # its channel belongs to the loop it is made on
 
     def _run(self, coro: Awaitable[R]) -> R:
@@ -130,6 +110,7 @@ class Client:
     image = _blocking(AsyncClient.image)
     cancel = _blocking(AsyncClient.cancel)
     list = _iterating(AsyncClient.list)
+    usage = _blocking(AsyncClient.usage)
     generate = _blocking(AsyncClient.generate)
     edit = _blocking(AsyncClient.edit)
     vary = _blocking(AsyncClient.vary)

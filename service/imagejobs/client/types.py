@@ -92,6 +92,7 @@ class JobResult:
     model_requested: str = ""
     model_used: str = ""
     latency_ms: int = 0
+    cost_usd: float | None = None  # None when the serving model has no price
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ def _result_dict(result: JobResult) -> dict[str, Any]:
         "model_used": result.model_used,
         "latency": result.latency_ms,
     }
+    if result.cost_usd is not None:
+        out["extra_fields"]["cost_usd"] = result.cost_usd
     return out
 
 
@@ -232,6 +235,7 @@ def result_of(msg: jobs_pb2.JobResult) -> JobResult:
         model_requested=extra.model_requested,
         model_used=extra.model_used,
         latency_ms=extra.latency_ms,
+        cost_usd=extra.cost_usd if extra.HasField("cost_usd") else None,
     )
 
 
@@ -253,4 +257,50 @@ def job_of(msg: jobs_pb2.Job) -> Job:
         status_code=msg.status_code if msg.HasField("status_code") else None,
         result=result_of(msg.result) if msg.HasField("result") else None,
         error=error_body(msg.error) if msg.HasField("error") else None,
+    )
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """A virtual key's spend in its current budget period (USD): `spent_usd` by jobs that
+    ended, `reserved_usd` by jobs not ended yet; `budget_usd` and `remaining_usd` None
+    without a budget, `period_start` and `resets_at` None for a `total` one."""
+
+    key: str
+    period: str
+    spent_usd: float
+    reserved_usd: float
+    queued_jobs: int
+    max_queued_jobs: int
+    budget_usd: float | None = None
+    remaining_usd: float | None = None
+    period_start: datetime | None = None
+    resets_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `GET /v1/async/images/usage` prints it (unset fields left out)."""
+        doc: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, datetime):
+                value = rfc3339(value.timestamp())
+            if value is not None:
+                doc[item.name] = value
+        return doc
+
+
+def key_usage_of(msg: jobs_pb2.GetUsageResponse) -> KeyUsage:
+    """The usage report message as a `KeyUsage`."""
+    has = msg.HasField
+    return KeyUsage(
+        key=msg.key,
+        period=msg.period,
+        spent_usd=msg.spent_usd,
+        reserved_usd=msg.reserved_usd,
+        queued_jobs=msg.queued_jobs,
+        max_queued_jobs=msg.max_queued_jobs,
+        budget_usd=msg.budget_usd if has("budget_usd") else None,
+        remaining_usd=msg.remaining_usd if has("remaining_usd") else None,
+        period_start=_time(msg.period_start) if has("period_start") else None,
+        resets_at=_time(msg.resets_at) if has("resets_at") else None,
     )

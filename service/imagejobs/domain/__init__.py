@@ -4,6 +4,7 @@
     kinds.py      generations, edits, variations and their wire names
     models.py     ModelRef: `provider/model`, parsed once
     keys.py       virtual keys: the stored hash and a key's policy
+    budget.py     money in micro-dollars, budget periods (UTC windows), a job's hold
     images.py     what an input image must be (format, pixels), however it arrives
     contract.py   a job's result and error as the contract's plain data
     wire.py       the typed enums' names <-> statuses and kinds

@@ -4,8 +4,9 @@ payloads (webhooks/), so that a result or an error reads the same wherever it is
 
 from __future__ import annotations
 
-import base64
 from typing import Any
+
+import pybase64
 
 from imagejobs.domain.errors import ErrorBody
 from imagejobs.domain.jobs import Job
@@ -30,7 +31,7 @@ def result_dict(
         if links or job.request.response_format == "url":
             item["url"] = image_url(base_url, job, i)
         elif images is not None:
-            item["b64_json"] = base64.b64encode(images[i]).decode()
+            item["b64_json"] = pybase64.b64encode_as_string(images[i])
         if image.revised_prompt:
             item["revised_prompt"] = image.revised_prompt
         data.append(item)
@@ -45,6 +46,8 @@ def result_dict(
         "model_used": result.model,
         "latency": result.latency_ms,
     }
+    if result.cost_usd is not None:  # absent, not 0, for a model with no price
+        out["extra_fields"]["cost_usd"] = result.cost_usd
     if job.request.warnings:  # deprecated models named at submit (providers/catalogue.py)
         out["extra_fields"]["warnings"] = list(job.request.warnings)
     return out

@@ -19,6 +19,7 @@
         ├── JobConflict             409 conflict_error
         │   └── IdempotencyConflict 409 (gRPC ALREADY_EXISTS)
         ├── PayloadTooLarge         413 invalid_request_error
+        ├── BudgetExceeded          402 budget_exceeded (the key's spend limit)
         ├── RateLimited             429 rate_limit_error (+ Retry-After)
         │   └── QueueFull           429 queue_full
         └── Unavailable             503 service_unavailable (+ Retry-After)
@@ -62,6 +63,7 @@ class ErrorType(enum.StrEnum):
     CONNECTION = "connection_error"
     CANCELLED = "cancelled"
     SERVER = "server_error"  # the mock's scripted 5xx, as vendors name theirs
+    BUDGET = "budget_exceeded"  # a virtual key's spend limit (402), as the gateway names it
 
 
 class ErrorCode(enum.StrEnum):
@@ -84,6 +86,8 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     CONCURRENCY_LIMITED = "concurrency_limited"
     QUEUE_FULL = "queue_full"
+    BUDGET_EXCEEDED = "budget_exceeded"  # the key's budget for this period is used up
+    MODEL_NOT_PRICED = "model_not_priced"  # a key with a budget names a model with no price
     UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
     GATEWAY_ERROR = "gateway_error"
@@ -409,6 +413,17 @@ class RateLimited(ApiError):
 
 class QueueFull(RateLimited):
     default_code = ErrorCode.QUEUE_FULL
+
+
+class BudgetExceeded(ApiError):
+    """402: the submit's reservation would pass its virtual key's budget for the period
+    (the message says which period and when it starts over). gRPC RESOURCE_EXHAUSTED, as
+    for other quotas; not retried by clients, since waiting seconds does not help."""
+
+    http_status = 402
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    error_type = ErrorType.BUDGET
+    default_code = ErrorCode.BUDGET_EXCEEDED
 
 
 class Unavailable(ApiError):

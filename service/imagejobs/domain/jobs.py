@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from imagejobs.domain.budget import BudgetHold, micro
 from imagejobs.domain.errors import ErrorCode, ErrorType, InvalidTransition, new_event_id
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelField
@@ -106,6 +107,9 @@ class StoredResult(BaseModel):
     provider: str
     model: str  # the model that served it (a fallback's, when one did)
     latency_ms: int
+    # USD, from the price of the model that served it (providers/pricing.py); None when
+    # it has no price (never 0 for "unknown")
+    cost_usd: float | None = None
 
 
 class StoredError(BaseModel):
@@ -134,6 +138,7 @@ class Job(BaseModel):
     owner: str = ""  # virtual-key id; '' = anonymous
     slot: str = ""  # the key's concurrency slot it holds until terminal ('' = none)
     webhook: str = ""  # the endpoint its end is delivered to (`x-bf-async-webhook`; '' = none)
+    budget: BudgetHold | None = None  # its reservation against the key's spend, until it ends
     created_at: float
     ttl_s: int
     request: StoredRequest
@@ -174,6 +179,16 @@ class Job(BaseModel):
     def provider(self) -> str:
         return self.request.model.provider
 
+    def settled_cost(self) -> int:
+        """What an ended job's budget hold settles to (µUSD): a completed job's cost (its
+        estimate when its model had no price by then), nothing for a failed or cancelled
+        one."""
+        if self.status is not Status.COMPLETED or self.result is None:
+            return 0
+        if self.result.cost_usd is not None:
+            return micro(self.result.cost_usd)
+        return self.budget.reserved_micro if self.budget is not None else 0
+
     def expired(self, now: float | None = None) -> bool:
         """True once a terminal job's result lifetime has passed."""
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
@@ -194,23 +209,17 @@ class Job(BaseModel):
     def with_attempts(self, attempts: int) -> Job:
         return self.model_copy(update={"attempts": attempts})
 
-    def complete(self, result: StoredResult, now: float) -> Job:
+    def _end(self, to: Status, now: float, status_code: int, **changes: Any) -> Job:
+        """The move to a terminal state: the result's lifetime starts `now`."""
         return self._move(
-            Status.COMPLETED,
-            result=result,
-            status_code=200,
-            completed_at=now,
-            expires_at=now + self.ttl_s,
+            to, status_code=status_code, completed_at=now, expires_at=now + self.ttl_s, **changes
         )
 
+    def complete(self, result: StoredResult, now: float) -> Job:
+        return self._end(Status.COMPLETED, now, 200, result=result)
+
     def fail(self, error: StoredError, now: float) -> Job:
-        return self._move(
-            Status.FAILED,
-            error=error,
-            status_code=error.status_code,
-            completed_at=now,
-            expires_at=now + self.ttl_s,
-        )
+        return self._end(Status.FAILED, now, error.status_code, error=error)
 
     def cancel(self, now: float) -> Job:
         error = StoredError(
@@ -219,13 +228,7 @@ class Job(BaseModel):
             code=ErrorCode.CANCELLED,
             message="job cancelled",
         )
-        return self._move(
-            Status.CANCELLED,
-            error=error,
-            status_code=499,
-            completed_at=now,
-            expires_at=now + self.ttl_s,
-        )
+        return self._end(Status.CANCELLED, now, 499, error=error)
 
 
 def age_limit_error(max_age_s: float) -> StoredError:

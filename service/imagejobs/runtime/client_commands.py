@@ -8,6 +8,7 @@
     imagejobs watch JOB_ID [--json]
     imagejobs cancel JOB_ID [--json]
     imagejobs jobs [--status S] [--kind K] [--limit N] [--json]
+    imagejobs usage [--json]
 
 Every one takes `--server HOST:PORT` (or IMAGEJOBS_SERVER; default localhost:8080),
 `--key` (or IMAGEJOBS_KEY) and `--tls`. Images are saved as `DIR/<job id>-<index>.<ext>`
@@ -26,9 +27,11 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from imagejobs.client import DEFAULT_SERVER, AsyncClient, Job, Kind, Status
+from imagejobs.client import DEFAULT_SERVER, AsyncClient, Job, KeyUsage, Kind, Status
 from imagejobs.client.errors import ClientError
 from imagejobs.client.requests import is_text_field
+from imagejobs.domain.budget import dollars, micro
+from imagejobs.domain.jobs import rfc3339
 from imagejobs.runtime.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -329,4 +332,37 @@ def jobs(status: str | None, kind: str | None, limit: int, as_json: bool, **targ
     execute(Target(**target), work)
 
 
-COMMANDS = (generate, edit, vary, get, watch, cancel, jobs)
+def usage_lines(report: KeyUsage) -> list[str]:
+    """The usage report as a few aligned lines (amounts in dollars)."""
+    when = "in total"
+    if report.period_start is not None and report.resets_at is not None:
+        start, end = report.period_start.timestamp(), report.resets_at.timestamp()
+        when = f"{rfc3339(start)} to {rfc3339(end)}"
+    rows = [("key", report.key), ("period", f"{report.period} ({when})")]
+    amounts = [("budget", report.budget_usd), ("spent", report.spent_usd)]
+    amounts += [("reserved", report.reserved_usd), ("remaining", report.remaining_usd)]
+    rows += [(name, dollars(micro(value))) for name, value in amounts if value is not None]
+    bound = f" (at most {report.max_queued_jobs})" if report.max_queued_jobs else ""
+    rows.append(("queued", f"{report.queued_jobs}{bound}"))
+    return [f"{name:<10}{value}" for name, value in rows]
+
+
+@click.command()
+@json_option
+@connection_options
+def usage(as_json: bool, **target: Any) -> None:
+    """Show your virtual key's spend in its current budget period, and its queue."""
+
+    async def work(client: AsyncClient, run: Run) -> int:
+        report = await client.usage()
+        if as_json:
+            echo_json(report.to_dict())
+        else:
+            for line in usage_lines(report):
+                click.echo(line)
+        return EXIT_OK
+
+    execute(Target(**target), work)
+
+
+COMMANDS = (generate, edit, vary, get, watch, cancel, jobs, usage)

@@ -8,8 +8,9 @@ CPU and memory). What is recorded, and where:
     imagejobs_completions_total{status,provider} worker a terminal write that won
     imagejobs_job_seconds{kind,status}          worker submit -> terminal (histogram)
     imagejobs_provider_call_seconds{provider,outcome}  worker one provider call
-    imagejobs_cost_usd_total{provider}          worker what completed jobs cost, where the
-                                                      provider said (usage.cost_in_usd_ticks)
+    imagejobs_cost_usd_total{provider,model,key} worker a completed job's cost, once per job
+                                                       (result.cost_usd: the provider's bill
+                                                       when it sent one, else the price table)
     imagejobs_jobs_in_flight                    worker messages held right now
     imagejobs_queue_depth                       both  JOBQ messages not yet acked
     imagejobs_queue_undelivered                 both  of those, not yet handed to a worker
@@ -51,8 +52,15 @@ from prometheus_client import (
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
+from imagejobs.domain.keys import key_label
 from imagejobs.domain.kinds import Kind
-from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
+from imagejobs.providers.base import (
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    ProviderResult,
+    WrappedProvider,
+)
 from imagejobs.providers.registry import KNOWN_PROVIDERS
 from imagejobs.store.protocols import Presence, QueueDepth
 
@@ -65,8 +73,6 @@ QUEUE_SAMPLE_INTERVAL_S = 2.0
 WORKER_PORT_SEARCH = 16  # ports a worker tries beyond worker_processes (extra workers)
 MAX_API_OFFSET = 64
 _KINDS = frozenset(k.value for k in Kind)
-USD_PER_TICK = 1e-10  # `usage.cost_in_usd_ticks`: xAI's unit, which the mock follows
-
 SUBMITS = Counter(
     "imagejobs_submits",
     "Submit calls by kind and result ('accepted' or the error code).",
@@ -95,9 +101,11 @@ PROVIDER_SECONDS = Histogram(
 )
 COST = Counter(
     "imagejobs_cost_usd",
-    "What completed jobs cost in USD, by the provider that served them, for the jobs whose "
-    "provider reported it (usage.cost_in_usd_ticks).",
-    ["provider"],
+    "What completed jobs cost in USD (each job's cost_usd, counted once at its completion:"
+    " the provider's reported bill, usage.cost_in_usd_ticks, when it sent one, else the"
+    " price table), by the provider and model that served them and the virtual key (its"
+    " id; anonymous; open).",
+    ["provider", "model", "key"],
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge(
@@ -183,9 +191,11 @@ def finished(job: Job, now: float | None = None) -> None:
     COMPLETIONS.labels(job.status.value, provider_label(provider)).inc()
     end = job.completed_at or now or time.time()
     JOB_SECONDS.labels(job.kind.value, job.status.value).observe(max(end - job.created_at, 0.0))
-    ticks = (job.result.usage or {}).get("cost_in_usd_ticks") if job.result is not None else None
-    if isinstance(ticks, int | float) and not isinstance(ticks, bool) and ticks >= 0:
-        COST.labels(provider_label(provider)).inc(ticks * USD_PER_TICK)
+    result = job.result
+    if result is not None and result.cost_usd is not None:  # no price, no bill: none counted
+        COST.labels(provider_label(provider), result.model, key_label(job.owner)).inc(
+            result.cost_usd
+        )
 
 
 def webhook_attempted(endpoint: str, outcome: str, seconds: float) -> None:
@@ -221,13 +231,8 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
-class TimedProvider:
+class TimedProvider(WrappedProvider):
     """A provider whose every `run` is observed in `imagejobs_provider_call_seconds`."""
-
-    def __init__(self, inner: Provider) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.operations = inner.operations
 
     async def run(self, request: ProviderRequest) -> ProviderResult:
         started = time.perf_counter()

@@ -42,7 +42,13 @@ from opentelemetry.util.types import AttributeValue
 
 from imagejobs.config import Settings
 from imagejobs.domain.jobs import Job
-from imagejobs.providers.base import Provider, ProviderError, ProviderRequest, ProviderResult
+from imagejobs.providers.base import (
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    ProviderResult,
+    WrappedProvider,
+)
 
 TRACER = "imagejobs"
 PREFIX = "imagejobs."
@@ -158,13 +164,8 @@ def queue_wait(job: Job, now: float, parent: Mapping[str, str] | None) -> None:
     started.end(end_time=max(int(now * NS_PER_S), int(job.created_at * NS_PER_S)))
 
 
-class TracedProvider:
+class TracedProvider(WrappedProvider):
     """A provider whose every `run` (one call, each retry another) is a span."""
-
-    def __init__(self, inner: Provider) -> None:
-        self._inner = inner
-        self.name = inner.name
-        self.operations = inner.operations
 
     async def run(self, request: ProviderRequest) -> ProviderResult:
         attributes: dict[str, AttributeValue] = {

@@ -17,6 +17,7 @@ from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreUnavailable
 from imagejobs.store import jetstream
+from imagejobs.store.budgets import KeyBudgets
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.health import JetStreamHealth
@@ -53,8 +54,15 @@ def jetstream_backend(
     says "accepting" while connected, when the process does not need it)."""
     clock = clock or SystemClock()
     records = JobRecords(jetstream.StreamSubjects(nc, js, JOBS_STREAM, "job store"))
-    queue = JetStreamQueue(nc, js)
+    queue = JetStreamQueue(
+        nc,
+        js,
+        fair_share=settings.fair_share,
+        weights=settings.lane_weights(),
+        template=jetstream.consumer_config(settings),
+    )
     outbox = JetStreamOutbox(js)
+    limits = jetstream.StreamSubjects(nc, js, constants.LIMIT_STREAM, "quota")
     return Backend(
         records=records,
         queue=queue,
@@ -67,7 +75,7 @@ def jetstream_backend(
             clock=clock,
         ),
         quotas=KeyQuotas(
-            jetstream.StreamSubjects(nc, js, constants.LIMIT_STREAM, "quota"),
+            limits,
             jetstream.StreamCounters(nc, js, constants.RATE_STREAM, settings.store_timeout_s),
             records,
             slot_ttl_s=slot_ttl_s(settings),
@@ -84,6 +92,12 @@ def jetstream_backend(
             jetstream.StreamSubjects(nc, js, constants.LIMIT_STREAM, "provider slots"),
             jetstream.StreamCounters(nc, js, constants.RATE_STREAM, settings.store_timeout_s),
             lease_s=lease_s_for(settings),
+            clock=clock,
+        ),
+        budgets=KeyBudgets(
+            limits,
+            jetstream.StreamCounters(nc, js, constants.SPEND_STREAM, settings.store_timeout_s),
+            records,
             clock=clock,
         ),
         presence=JetStreamPresence(js),

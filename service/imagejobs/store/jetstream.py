@@ -213,6 +213,13 @@ class StreamSubjects:
             headers=DELETE_HEADERS,
         )
 
+    # governance (issue 16): the budget holds of a key are listed to reclaim stale ones
+    async def subjects(self, pattern: str) -> list[str]:
+        """The subjects matching `pattern` that hold a message (one `STREAM.INFO`)."""
+        with nats_errors(f"{self._what} list"):
+            info = await self._js.stream_info(self._stream, subjects_filter=pattern)
+        return list(info.state.subjects or {})
+
 
 class StreamCounters:
     """`Counters` on a stream with `allow_msg_counter`: each increment is one atomic
@@ -224,11 +231,14 @@ class StreamCounters:
         self._stream = stream
         self._timeout_s = timeout_s
 
-    async def incr(self, subject: str, delta: int) -> int:
-        with nats_errors("rate counter"):
-            reply = await self._nc.request(
-                subject, b"", headers={"Nats-Incr": f"{delta:+d}"}, timeout=self._timeout_s
-            )
+    async def incr(self, subject: str, delta: int, *, msg_id: str = "") -> int:
+        headers = {"Nats-Incr": f"{delta:+d}"}
+        if msg_id:  # deduplicated by the stream within its duplicate window
+            headers["Nats-Msg-Id"] = msg_id
+        with nats_errors("counter"):
+            reply = await self._nc.request(subject, b"", headers=headers, timeout=self._timeout_s)
+        if msg_id and b'"duplicate"' in reply.data:  # counted before: the value as it is
+            return await self.value(subject)
         return _counter_value(reply.data)
 
     async def value(self, subject: str) -> int:
@@ -294,8 +304,9 @@ def _stream(settings: Settings, name: str, prefix: str, **config: Any) -> js_api
 
 def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
     """The streams: job records (a KV bucket), the work queue, the per-caller index,
-    idempotency keys, quota slots, request counters, image objects, the webhook outbox,
-    the webhook delivery records and the workers' heartbeats."""
+    idempotency keys, quota slots and budget holds, request counters, image objects, spend
+    counters, the webhook outbox, the webhook delivery records and the workers'
+    heartbeats."""
     kv_prefix = f"$KV.{constants.JOBS_BUCKET}"
     last_only = {"max_msgs_per_subject": 1, "allow_msg_ttl": True}
     return [
@@ -344,6 +355,16 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
         _stream(
             settings, constants.OBJECT_STREAM, constants.OBJECT_SUBJECT_PREFIX, allow_msg_ttl=True
         ),
+        # per-key spend per budget period, atomic increments deduplicated by message id
+        # (store/budgets.py); the last value per subject is all that is read
+        _stream(
+            settings,
+            constants.SPEND_STREAM,
+            constants.SPEND_SUBJECT_PREFIX,
+            allow_msg_counter=True,
+            max_msgs_per_subject=1,
+            duplicate_window=constants.SPEND_DUPLICATE_WINDOW_S,
+        ),
         # the webhook outbox: owed deliveries, one consumer per endpoint (store/outbox.py)
         _stream(
             settings,
@@ -363,7 +384,8 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
 
 
 def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
-    """The workers' shared durable pull consumer. Deliveries are unlimited here: the job
+    """The workers' shared durable pull consumer of the anonymous lane, and the template of
+    every key's lane consumer (store/queue.py). Deliveries are unlimited here: the job
     record counts them and fails the job past `max_attempts` (worker/handler.py), so no
     job can be stranded by a missed max-deliveries advisory. At most `queue_max_in_flight`
     jobs are out with workers at once (by default derived from this process's view of
@@ -376,7 +398,8 @@ def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
         max_ack_pending=settings.queue_max_in_flight
         or max(settings.worker_concurrency * settings.worker_processes * 4, 1024),
         max_waiting=4096,
-        filter_subject=f"{constants.QUEUE_SUBJECT_PREFIX}.>",
+        # the anonymous lane only: each key's lane has a consumer of its own (fairshare.py)
+        filter_subject=f"{constants.QUEUE_SUBJECT_PREFIX}.*",
     )
 
 

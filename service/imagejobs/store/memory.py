@@ -12,18 +12,21 @@ What it keeps of JetStream's semantics (the conformance suite in
   otherwise; a delete marker is a message (with its own TTL) like any other, so a
   create-only write over it fails until it expires;
 - every record write announced to the state-change notifier (the bucket's republish);
-- atomic counters that expire with the stream's max age;
+- atomic counters that expire with the stream's max age, increments deduplicated by
+  message id within the duplicate window (the spend counters);
 - the work queue (`store/memory_queue.py`): msg-id dedupe within the duplicate window, a
-  bound (QueueFull), ack_wait redelivery counting deliveries, nak with delay, term,
-  in_progress, cancel notices; the webhook outbox as one such queue per endpoint.
+  bound (QueueFull), a lane per job owner taken in weighted turns (fair share), ack_wait
+  redelivery counting deliveries, nak with delay, term, in_progress, cancel notices; the
+  webhook outbox as one such queue per endpoint.
 
-Job records, idempotency keys, quota slots and webhook delivery records are the very
-classes the JetStream store uses (`JobRecords`, `IdempotencyClaims`, `KeyQuotas`,
-`DeliveryRecords`), on `MemorySubjects` instead of a stream.
+Job records, idempotency keys, quota slots, budget holds and webhook delivery records are
+the very classes the JetStream store uses (`JobRecords`, `IdempotencyClaims`,
+`KeyQuotas`, `KeyBudgets`, `DeliveryRecords`), on `MemorySubjects` instead of a stream.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +34,7 @@ from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import RevisionConflict
 from imagejobs.domain.kinds import Kind
+from imagejobs.store.budgets import KeyBudgets
 from imagejobs.store.clock import Clock
 from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.health import MemoryHealth
@@ -95,7 +99,7 @@ class MemorySubjects:
         return self._last(subject)  # one copy: always the latest
 
     async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
-        return {s: self._last(s) for s in self.subjects(pattern)}
+        return {s: self._last(s) for s in await self.subjects(pattern)}
 
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None
@@ -113,22 +117,36 @@ class MemorySubjects:
     async def delete(self, subject: str, *, ttl_s: int, expected: int | None = None) -> int:
         return await self.put(subject, b"", ttl_s=ttl_s, expected=expected)
 
-    def subjects(self, pattern: str) -> list[str]:
+    async def subjects(self, pattern: str) -> list[str]:
         """The live subjects matching a NATS subject filter."""
         return [s for s in list(self._messages) if subject_matches(pattern, s) and self._live(s)]
 
 
 class MemoryCounters:
-    """`Counters` in a dict; a counter not written for `max_age_s` is gone."""
+    """`Counters` in a dict; a counter not written for `max_age_s` is gone; a message id
+    seen within `duplicate_window_s` is not counted again."""
 
-    def __init__(self, clock: Clock, max_age_s: float = RATE_MAX_AGE_S) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        max_age_s: float = RATE_MAX_AGE_S,
+        duplicate_window_s: float = constants.DUPLICATE_WINDOW_S,
+    ) -> None:
         self._clock = clock
         self._max_age_s = max_age_s
+        self._window_s = duplicate_window_s
         self._values: dict[str, tuple[int, float]] = {}  # subject -> (value, last write)
+        self._ids: dict[str, float] = {}  # message id -> when it was counted
 
-    async def incr(self, subject: str, delta: int) -> int:
+    async def incr(self, subject: str, delta: int, *, msg_id: str = "") -> int:
+        now = self._clock.time()
+        if msg_id:
+            self._ids = {i: t for i, t in self._ids.items() if now - t < self._window_s}
+            if msg_id in self._ids:  # a repeat within the window: dropped, as JetStream does
+                return await self.value(subject)
+            self._ids[msg_id] = now
         value = await self.value(subject) + delta
-        self._values[subject] = (value, self._clock.time())
+        self._values[subject] = (value, now)
         return value
 
     async def value(self, subject: str) -> int:
@@ -171,7 +189,7 @@ class MemoryIndex:
         )
 
     async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
-        return newest_first(self._subjects.subjects(owner_filter(owner, kind)))
+        return newest_first(await self._subjects.subjects(owner_filter(owner, kind)))
 
 
 class MemoryPresence:
@@ -188,7 +206,7 @@ class MemoryPresence:
         await self._subjects.delete(presence_subject(worker_id), ttl_s=1)
 
     async def workers(self) -> list[WorkerBeat]:
-        found = [await self._subjects.last(s) for s in self._subjects.subjects(ALL_WORKERS)]
+        found = [await self._subjects.last(s) for s in await self._subjects.subjects(ALL_WORKERS)]
         return parse_beats([data for data, _ in found])
 
 
@@ -209,7 +227,10 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         max_jobs=settings.queue_max_jobs,
         ack_wait_s=settings.ack_wait_s,
         duplicate_window_s=constants.DUPLICATE_WINDOW_S,
+        fair_share=settings.fair_share,
+        weights=settings.lane_weights(),
     )
+    limits = MemorySubjects(clock)  # as the LIMITS stream: quota slots and budget holds
     outbox = MemoryOutbox(clock, duplicate_window_s=constants.DUPLICATE_WINDOW_S)
     return Backend(
         records=records,
@@ -221,7 +242,7 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
             MemorySubjects(clock), ttl_s=settings.idempotency_ttl_s, clock=clock
         ),
         quotas=KeyQuotas(
-            MemorySubjects(clock),
+            limits,
             MemoryCounters(clock),
             records,
             slot_ttl_s=slot_ttl_s(settings),
@@ -234,6 +255,14 @@ def memory_backend(clock: Clock, settings: Settings | None = None) -> Backend:
         health=MemoryHealth(),
         providers=ProviderSlots(
             MemorySubjects(clock), MemoryCounters(clock), lease_s=lease_s_for(settings), clock=clock
+        ),
+        budgets=KeyBudgets(
+            limits,
+            MemoryCounters(
+                clock, max_age_s=math.inf, duplicate_window_s=constants.SPEND_DUPLICATE_WINDOW_S
+            ),
+            records,
+            clock=clock,
         ),
         presence=MemoryPresence(clock),
     )

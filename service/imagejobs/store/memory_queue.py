@@ -3,7 +3,9 @@
 
 Semantics kept: a publish is dropped when its job id was published within the duplicate
 window (even if that message is gone since); the queue holds `max_jobs` messages at most
-(QueueFull beyond); a delivered message not acked within `ack_wait_s` (restarted by
+(QueueFull beyond); each job waits in its owner's lane, and a fetch takes the lanes in
+weighted turns (the same `Rotation` as the JetStream workers, store/fairshare.py), each
+lane in submit order; a delivered message not acked within `ack_wait_s` (restarted by
 `in_progress`) is delivered again, to any fetcher, with `num_delivered` counting; `nak`
 redelivers after its delay; `ack` and `term` remove the message. Cancel notices reach
 every subscriber on a later turn of the event loop, as a core NATS message would.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from imagejobs.domain import constants
 from imagejobs.domain.jobs import Job
 from imagejobs.store.clock import EPSILON_S, Clock
+from imagejobs.store.fairshare import ANONYMOUS, Rotation, lane_of
 from imagejobs.store.jetstream import queue_full_error
 from imagejobs.store.protocols import Closeable, Delivery, OutboxMessage
 from imagejobs.store.queue import first_delivery_record
@@ -38,6 +41,7 @@ class _Queued:
     seq: int
     available_at: float  # monotonic time from which it may be (re)delivered
     num_delivered: int = 0
+    lane: str = ANONYMOUS
     trace: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -90,12 +94,22 @@ class _Subscription:
 
 
 class MemoryQueue:
-    """`JobQueue` and `WorkQueue` in memory."""
+    """`JobQueue` and `WorkQueue` in memory; `fair_share` and `weights` as the settings
+    (and the JetStream queue) take them."""
 
     def __init__(
-        self, clock: Clock, *, max_jobs: int, ack_wait_s: float, duplicate_window_s: float
+        self,
+        clock: Clock,
+        *,
+        max_jobs: int,
+        ack_wait_s: float,
+        duplicate_window_s: float,
+        fair_share: bool = True,
+        weights: Mapping[str, int] | None = None,
     ) -> None:
         self._clock = clock
+        self._fair = fair_share
+        self._rotation = Rotation(weights)
         self._max_jobs = max_jobs
         self.ack_wait_s = ack_wait_s
         self._window_s = duplicate_window_s
@@ -113,6 +127,8 @@ class MemoryQueue:
         record: bytes = b"",
         revision: int = 0,
         trace: Mapping[str, str] | None = None,
+        *,
+        owner: str = "",
     ) -> None:
         now = self._clock.monotonic()
         self._forget_old_ids(now)
@@ -127,6 +143,7 @@ class MemoryQueue:
             revision if record else 0,
             self._seq,
             available_at=now,
+            lane=lane_of(owner, self._fair),
             trace=dict(trace or {}),
         )
         self._published[job_id] = now
@@ -137,8 +154,15 @@ class MemoryQueue:
             if now - when >= self._window_s:
                 del self._published[job_id]
 
-    async def contains(self, job_id: str) -> bool:
-        return any(m.job_id == job_id for m in self._messages.values())
+    async def contains(self, job_id: str, *, owner: str | None = None) -> bool:
+        lane = lane_of(owner, self._fair) if owner is not None else None
+        return any(
+            m.job_id == job_id and (lane is None or m.lane == lane) for m in self._messages.values()
+        )
+
+    async def queued(self, owner: str) -> int:
+        lane = lane_of(owner, self._fair)
+        return sum(1 for m in self._messages.values() if m.lane == lane and not m.num_delivered)
 
     async def announce_cancel(self, job_id: str) -> None:
         loop = asyncio.get_running_loop()
@@ -159,9 +183,7 @@ class MemoryQueue:
         deadline = self._clock.monotonic() + timeout_s
         while True:
             now = self._clock.monotonic()
-            ready = sorted(
-                (m for m in self._messages.values() if m.available_at <= now), key=lambda m: m.seq
-            )[:batch]
+            ready = self._in_turns(now, batch)
             if ready:
                 for m in ready:
                     m.num_delivered += 1
@@ -174,6 +196,16 @@ class MemoryQueue:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await self._clock.wait_for(self._changed.wait(), min(remaining, due - now))
+
+    def _in_turns(self, now: float, batch: int) -> list[_Queued]:
+        """Up to `batch` deliverable messages, the lanes in weighted turns (lanes listed
+        by their oldest deliverable message), each lane oldest first."""
+        lanes: dict[str, list[_Queued]] = {}
+        for m in sorted(self._messages.values(), key=lambda m: m.seq):
+            if m.available_at <= now:
+                lanes.setdefault(m.lane, []).append(m)
+        plan = self._rotation.plan({lane: len(ms) for lane, ms in lanes.items()}, batch)
+        return [m for lane, count in plan for m in lanes[lane][:count]]
 
     async def on_cancel(self, callback: Callable[[str], None]) -> Closeable:
         self._cancel_callbacks.append(callback)

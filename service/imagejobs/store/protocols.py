@@ -10,7 +10,8 @@ counters), so that the logic on top of them is written once for both implementat
 
 - `Subjects`: the last message per subject, each with its own TTL, written
   unconditionally or as a compare-and-set on the subject's last sequence (0 = create-only);
-- `Counters`: atomic per-subject counters.
+- `Counters`: atomic per-subject counters, each increment optionally deduplicated by an
+  id (the spend counters: a settlement retried after a crash counts once).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from imagejobs.domain.budget import BudgetHold, Spend
 from imagejobs.domain.jobs import Job
 from imagejobs.domain.keys import KeyPolicy
 from imagejobs.domain.kinds import Kind
@@ -73,11 +75,21 @@ class Subjects(Protocol):
         ...
 
 
-class Counters(Protocol):
-    """Atomic per-subject counters (per-minute request counts)."""
+class ListedSubjects(Subjects, Protocol):
+    """`Subjects` that can also list their live subjects (budget holds, per key)."""
 
-    async def incr(self, subject: str, delta: int) -> int:
-        """Add `delta` (may be negative); the new value."""
+    async def subjects(self, pattern: str) -> list[str]:
+        """The subjects matching a NATS filter that hold a message (delete markers too)."""
+        ...
+
+
+class Counters(Protocol):
+    """Atomic per-subject counters (per-minute request counts, per-period spend)."""
+
+    async def incr(self, subject: str, delta: int, *, msg_id: str = "") -> int:
+        """Add `delta` (may be negative); the new value. With `msg_id`, a repeat of that
+        id within the counters' duplicate window is dropped (and the value returned as
+        it stands), so an increment retried after a crash counts once."""
         ...
 
     async def value(self, subject: str) -> int:
@@ -117,7 +129,8 @@ class QueueDepth(Protocol):
 
 
 class JobQueue(QueueDepth, Protocol):
-    """The work queue as the API uses it."""
+    """The work queue as the API uses it. Jobs queue in their owner's lane (fair share:
+    workers take from the lanes in turn, store/fairshare.py); `owner` is the job's."""
 
     async def publish(
         self,
@@ -125,6 +138,8 @@ class JobQueue(QueueDepth, Protocol):
         record: bytes = b"",
         revision: int = 0,
         trace: Mapping[str, str] | None = None,
+        *,
+        owner: str = "",
     ) -> None:
         """Enqueue the job, once per job id within the duplicate window (a repeat is
         dropped); QueueFull when the queue is at its bound. With the record as written
@@ -132,8 +147,13 @@ class JobQueue(QueueDepth, Protocol):
         delivery carries `trace`, the submit's trace context (`Delivery.trace`)."""
         ...
 
-    async def contains(self, job_id: str) -> bool:
-        """Whether the job's message is in the queue (waiting or being worked on)."""
+    async def contains(self, job_id: str, *, owner: str | None = None) -> bool:
+        """Whether the job's message is in the queue (waiting or being worked on): in
+        `owner`'s lane, or in any lane when `owner` is None."""
+        ...
+
+    async def queued(self, owner: str) -> int:
+        """How many of `owner`'s jobs wait in its lane, not yet taken by any worker."""
         ...
 
     async def announce_cancel(self, job_id: str) -> None:
@@ -260,6 +280,25 @@ class Quotas(Protocol):
 
     async def release(self, slot: str, job_id: str) -> None:
         """Free the job's slot if it still holds it."""
+        ...
+
+
+class Budgets(Protocol):
+    """Per-virtual-key spend per budget period, shared by every API process and worker:
+    reserved at submit, settled to the real cost when the job ends (store/budgets.py)."""
+
+    async def reserve(self, policy: KeyPolicy, job_id: str, estimate_micro: int) -> BudgetHold:
+        """Reserve `estimate_micro` µUSD for the job in the key's current period;
+        BudgetExceeded (402) if that would pass its budget (nothing is then held)."""
+        ...
+
+    async def settle(self, hold: BudgetHold, job_id: str, cost_micro: int) -> None:
+        """Replace the job's reservation with its real cost (0: release it). Idempotent:
+        a reservation settled already is left alone. StoreError if it could not be."""
+        ...
+
+    async def usage(self, policy: KeyPolicy) -> Spend:
+        """The key's spend in its current period."""
         ...
 
 
@@ -414,6 +453,7 @@ class Backend:
     outbox: Outbox
     outbox_work: OutboxWork
     deliveries: DeliveryStore
+    budgets: Budgets
     health: StoreHealth
     providers: ProviderLimits
     presence: Presence

@@ -376,6 +376,7 @@ class ResultExtraFields(_message.Message):
     MODEL_USED_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     request_type: _builtins.str
     """`image_generation`, `image_edit` or `image_variation`."""
     provider: _builtins.str
@@ -386,6 +387,10 @@ class ResultExtraFields(_message.Message):
     """The model that served it (a fallback's, when one did)."""
     latency_ms: _builtins.int
     """The provider call's duration in milliseconds (REST's `latency`)."""
+    cost_usd: _builtins.float
+    """What the job cost in USD, from the price of the model that served it (REST:
+    `extra_fields.cost_usd`); unset when that model has no price.
+    """
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Deprecated models the request named, each with its sunset and replacement (the model
@@ -401,12 +406,15 @@ class ResultExtraFields(_message.Message):
         model_used: _builtins.str = ...,
         latency_ms: _builtins.int = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_ms", b"latency_ms", "model_requested", b"model_requested", "model_used", b"model_used", "provider", b"provider", "request_type", b"request_type", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "latency_ms", b"latency_ms", "model_requested", b"model_requested", "model_used", b"model_used", "provider", b"provider", "request_type", b"request_type", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
 
 Global___ResultExtraFields: _TypeAlias = ResultExtraFields  # noqa: Y015
 
@@ -1889,3 +1897,109 @@ class WorkerStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerStats: _TypeAlias = WorkerStats  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """--- governance ---
+
+    Request for GetUsage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageJsonRequest(_message.Message):
+    """Request for GetUsageJson."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageJsonRequest: _TypeAlias = GetUsageJsonRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """Response for GetUsage: one virtual key's spend in its current budget period (USD)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    RESERVED_USD_FIELD_NUMBER: _builtins.int
+    REMAINING_USD_FIELD_NUMBER: _builtins.int
+    QUEUED_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_JOBS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The virtual key's id."""
+    period: _builtins.str
+    """The budget period: `hour`, `day`, `week`, `month` or `total` (UTC calendar windows)."""
+    budget_usd: _builtins.float
+    """The key's budget for the period; unset when it has none."""
+    spent_usd: _builtins.float
+    """Spent in the period by the key's jobs that ended (their real cost)."""
+    reserved_usd: _builtins.float
+    """Reserved in the period by the key's jobs not ended yet (their estimates)."""
+    remaining_usd: _builtins.float
+    """budget - spent - reserved, at least 0; unset without a budget."""
+    queued_jobs: _builtins.int
+    """The key's jobs waiting in the queue, not yet taken by a worker."""
+    max_queued_jobs: _builtins.int
+    """The key's bound on them (`max_queued_jobs`); 0 = none."""
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp:
+        """When the current period began; unset for `total`."""
+
+    @_builtins.property
+    def resets_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ends and spend starts over; unset for `total`."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        period: _builtins.str = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+        resets_at: _timestamp_pb2.Timestamp | None = ...,
+        budget_usd: _builtins.float | None = ...,
+        spent_usd: _builtins.float = ...,
+        reserved_usd: _builtins.float = ...,
+        remaining_usd: _builtins.float | None = ...,
+        queued_jobs: _builtins.int = ...,
+        max_queued_jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_remaining_usd", b"_remaining_usd", "budget_usd", b"budget_usd", "period_start", b"period_start", "remaining_usd", b"remaining_usd", "resets_at", b"resets_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_remaining_usd", b"_remaining_usd", "budget_usd", b"budget_usd", "key", b"key", "max_queued_jobs", b"max_queued_jobs", "period", b"period", "period_start", b"period_start", "queued_jobs", b"queued_jobs", "remaining_usd", b"remaining_usd", "reserved_usd", b"reserved_usd", "resets_at", b"resets_at", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_usd: _TypeAlias = _typing.Literal["budget_usd"]  # noqa: Y015
+    _WhichOneofArgType__budget_usd: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd"]  # noqa: Y015
+    _WhichOneofReturnType__remaining_usd: _TypeAlias = _typing.Literal["remaining_usd"]  # noqa: Y015
+    _WhichOneofArgType__remaining_usd: _TypeAlias = _typing.Literal["_remaining_usd", b"_remaining_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_usd) -> _WhichOneofReturnType__budget_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_usd) -> _WhichOneofReturnType__remaining_usd | None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015

@@ -173,6 +173,16 @@ class ImageJobServiceStub:
                 request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetStatsJsonRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetUsage',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.GetUsageJson = channel.unary_unary(
+                '/imagejobs.v1.ImageJobService/GetUsageJson',
+                request_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetUsageJsonRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class ImageJobServiceServicer:
@@ -391,6 +401,25 @@ class ImageJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """--- governance ---
+
+        The caller's virtual key in its current budget period: spent by jobs that ended,
+        reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+        in the queue. UNAUTHENTICATED without a configured virtual key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsageJson(self, request, context):
+        """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+        left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -497,6 +526,16 @@ def add_ImageJobServiceServicer_to_server(servicer, server):
             'GetStatsJson': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatsJson,
                     request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetStatsJsonRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetUsageRequest.FromString,
+                    response_serializer=imagejobs_dot_v1_dot_jobs__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetUsageJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageJson,
+                    request_deserializer=imagejobs_dot_v1_dot_jobs__pb2.GetUsageJsonRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -1099,6 +1138,60 @@ class ImageJobService:
             target,
             '/imagejobs.v1.ImageJobService/GetStatsJson',
             imagejobs_dot_v1_dot_jobs__pb2.GetStatsJsonRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetUsage',
+            imagejobs_dot_v1_dot_jobs__pb2.GetUsageRequest.SerializeToString,
+            imagejobs_dot_v1_dot_jobs__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagejobs.v1.ImageJobService/GetUsageJson',
+            imagejobs_dot_v1_dot_jobs__pb2.GetUsageJsonRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -159,6 +159,17 @@ class ImageJobServiceStub:
     """
     GetStatsJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetStatsJsonRequest, _httpbody_pb2.HttpBody]
     """GetStats for REST: the same, rendered by the server."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.GetUsageResponse]
+    """--- governance ---
+
+    The caller's virtual key in its current budget period: spent by jobs that ended,
+    reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+    in the queue. UNAUTHENTICATED without a configured virtual key.
+    """
+    GetUsageJson: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageJsonRequest, _httpbody_pb2.HttpBody]
+    """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+    left out).
+    """
 
 @_typing.type_check_only
 class ImageJobServiceAsyncStub(ImageJobServiceStub):
@@ -290,6 +301,17 @@ class ImageJobServiceAsyncStub(ImageJobServiceStub):
     """
     GetStatsJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetStatsJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """GetStats for REST: the same, rendered by the server."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageRequest, _jobs_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """--- governance ---
+
+    The caller's virtual key in its current budget period: spent by jobs that ended,
+    reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+    in the queue. UNAUTHENTICATED without a configured virtual key.
+    """
+    GetUsageJson: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetUsageJsonRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+    left out).
+    """
 
 class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImageJobService runs image generation, edit and variation requests as asynchronous
@@ -544,5 +566,28 @@ class ImageJobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """GetStats for REST: the same, rendered by the server."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _jobs_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetUsageResponse, _abc.Awaitable[_jobs_pb2.GetUsageResponse]]:
+        """--- governance ---
+
+        The caller's virtual key in its current budget period: spent by jobs that ended,
+        reserved for jobs not ended yet, what remains of its budget, and its jobs waiting
+        in the queue. UNAUTHENTICATED without a configured virtual key.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageJson(
+        self,
+        request: _jobs_pb2.GetUsageJsonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetUsage for REST: the same report as JSON, rendered by the server (unset fields
+        left out).
+        """
 
 def add_ImageJobServiceServicer_to_server(servicer: ImageJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

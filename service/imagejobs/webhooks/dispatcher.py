@@ -31,7 +31,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import socket
 from collections.abc import Mapping
 
@@ -40,7 +39,7 @@ from opentelemetry.trace import SpanKind
 
 from imagejobs.config import Settings
 from imagejobs.domain.errors import RevisionConflict, StoreError
-from imagejobs.runtime import logs, metrics, tracing
+from imagejobs.runtime import logs, metrics, process, tracing
 from imagejobs.store.clock import EPSILON_S, Clock, SystemClock
 from imagejobs.store.deliveries import GoneMarker
 from imagejobs.store.factory import open_backend
@@ -375,17 +374,8 @@ async def serve(settings: Settings) -> None:
             concurrency=settings.dispatcher_concurrency,
             base_url=public_base_url(settings),
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, dispatcher.stop)
-        metrics_server = await metrics.start(
-            settings, metrics.dispatcher_ports(settings), backend.queue, also=dispatcher.sample
+        ports = metrics.dispatcher_ports(settings)
+        await process.run_until_signalled(
+            dispatcher, settings, ports, backend.queue, flush_spans, also=dispatcher.sample
         )
-        try:
-            await dispatcher.run()
-        finally:
-            if metrics_server is not None:
-                await metrics_server.close()
-            flush_spans()
         log.info("dispatcher stopped")

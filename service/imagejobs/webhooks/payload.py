@@ -4,6 +4,7 @@ payload a receiver gets, the gateway's:
     {"event": "async_job.completed", "created_at": "…",
      "data": {"job_id", "request_type", "status", "status_code", "created_at",
               "completed_at", "result_url", "result_expires_at", "request_id",
+              "cost_usd" (a completed job of a priced model),
               "response": {…} | absent, "response_omitted": false,
               "error": {…} | absent, "error_omitted": false, "result_expired": false}}
 
@@ -94,6 +95,8 @@ async def build_body(
         "result_expires_at": rfc3339(job.expires_at or now),
         "request_id": job.request_id,
     }
+    if job.result is not None and job.result.cost_usd is not None:  # absent: no price
+        data["cost_usd"] = job.result.cost_usd
     limit = settings.max_payload_bytes
     response_omitted = error_omitted = False
     if settings.include_response and job.status is Status.COMPLETED and not expired:

@@ -11,10 +11,11 @@ exactly-once completion):
      owes (if any), then ack. A worker whose terminal write loses (it was frozen past
      ack_wait and the job was re-claimed, or the job was cancelled) discards its work.
 
-Every path that acks the message of a terminal job publishes its webhook intent first
-(`owe_webhook`), also when the job was made terminal by someone else (a cancel) or by an
-earlier delivery that died before its intent: the message is what keeps an owed
-delivery from being lost (worker/finish.py).
+Every path that acks the message of a terminal job pays what it owes first
+(`pay_debts`: its webhook intent, its budget settlement), also when the job was made
+terminal by someone else (a cancel) or by an earlier delivery that died before paying:
+the message is what keeps an owed delivery or settlement from being lost
+(worker/finish.py).
 
 A store error anywhere naks the message for a later redelivery.
 """
@@ -37,7 +38,7 @@ from imagejobs.domain.jobs import Job, StoredError, age_limit_error
 from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend, Delivery
-from imagejobs.worker.finish import job_ended, owe_webhook
+from imagejobs.worker.finish import job_ended, pay_debts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class DeliveryHandler:
         self._records = backend.records
         self._quotas = backend.quotas
         self._outbox = backend.outbox
+        self._budgets = backend.budgets  # governance: a terminal job's hold is settled
         self._runner = runner
         self._id = worker_id
         self._options = options
@@ -250,7 +252,7 @@ class DeliveryHandler:
                 log.info("job %s: lost the race to finish it; discarding this result", final.id)
             return
         # the webhook intent before the ack (a StoreError naks: the redelivery owes it)
-        await job_ended(final, self._quotas, self._outbox)
+        await job_ended(final, self._quotas, self._outbox, self._budgets)
         # no need to wait, nor to fail over it: a lost ack redelivers a terminal job,
         # which is then acked
         with contextlib.suppress(StoreError):
@@ -258,8 +260,9 @@ class DeliveryHandler:
         log.info("job %s %s (%s)", final.id, final.status.value, final.status_code)
 
     async def _settle_ended(self, delivery: Delivery, job: Job) -> None:
-        """Ack the message of a job found terminal, after owing its webhook delivery."""
-        await owe_webhook(job, self._outbox)
+        """Ack the message of a job found terminal, after paying what it owes (its webhook
+        delivery, its budget settlement)."""
+        await pay_debts(job, self._outbox, self._budgets)
         await delivery.ack_sync()
 
 

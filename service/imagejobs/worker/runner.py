@@ -14,6 +14,7 @@ from collections.abc import Callable
 import httpx
 
 from imagejobs.config import Settings
+from imagejobs.domain.budget import usd
 from imagejobs.domain.errors import ErrorCode, ErrorType, StoreError
 from imagejobs.domain.jobs import Job, ObjectRef, ResultImage, StoredError, StoredResult
 from imagejobs.domain.models import ModelRef
@@ -57,6 +58,7 @@ class JobRunner:
         self._limits = limits
         self._providers: dict[str, tuple[Provider, ProviderGate, RetryPolicy]] = {}
         self._secrets = settings.all_secrets()
+        self._prices = settings.price_table()  # governance: a completed job's cost
 
     def _provider(self, name: str) -> tuple[Provider, ProviderGate, RetryPolicy]:
         """The adapter, its limits and retry policy, built once per worker."""
@@ -185,6 +187,9 @@ class JobRunner:
                     object_id=object_id, content_type=image.content_type, size=len(image.data)
                 )
                 images.append(ResultImage(ref=ref, revised_prompt=image.revised_prompt))
+        cost = self._prices.cost(
+            ModelRef(provider, model), result.usage, len(images), result.fields, job.request.params
+        )
         return StoredResult(
             created=int(time.time()),
             images=tuple(images),
@@ -193,6 +198,7 @@ class JobRunner:
             provider=provider,
             model=model,
             latency_ms=latency_ms,
+            cost_usd=usd(cost) if cost is not None else None,
         )
 
     def _stored_error(self, error: ProviderError, model: ModelRef) -> StoredError:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 
 import httpx
@@ -30,7 +29,7 @@ import httpx
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreError
-from imagejobs.runtime import metrics, tracing
+from imagejobs.runtime import metrics, process, tracing
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.factory import open_backend
 from imagejobs.store.presence import WorkerBeat
@@ -187,17 +186,6 @@ async def serve(settings: Settings) -> None:
             options=WorkerOptions.from_settings(settings),
             worker_id=worker_id,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, worker.stop)
-        metrics_server = await metrics.start(
-            settings, metrics.worker_ports(settings), backend.queue
-        )
         metrics.track_in_flight(lambda: worker.in_flight)
-        try:
-            await worker.run()
-        finally:
-            if metrics_server is not None:
-                await metrics_server.close()
-            flush_spans()
+        ports = metrics.worker_ports(settings)
+        await process.run_until_signalled(worker, settings, ports, backend.queue, flush_spans)

@@ -46,6 +46,10 @@ function latency(job) {
 }
 
 function cost(job) {
+  // the job's cost as the worker computed it (the provider's bill, else the price table);
+  // jobs stored before costs were computed: the bill the provider reported, if any
+  const usd = extra(job).cost_usd;
+  if (typeof usd === "number") return `$${usd.toFixed(4)}`;
   const usage = job.result && job.result.usage;
   const ticks = usage && usage.cost_in_usd_ticks;
   return typeof ticks === "number" ? `$${(ticks / TICKS_PER_USD).toFixed(4)}` : "—";
