@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=constants.MAX_DELIVERIES, ge=1)
     ack_wait_s: float = Field(default=constants.ACK_WAIT_S, gt=0)
     queue_max_jobs: int = Field(default=constants.QUEUE_MAX_JOBS, ge=1)
+    # jobs the workers may hold unacknowledged at once, across the cluster (the consumer's
+    # max_ack_pending); 0 = 4 x worker_concurrency x worker_processes, at least 1,024. Give
+    # it when workers run one per container: then no process knows them all
+    queue_max_in_flight: int = Field(default=0, ge=0)
     max_job_age_s: float = Field(default=constants.MAX_JOB_AGE_S, gt=0)
     idempotency_ttl_s: int = Field(default=constants.IDEMPOTENCY_TTL_S, ge=1)
     max_wait_s: float = Field(default=constants.MAX_WAIT_S, ge=0)
@@ -167,6 +171,11 @@ class Settings(BaseSettings):
     # how long one JetStream request (a write, a read) may take before the call fails
     # with 503: an election or a lost quorum answers fast instead of hanging
     store_timeout_s: float = Field(default=constants.STORE_TIMEOUT_S, gt=0)
+    # how long a whole submit may take (its several requests, after an election each may
+    # be slow) before it answers 503 with Retry-After, plus submit_upload_s_per_mib for
+    # each MiB it uploads; what it made is taken back
+    submit_timeout_s: float = Field(default=constants.SUBMIT_TIMEOUT_S, gt=0)
+    submit_upload_s_per_mib: float = Field(default=constants.SUBMIT_UPLOAD_S_PER_MIB, ge=0)
 
     # workers
     worker_processes: int = Field(default=1, ge=1)

@@ -48,13 +48,15 @@ KEY = "sk-bf-cluster-run-0123456789abcdef"
 RATE_PER_S = 30.0
 PAUSE_S = 2.0  # steady load between faults
 SETTLE_DEADLINE_S = 45.0  # after the load stops, every accepted job is terminal within this
-SLOWEST_SUBMIT_S = 2 * constants.STORE_TIMEOUT_S + 1.0  # no submit attempt hangs past this
+SLOWEST_SUBMIT_S = constants.SUBMIT_TIMEOUT_S + 1.0  # no submit hangs past its deadline
 
 
 def cluster_stack(root: Any) -> Stack:
     config = {
         "worker_concurrency": 64,
         "max_attempts": 10,
+        # ~30 jobs/s of 0.3-2 s need ~35 calls at once; the default 16 is cluster-wide
+        "providers": {"mock": {"concurrency": 64}},
         "virtual_keys": {"run": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}},
     }
     return Stack(root, config, apis=2, workers=2, nats_nodes=3)
@@ -133,8 +135,10 @@ def check(stack: Stack, record: Record, run_end: float, capsys: pytest.CaptureFi
     failed = [a for a in submits if a.status != 202]
     assert {a.status for a in failed} <= {503}, Counter(a.status for a in failed)
     assert all(a.error_body and a.retry_after for a in failed), failed[:5]
-    slowest = max(submits, key=lambda a: a.took)
-    assert slowest.took < SLOWEST_SUBMIT_S, slowest
+    # timed in the API as Envoy saw it: the load's own clients share the 2 cores and, on a
+    # loaded machine, queue for them far longer than the service takes (see the report)
+    slowest = max(submits, key=lambda a: a.upstream)
+    assert slowest.upstream < SLOWEST_SUBMIT_S, slowest
 
     # reads of accepted jobs: 200, 202, or 503 with the error body; never 404 or 500
     statuses = Counter(a.status for a in record.reads)
@@ -161,11 +165,14 @@ def quorum_checks(record: Record, phase: Phase) -> None:
     start, end = phase.down
     inside = [a for a in record.all_submits() if start + 1.0 <= a.at < end]
     assert inside, "no submit was tried while the cluster had no quorum"
-    assert all(a.status in (202, 503) and a.took < 2.5 for a in inside), inside[:5]
+    assert all(a.status in (202, 503) and a.upstream < 2.5 for a in inside), inside[:5]
     assert any(a.status == 503 for a in inside)
     assert any(a.status == 503 for a in record.health if start <= a.at < end + 3.0)
 
 
+# ~90 s of faults and load on a quiet machine; the bound leaves room for a loaded one
+# (2 shared cores: elections, restarts and the last jobs all take longer)
+@pytest.mark.timeout(300)
 def test_cluster_run_through_leader_kill_follower_kill_rolling_restart_and_quorum_loss(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -174,6 +181,7 @@ def test_cluster_run_through_leader_kill_follower_kill_rolling_restart_and_quoru
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_cluster_soak_repeats_every_fault_and_kills_a_worker_and_an_api(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:

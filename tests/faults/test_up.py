@@ -4,11 +4,14 @@ It passes `--config FILE` to every process it starts (a setting only the API can
 and a key policy only the API enforces, both seen through the gateway); it starts a
 webhook dispatcher when endpoints are configured; it stops everything on Ctrl-C; and
 when a child dies while starting (Envoy on a busy admin port) it fails at once, naming
-the child and showing its last log lines, and leaves nothing running.
+the child and showing its last log lines, and leaves nothing running. With
+`--nats-nodes 3` it runs a 3-node JetStream cluster (every stream on 3 replicas), and a
+child that dies after the start is restarted, not the whole stack stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -21,10 +24,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from imagejobs.domain import constants
 from imagejobs.runtime.binaries import imagejobs_command
 from imagejobs.testing import (
     free_port,
+    free_port_run,
     require_binary,
     tcp_open,
     to_toml,
@@ -266,3 +272,53 @@ def test_up_with_webhooks_starts_a_dispatcher_that_delivers(
         finally:
             up.proc.send_signal(signal.SIGINT)
             assert up.proc.wait(timeout=60) == 0, up.output()
+
+
+def test_up_with_three_nats_nodes_runs_a_cluster_and_restarts_a_worker_that_dies(
+    tmp_path: Path, launch: Callable[..., Up]
+) -> None:
+    for binary in ("nats-server", "envoy"):
+        require_binary(binary)
+    data = tmp_path / "d"
+    gateway, nats_port = free_port(), free_port_run(3)
+    argv = ["up", "--data-dir", str(data), "--gateway-port", str(gateway)]
+    argv += ["--api-port", str(free_port()), "--nats-port", str(nats_port), "--nats-nodes", "3"]
+    env = {
+        "IMAGEJOBS_GATEWAY_ADMIN_PORT": str(free_port()),
+        "IMAGEJOBS_NATS_CLUSTER_PORT": str(free_port_run(3)),
+        "IMAGEJOBS_NATS_HTTP_PORT": str(free_port_run(3)),
+    }
+    up = launch(argv, env)
+    up.wait_ready()
+    assert sorted(p.name for p in (data / "nats").iterdir()) == ["nats-1", "nats-2", "nats-3"]
+    for i in range(3):
+        assert tcp_open(nats_port + i)
+    replicas = asyncio.run(stream_replicas(nats_port, constants.QUEUE_STREAM))
+    assert replicas == 3
+    body = {"model": "mock/m", "prompt": "on a cluster", "size": "16x16"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway}", timeout=30) as client:
+        first = submit(client, body).json()["id"]
+        assert wait_terminal(client, first).json()["status"] == "completed"
+        [worker] = [p for p in processes_mentioning(str(data)) if b"worker" in cmdline(p)]
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: "worker-1 restarted" in up.output(), 30, "the worker's restart")
+        assert "worker-1 exited with code -9; restarting in 1 s" in up.output()
+        assert up.proc.poll() is None  # the rest of the stack kept running
+        second = submit(client, body).json()["id"]
+        assert wait_terminal(client, second).json()["status"] == "completed"
+
+
+async def stream_replicas(nats_port: int, stream: str) -> int:
+    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    finally:
+        await nc.close()
+    return int(info.config.num_replicas or 0)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""

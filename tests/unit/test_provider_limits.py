@@ -12,7 +12,8 @@ import pytest
 from imagejobs.config import Settings
 from imagejobs.store.clock import FakeClock, settle
 from imagejobs.store.memory import memory_backend
-from imagejobs.store.protocols import ProviderLimits
+from imagejobs.store.protocols import ProviderLimits, Subjects
+from imagejobs.store.provider_limits import LOWEST_CANDIDATES, ProviderSlots, slots_pattern
 from imagejobs.worker.limits import ProviderGate
 
 LEASE_S = 6
@@ -21,6 +22,11 @@ LEASE_S = 6
 @pytest.fixture
 def limits(clock: FakeClock) -> ProviderLimits:
     return memory_backend(clock, Settings(ack_wait_s=LEASE_S)).providers
+
+
+def backend_slots(limits: ProviderLimits) -> Subjects:
+    assert isinstance(limits, ProviderSlots)
+    return limits._slots
 
 
 async def test_slots_are_leases_taken_renewed_released_and_lost_by_a_dead_holder(
@@ -43,6 +49,22 @@ async def test_slots_are_leases_taken_renewed_released_and_lost_by_a_dead_holder
     assert await limits.take("openai", 2, "job-d") is not None
     await limits.release(b)  # a lost lease's release gives nothing back
     assert await limits.take("openai", 2, "job-e") is None
+
+
+async def test_a_large_concurrency_writes_only_about_as_many_slots_as_calls_in_flight(
+    limits: ProviderLimits,
+) -> None:
+    """Every take reads every slot ever written (released ones leave a marker for a
+    while): with 600 slots and 4 calls at a time, the takes stay on a few low slots."""
+    in_flight = 4
+    for round_ in range(50):
+        leases = [await limits.take("mock", 600, f"job-{round_}-{i}") for i in range(in_flight)]
+        for lease in leases:
+            assert lease is not None
+            await limits.release(lease)
+    touched = await backend_slots(limits).any_copies(slots_pattern("mock"))
+    slots = {int(subject.rsplit(".", 1)[1]) for subject in touched}
+    assert max(slots) < LOWEST_CANDIDATES + in_flight  # the lowest free, while 3 are held
 
 
 async def test_two_workers_gates_hold_at_most_concurrency_calls_and_the_rest_wait(

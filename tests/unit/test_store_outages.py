@@ -2,26 +2,31 @@
 accept jobs a submit fails at once and keeps nothing; while it has no leader a terminal
 job is still read and anything else is 503, never a 404; a submit whose index write or
 queue publish fails leaves nothing half-made (or, when even the take-back fails, a key
-that resumes the same job); an idempotent retry finishes what a submit that died left
-undone. Parts of the twin are wrapped to fail on demand (`Failing`)."""
+that resumes the same job), and one past its deadline answers 503 at once; an idempotent
+retry finishes what a submit that died left undone. Parts of the twin are wrapped to
+fail or hang on demand (`Failing`)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 import uuid
 from typing import Any
 
 import pytest
 from imagejobs.api.service import JobService, ServiceLimits
 from imagejobs.config import Settings
-from imagejobs.domain.errors import JobNotFound, StoreUnavailable
+from imagejobs.domain.errors import JobNotFound, RevisionConflict, StoreUnavailable
 from imagejobs.domain.jobs import Job, Status
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock
 from imagejobs.store.health import MemoryHealth, stream_problem
+from imagejobs.store.jetstream import nats_errors
 from imagejobs.store.protocols import Backend
 from imagejobs.worker.worker import Worker
 from nats.js import api as js_api
+from nats.js.errors import APIError
 
 from tests.unit.conftest import ALICE, ScriptedRunner, make_worker, submit
 
@@ -29,15 +34,22 @@ GEN = Kind.GENERATION
 
 
 class Failing:
-    """Wraps a store part: the methods named in `failing` raise StoreUnavailable, the rest
-    pass through."""
+    """Wraps a store part: the methods named in `failing` raise StoreUnavailable, those in
+    `hanging` never answer, the rest pass through."""
 
     def __init__(self, part: Any) -> None:
         self._part = part
         self.failing: set[str] = set()
+        self.hanging: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._part, name)
+        if name in self.hanging:
+
+            async def hang(*args: Any, **kwargs: Any) -> Any:
+                await asyncio.Event().wait()
+
+            return hang
         if name not in self.failing:
             return attr
 
@@ -182,6 +194,29 @@ async def test_an_idempotent_retry_at_once_resumes_a_submit_that_died_before_pub
     assert await listed(degraded.service) == [again.id]
 
 
+async def test_a_submit_past_its_deadline_is_a_fast_503_and_takes_back_what_it_made(
+    degraded: Degraded,
+) -> None:
+    """Each request is bounded, but a submit makes several: the whole answers within its
+    deadline (here a publish never answers), and what it made goes in the background."""
+    degraded.service.limits = dataclasses.replace(degraded.service.limits, submit_timeout_s=0.2)
+    degraded.queue.hanging = {"publish"}
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"within 0\.2 s"):
+        await asyncio.wait_for(submit(degraded.service, ALICE, idempotency_key="k"), 5.0)
+    assert time.monotonic() - started < 1.0
+    for _ in range(100):  # the cancelled submit unwinds: its record and key go
+        if not degraded.service._unwinding:
+            break
+        await asyncio.sleep(0.01)
+    assert not degraded.service._unwinding
+    assert await listed(degraded.service) == []
+    degraded.queue.hanging = set()
+    again = await submit(degraded.service, ALICE, idempotency_key="k")  # the key is free
+    assert await degraded.backend.queue.contains(again.id)
+    assert await listed(degraded.service) == [again.id]
+
+
 def stream_info(
     leader: str, replicas: list[tuple[str, bool]] | None, wanted: int
 ) -> js_api.StreamInfo:
@@ -206,3 +241,21 @@ def test_a_stream_accepts_writes_with_a_leader_and_a_quorum_of_current_replicas(
     assert "no quorum" in stream_problem(
         stream_info("n1", [("n2", True), ("n3", False), ("n4", False), ("n5", False)], 5)
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "description"),
+    [(10071, "wrong last sequence: 7"), (10164, "wrong last sequence")],
+)
+def test_a_lost_compare_and_set_is_a_revision_conflict_alone_or_on_a_cluster(
+    code: int, description: str
+) -> None:
+    """A replicated stream refuses a compare-and-set whose subject has another one in
+    flight with 10164 (no sequence to name): a lost race like 10071, not an outage."""
+    with pytest.raises(RevisionConflict), nats_errors("slot write"):
+        raise APIError(code=400, err_code=code, description=description)
+
+
+def test_any_other_refusal_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable, match="slot write failed"), nats_errors("slot write"):
+        raise APIError(code=503, err_code=10163, description="temporarily unavailable")

@@ -36,14 +36,26 @@ LIST_BATCH_MIN = 16  # records read at once while filling a page
 @dataclass(frozen=True)
 class ServiceLimits:
     """`max_job_age_s`: a job not terminal this long after submit is failed (s);
-    `max_wait_s`: the cap of a long-poll (s)."""
+    `max_wait_s`: the cap of a long-poll (s); `submit_timeout_s`: a submit answers within
+    this (s), `submit_upload_s_per_mib` more for each MiB it uploads."""
 
     max_job_age_s: float = constants.MAX_JOB_AGE_S
     max_wait_s: float = constants.MAX_WAIT_S
+    submit_timeout_s: float = constants.SUBMIT_TIMEOUT_S
+    submit_upload_s_per_mib: float = constants.SUBMIT_UPLOAD_S_PER_MIB
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceLimits:
-        return cls(max_job_age_s=settings.max_job_age_s, max_wait_s=settings.max_wait_s)
+        return cls(
+            max_job_age_s=settings.max_job_age_s,
+            max_wait_s=settings.max_wait_s,
+            submit_timeout_s=settings.submit_timeout_s,
+            submit_upload_s_per_mib=settings.submit_upload_s_per_mib,
+        )
+
+    def submit_deadline_s(self, upload_bytes: int) -> float:
+        """How long a submit that uploads `upload_bytes` may take (s)."""
+        return self.submit_timeout_s + self.submit_upload_s_per_mib * upload_bytes / 2**20
 
 
 @dataclass(frozen=True)

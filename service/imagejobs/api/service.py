@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from imagejobs.api.governance import Governance, KeyUsage
 from imagejobs.api.reads import JobReader, Page, ServiceLimits
@@ -99,6 +100,7 @@ class JobService(JobReader):
         self.idempotency = backend.idempotency
         self.hooks = hooks or ServiceHooks()
         self.webhooks = WebhookService(backend, webhooks or {}, self._clock)
+        self._unwinding: set[asyncio.Task[None]] = set()  # clean-ups of cancelled submits
         self.governance = Governance(backend, prices or PriceTable.builtin())
 
     # --- submit ---------------------------------------------------------------------
@@ -117,9 +119,44 @@ class JobService(JobReader):
         Idempotency-Key, the job that key already made, in its current state). The
         webhook endpoint it names is checked first (400), then a virtual key's policy:
         models and prices (403), TTL cap, rate (429), then its queue bound (429), budget
-        (402) and concurrency (429)."""
+        (402) and concurrency (429).
+
+        Fails fast: StoreUnavailable (503, Retry-After) at once while the store cannot
+        accept jobs, and once the submit has taken `limits.submit_deadline_s` (each of its
+        requests is bounded, but after an election several may each be slow). A submit
+        past its deadline is cancelled and takes back what it made in the background, as
+        any failed submit does; a retry with the same Idempotency-Key resumes it."""
         if not self.health.accepting:  # fail fast: a lost quorum or an election
             raise StoreUnavailable(f"the job store cannot accept jobs now: {self.health.reason}")
+        uploaded = sum(len(u.data) for u in request.images)
+        uploaded += len(request.mask.data) if request.mask is not None else 0
+        deadline_s = self.limits.submit_deadline_s(uploaded)
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._submit(
+                    request,
+                    ttl_s=ttl_s,
+                    request_id=request_id,
+                    caller=caller,
+                    idempotency_key=idempotency_key,
+                    webhook=webhook,
+                )
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"the job store did not take the submit within {deadline_s:g} s"
+            ) from exc
+
+    async def _submit(
+        self,
+        request: ImageRequest,
+        *,
+        ttl_s: int,
+        request_id: str,
+        caller: Caller,
+        idempotency_key: str,
+        webhook: str,
+    ) -> Job:
+        """`submit`'s work, without its deadline."""
         job_id = str(uuid.uuid4())
         if webhook:
             await self.webhooks.check(webhook)
@@ -152,12 +189,11 @@ class JobService(JobReader):
                 await self.queue.publish(
                     job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner
                 )
-            except BaseException:
-                await self._take_back(job, caller, key)
+            except BaseException as exc:
+                await self._undo(exc, self._take_back(job, caller, key))
                 raise
-        except BaseException:
-            await self._release(slot, job_id)
-            await self.governance.release(hold, job_id)
+        except BaseException as exc:
+            await self._undo(exc, self._give_back(slot, hold, job_id))
             raise
         return job
 
@@ -265,11 +301,19 @@ class JobService(JobReader):
                 warnings=request.warnings,
             ),
         )
-        created, indexed = await asyncio.gather(
-            self.records.create(job),
-            self.index.add(caller.owner, job.kind, job.created_at, job.id),
-            return_exceptions=True,
-        )
+        try:
+            created, indexed = await asyncio.gather(
+                self.records.create(job),
+                self.index.add(caller.owner, job.kind, job.created_at, job.id),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError as exc:
+            # the record may have landed. Without a key its id is this submit's alone and
+            # the 503'd client's retry would make a second job: take it back. With one,
+            # the retry resumes it (another submit of the key may own the record).
+            if not key:
+                await self._undo(exc, self._take_back(job, caller, key))
+            raise
         if isinstance(created, RevisionConflict):
             found = await self.records.get(job_id)
             if found is None:
@@ -307,6 +351,22 @@ class JobService(JobReader):
         if key:
             with contextlib.suppress(StoreError):
                 await self.idempotency.release(caller.owner, key)
+
+    async def _give_back(self, slot: str, hold: BudgetHold | None, job_id: str) -> None:
+        """A submit that was not accepted frees its concurrency slot and its budget hold."""
+        await self._release(slot, job_id)
+        await self.governance.release(hold, job_id)
+
+    async def _undo(self, error: BaseException, undo: Coroutine[Any, Any, None]) -> None:
+        """Run a failed submit's clean-up `undo`: at once, or, when the submit was
+        cancelled (past its deadline, or its caller gone), in the background, so the 503
+        is not held up by a store that is slow right now."""
+        if not isinstance(error, asyncio.CancelledError):
+            await undo
+            return
+        task = asyncio.create_task(undo)
+        self._unwinding.add(task)  # referenced until it ends
+        task.add_done_callback(self._unwinding.discard)
 
     async def _release(self, slot: str, job_id: str) -> None:
         """Free a concurrency slot (best effort: a slot left behind is reclaimed)."""

@@ -11,7 +11,7 @@ CHUNK_EXTRA_TTL_S = 60  # image chunks outlive their meta record by this much
 
 PROVIDER_TIMEOUT_S = 300.0  # one upstream call: image models take minutes
 PROVIDER_MAX_RETRIES = 3  # retries of one provider call after the first attempt
-PROVIDER_CONCURRENCY = 16  # calls in flight to one provider, per worker process
+PROVIDER_CONCURRENCY = 16  # calls in flight to one provider, across the cluster
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # one result image a vendor links to
 JOB_TIMEOUT_S = 900.0  # a whole job incl. retries and fallbacks
 ACK_WAIT_S = 30.0  # JetStream redelivers an un-acked job after this
@@ -21,6 +21,8 @@ MAX_JOB_AGE_S = 2 * 3600  # a job not terminal this long after submit is failed
 REPAIR_AFTER_S = 10.0  # a pending job this old with no queue message is re-published
 IDEMPOTENCY_TTL_S = 24 * 3600  # an Idempotency-Key maps to its job this long
 STORE_TIMEOUT_S = 2.0  # one JetStream request; a lost quorum or an election fails within it
+SUBMIT_TIMEOUT_S = 2 * STORE_TIMEOUT_S  # a whole submit (its several requests) answers within it
+SUBMIT_UPLOAD_S_PER_MIB = 0.25  # ... plus this per MiB it uploads (4 MiB/s, far below loopback)
 MAX_WAIT_S = 60.0  # cap of a long-poll (`?wait=`)
 WATCH_KEEPALIVE_S = 15.0  # SSE comment / safety re-read interval of an idle watch
 

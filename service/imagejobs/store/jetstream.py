@@ -43,6 +43,10 @@ from imagejobs.domain.errors import QueueFull, RevisionConflict, StoreUnavailabl
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code: Nats-Expected-Last-Subject-Sequence failed
+# ... and its clustered twin: another compare-and-set on the subject is still in flight on
+# the leader, so it cannot say the sequence ("wrong last sequence", no number). Also a lost
+# race: seen on a 3-node cluster under load, on the provider slots
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
 NO_MESSAGE_FOUND = 10037  # JetStream err_code of a get: the subject has no message
 REPLICA_READ_TIMEOUT_S = 0.5  # a direct get: any replica answers it in milliseconds
 MULTI_LAST_BATCH = 1000  # subjects one `any_copies` answers at most
@@ -65,7 +69,7 @@ def nats_errors(what: str, *, queue_full: bool = False) -> Iterator[None]:
     try:
         yield
     except APIError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE:
+        if exc.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
             raise RevisionConflict(f"{what}: the subject changed meanwhile") from exc
         if queue_full and exc.err_code in (MAX_MSGS_EXCEEDED, MAX_BYTES_EXCEEDED):
             raise queue_full_error() from exc
@@ -383,13 +387,16 @@ def consumer_config(settings: Settings) -> js_api.ConsumerConfig:
     """The workers' shared durable pull consumer of the anonymous lane, and the template of
     every key's lane consumer (store/queue.py). Deliveries are unlimited here: the job
     record counts them and fails the job past `max_attempts` (worker/handler.py), so no
-    job can be stranded by a missed max-deliveries advisory."""
+    job can be stranded by a missed max-deliveries advisory. At most `queue_max_in_flight`
+    jobs are out with workers at once (by default derived from this process's view of
+    the workers, which a deployment of one worker per container must override)."""
     return js_api.ConsumerConfig(
         durable_name=constants.WORKER_CONSUMER,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
         max_deliver=-1,
-        max_ack_pending=max(settings.worker_concurrency * settings.worker_processes * 4, 1024),
+        max_ack_pending=settings.queue_max_in_flight
+        or max(settings.worker_concurrency * settings.worker_processes * 4, 1024),
         max_waiting=4096,
         # the anonymous lane only: each key's lane has a consumer of its own (fairshare.py)
         filter_subject=f"{constants.QUEUE_SUBJECT_PREFIX}.*",

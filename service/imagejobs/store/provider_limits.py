@@ -9,7 +9,8 @@
   ends. A worker that dies stops renewing, so its slots free themselves within
   `lease_s`: no crash leaks one. Free slots are found with one read of every slot
   (`any_copies`, any replica); the compare-and-set that takes one is what counts, so a
-  stale read only costs a retry.
+  stale read only costs a retry. The lowest-numbered free slots are tried first, so that
+  the read covers about the calls in flight, not every slot a large `concurrency` has.
 - rate: an optional `requests_per_minute`, as the virtual keys' one (`SlidingWindow`,
   store/quotas.py) on the RATES counters at `imagejobs.rate.provider.<provider>.<minute>`
   (a key's counters have one token fewer, so the two never meet).
@@ -33,6 +34,7 @@ from imagejobs.store.protocols import Counters, Subjects
 from imagejobs.store.quotas import SlidingWindow
 
 RELEASED_MARKER_TTL_S = 60  # a released slot's empty marker
+LOWEST_CANDIDATES = 16  # free slots a take tries first, among the lowest-numbered
 
 
 def slot_subject(provider: str, n: int) -> str:
@@ -52,6 +54,18 @@ def lease_s_for(settings: Settings) -> int:
 
 def rate_subject(provider: str, minute: int) -> str:
     return f"{constants.RATE_SUBJECT_PREFIX}.provider.{provider}.{minute}"
+
+
+def _lowest_first(free: list[int]) -> list[int]:
+    """The free slots in the order to try them: the LOWEST_CANDIDATES lowest, shuffled
+    (concurrent takers spread out instead of colliding), then the rest, shuffled. Taking
+    low slots first keeps the slots ever written, and so what every take reads, near the
+    calls actually in flight instead of `concurrency` (measured: a worker did ~4x fewer
+    jobs per CPU-second with 600 slots spread over than with 64; bench/cluster.py)."""
+    low, rest = free[:LOWEST_CANDIDATES], free[LOWEST_CANDIDATES:]
+    random.shuffle(low)
+    random.shuffle(rest)
+    return low + rest
 
 
 @dataclass(frozen=True)
@@ -75,8 +89,7 @@ class ProviderSlots:
         """One of the provider's `limit` slots for `holder`, or None when all are held."""
         held = await self._slots.any_copies(slots_pattern(provider))
         free = [n for n in range(limit) if not held.get(slot_subject(provider, n), (b"", 0))[0]]
-        random.shuffle(free)  # concurrent takers spread out instead of colliding
-        for n in free:
+        for n in _lowest_first(free):
             subject = slot_subject(provider, n)
             expected = held.get(subject, (b"", 0))[1]
             with contextlib.suppress(RevisionConflict):  # taken meanwhile (or the read was old)
