@@ -158,6 +158,10 @@ async def test_a_deleted_record_is_gone_and_its_marker_blocks_a_create(store: St
     assert await records.get(job.id) is None
     with pytest.raises(RevisionConflict):
         await records.create(job)
+    revision = await records.recreate(job)  # over the marker (a kept key's retry)
+    assert await records.get(job.id) == (job, revision)
+    with pytest.raises(RevisionConflict):
+        await records.recreate(job)  # a record is there now
 
 
 async def test_terminal_record_and_objects_expire_on_their_ttl(store: Store) -> None:

@@ -173,6 +173,31 @@ async def test_a_failed_publish_whose_take_back_fails_keeps_the_key_for_the_same
     assert await listed(degraded.service) == [first.id]
 
 
+async def test_a_retry_makes_the_job_again_when_its_take_back_deleted_it_but_kept_the_key(
+    degraded: Degraded, settings: Settings, clock: FakeClock
+) -> None:
+    """A publish that failed, a record deleted by the take-back, and a key whose release
+    failed: the key's retry writes the same job again over the delete marker (not a 503
+    until the key's grace runs out, then a 409)."""
+    idempotency = Failing(degraded.backend.idempotency)
+    backend = dataclasses.replace(degraded.backend, idempotency=idempotency)
+    service = JobService(backend, limits=ServiceLimits.from_settings(settings), clock=clock)
+    recorded: list[Job] = []
+    service.hooks.after_record = recorded.append
+    degraded.queue.failing = {"publish"}
+    idempotency.failing = {"release"}
+    with pytest.raises(StoreUnavailable):
+        await submit(service, ALICE, idempotency_key="k")
+    [first] = recorded
+    assert await backend.records.get(first.id) is None  # taken back; the key still bound
+    degraded.queue.failing = set()
+    idempotency.failing = set()
+    again = await submit(service, ALICE, idempotency_key="k")
+    assert again.id == first.id and again.status is Status.PENDING
+    assert await backend.queue.contains(first.id, owner=first.owner)
+    assert await listed(service) == [first.id]
+
+
 async def test_an_idempotent_retry_at_once_resumes_a_submit_that_died_before_publishing(
     degraded: Degraded,
 ) -> None:

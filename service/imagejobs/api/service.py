@@ -316,9 +316,12 @@ class JobService(JobReader):
             raise
         if isinstance(created, RevisionConflict):
             found = await self.records.get(job_id)
-            if found is None:
-                raise StoreUnavailable("job record vanished during an idempotent submit")
-            return found[0], 0
+            if found is not None:
+                return found[0], 0
+            if not key:
+                raise StoreUnavailable("job record vanished during a submit")
+            # an earlier submit of this key was taken back, but its key stayed bound
+            created = await self.records.recreate(job)
         if isinstance(created, BaseException):
             raise created
         if isinstance(indexed, BaseException):

@@ -107,6 +107,10 @@ class JobStore(Protocol):
         """Write a new record; RevisionConflict if the id exists. Its revision."""
         ...
 
+    async def recreate(self, job: Job) -> int:
+        """Write a record again over its delete marker; RevisionConflict if one exists."""
+        ...
+
     async def update(self, job: Job, expected_revision: int) -> int:
         """Replace revision `expected_revision`; RevisionConflict if it is not the latest."""
         ...

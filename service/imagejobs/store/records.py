@@ -40,6 +40,15 @@ class JobRecords:
         """Write a new record; RevisionConflict if the id exists. Returns its revision."""
         return await self._write(job, expected_revision=0)
 
+    async def recreate(self, job: Job) -> int:
+        """Write the record again where only its delete marker is left (a submit that was
+        taken back but whose Idempotency-Key could not be released: the key's retry makes
+        the same job again); RevisionConflict if a record is there after all."""
+        data, marker = await self._subjects.last(job_subject(job.id))
+        if data:
+            raise RevisionConflict(f"job {job.id} exists")
+        return await self._write(job, expected_revision=marker)
+
     async def update(self, job: Job, expected_revision: int) -> int:
         """Replace revision `expected_revision`; RevisionConflict if it is not the latest."""
         return await self._write(job, expected_revision=expected_revision)
