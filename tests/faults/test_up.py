@@ -12,6 +12,7 @@ child that dies after the start is restarted, not the whole stack stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -44,6 +45,7 @@ from tests.fakes.receiver import WebhookReceiver
 pytestmark = pytest.mark.e2e
 
 UP_READY_TIMEOUT_S = 60.0  # nats + API + workers + Envoy on a busy 2-core machine
+UP_STOP_TIMEOUT_S = 30.0  # workers drain, then the rest stops
 KEY = "sk-bf-up-test-0123456789abcdef"
 
 
@@ -93,8 +95,16 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     yield start
     for up in started:
         if up.proc.poll() is None:
-            up.proc.kill()
-            up.proc.wait()
+            up.proc.terminate()  # `up` stops its children, in reverse order
+            try:
+                up.proc.wait(timeout=UP_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                up.proc.kill()
+                up.proc.wait()
+    # children of an `up` that was killed (or a test killed) run in sessions of their own
+    for pid in processes_mentioning(str(tmp_path)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def processes_mentioning(marker: str) -> list[int]:
