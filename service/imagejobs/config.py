@@ -228,6 +228,13 @@ class Settings(BaseSettings):
             raise ValueError("two virtual keys have the same key_sha256")
         return self
 
+    def checked_failpoint(self) -> str:
+        """`failpoint` (fault tests only; '' = none); ConfigError when no process knows it."""
+        if self.failpoint not in constants.FAILPOINTS:
+            known = ", ".join(sorted(constants.FAILPOINTS - {""}))
+            raise ConfigError(f"unknown failpoint {self.failpoint!r}; known: {known}")
+        return self.failpoint
+
     def key_policies(self) -> dict[str, KeyPolicy]:
         """Each configured virtual key's policy, by the key's hash."""
         return {

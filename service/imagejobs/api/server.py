@@ -24,7 +24,6 @@ from imagejobs.api.service import JobService, ServiceHooks, ServiceLimits
 from imagejobs.api.servicer import ImageJobServicer
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import ConfigError
 from imagejobs.domain.jobs import Job
 from imagejobs.runtime import metrics, tracing
 from imagejobs.store.factory import open_backend
@@ -55,10 +54,7 @@ def hooks_for(settings: Settings) -> ServiceHooks:
     """The service's hooks for the fault tests' `failpoint` setting (none without it):
     `submit.before_publish` makes the process die right after a submit's record is
     written, as a crash there would."""
-    if settings.failpoint not in constants.FAILPOINTS:
-        known = ", ".join(sorted(constants.FAILPOINTS - {""}))
-        raise ConfigError(f"unknown failpoint {settings.failpoint!r}; known: {known}")
-    if settings.failpoint != FAILPOINT_BEFORE_PUBLISH:  # none, or another process's
+    if settings.checked_failpoint() != FAILPOINT_BEFORE_PUBLISH:  # none, or another's
         return ServiceHooks()
     return ServiceHooks(after_record=_die_before_publish)
 

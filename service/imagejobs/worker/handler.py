@@ -35,7 +35,6 @@ from opentelemetry.trace import SpanKind
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import (
-    ConfigError,
     ErrorCode,
     ErrorType,
     RevisionConflict,
@@ -76,9 +75,7 @@ class WorkerOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
         """The options as set; ConfigError for a `failpoint` no process knows."""
-        if settings.failpoint not in constants.FAILPOINTS:
-            known = ", ".join(sorted(constants.FAILPOINTS - {""}))
-            raise ConfigError(f"unknown failpoint {settings.failpoint!r}; known: {known}")
+        settings.checked_failpoint()
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
