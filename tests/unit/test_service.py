@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from imagejobs.api.server import hooks_for
@@ -64,8 +66,9 @@ async def test_a_submit_records_indexes_and_queues_a_pending_job(
     assert await service.get(GEN, job.id, ALICE) == job
     assert await backend.queue.contains(job.id)
     [delivery] = await backend.work.fetch(1, 0)
-    carried = delivery.record()
-    assert carried is not None and carried[0] == job  # a worker may claim it without a read
+    # written together with the record, the message carries the job but not the
+    # record's revision (unknown until the record is acknowledged): the worker reads it
+    assert delivery.submitted() == job and delivery.record() is None
     assert await listed(service, ALICE) == [job.id]
 
 
@@ -221,6 +224,28 @@ async def test_without_a_hook_set_a_submit_just_queues(service: JobService) -> N
     service.hooks.after_record = seen.append
     job = await submit(service)
     assert seen == [job]
+
+
+async def test_the_record_its_list_entry_and_its_message_are_written_together(
+    service: JobService, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One acknowledged round trip per submit: none of the three writes waits for
+    another (each here waits until all three have started; one after another would
+    never get past the first)."""
+    together = asyncio.Barrier(3)
+
+    def waits(write: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            await together.wait()
+            return await write(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(backend.records, "create", waits(backend.records.create))
+    monkeypatch.setattr(backend.index, "add", waits(backend.index.add))
+    monkeypatch.setattr(backend.queue, "publish", waits(backend.queue.publish))
+    job = await asyncio.wait_for(submit(service, ALICE), 5.0)
+    assert await backend.queue.contains(job.id) and await listed(service, ALICE) == [job.id]
 
 
 async def test_a_full_queue_is_429_and_takes_back_the_record_key_and_slot(

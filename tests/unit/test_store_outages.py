@@ -141,11 +141,14 @@ async def test_a_read_whose_leader_read_fails_falls_back_to_a_terminal_copy_only
 
 async def test_a_submit_whose_index_write_fails_is_taken_back_whole(degraded: Degraded) -> None:
     """An accepted job is always in its owner's list: a submit whose list entry was not
-    acknowledged is not accepted, and leaves no record, message or bound key."""
+    acknowledged is not accepted, and leaves no record or bound key. Its message, in
+    flight together with the record, did land: with no record behind it, a worker drops
+    it (test_worker.py::test_a_message_whose_record_never_came_is_dropped_after_the_grace)."""
     degraded.index.failing = {"add"}
     with pytest.raises(StoreUnavailable):
         await submit(degraded.service, ALICE, idempotency_key="k")
-    assert await degraded.backend.queue.depth() == (0, 0)
+    [left] = await degraded.backend.work.fetch(2, 0)
+    assert await degraded.backend.records.get(left.job_id) is None
     degraded.index.failing = set()
     assert await listed(degraded.service) == []
     job = await submit(degraded.service, ALICE, idempotency_key="k")

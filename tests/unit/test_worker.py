@@ -14,12 +14,18 @@ import httpx
 import pytest
 from imagejobs.api.service import JobService
 from imagejobs.config import Settings
+from imagejobs.domain.constants import RECORD_GRACE_S
 from imagejobs.domain.errors import JobConflict, StoreUnavailable
 from imagejobs.domain.jobs import Job, Status, StoredError
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.clock import FakeClock, settle
 from imagejobs.store.memory import memory_backend
 from imagejobs.store.protocols import Backend, Closeable, Delivery
+from imagejobs.worker.handler import (
+    RECORD_RETRY_FIRST_S,
+    RECORD_RETRY_MAX_S,
+    record_retry_delay_s,
+)
 from imagejobs.worker.runner import JobRunner
 from imagejobs.worker.worker import Worker
 
@@ -61,6 +67,7 @@ class _FrozenDelivery:
         self.job_id = inner.job_id
         self.num_delivered = inner.num_delivered
         self.record = inner.record
+        self.submitted = inner.submitted
         self.trace = inner.trace
         self.ack = inner.ack
         self.ack_sync = inner.ack_sync
@@ -296,6 +303,38 @@ async def test_a_message_whose_record_is_gone_is_terminated(
     await worker.run(burst=True)
     assert runner.started == []
     assert not await backend.queue.contains("00000000-0000-4000-8000-000000000001")
+
+
+async def test_a_message_that_comes_before_its_record_waits_for_it(
+    service: JobService, backend: Backend, worker: Worker, clock: FakeClock
+) -> None:
+    """A submit writes the record and the message together, to different streams: a
+    worker may get the message first. It is delivered again shortly, and runs."""
+    job = await submit(service)
+    await backend.records.delete(job.id)  # as if its record were still on its way
+    await worker.run(burst=True)
+    assert await backend.queue.contains(job.id)  # not dropped: nak'ed, to come back
+    await backend.records.recreate(job)
+    await clock.advance(RECORD_RETRY_FIRST_S)
+    await worker.run(burst=True)
+    done = await record(backend, job.id)
+    assert done.status is Status.COMPLETED and done.deliveries == 1
+
+
+async def test_a_message_whose_record_never_came_is_dropped_after_the_grace(
+    service: JobService, backend: Backend, worker: Worker, runner: ScriptedRunner, clock: FakeClock
+) -> None:
+    job = await submit(service)
+    await backend.records.delete(job.id)  # its submit was taken back after publishing
+    deliveries = 0
+    while await backend.queue.contains(job.id) and deliveries < 100:
+        await worker.run(burst=True)
+        await clock.advance(RECORD_RETRY_MAX_S)
+        deliveries += 1
+    assert not await backend.queue.contains(job.id) and runner.started == []
+    assert RECORD_GRACE_S / RECORD_RETRY_MAX_S <= deliveries < 100  # kept for the grace
+    assert record_retry_delay_s(1) == RECORD_RETRY_FIRST_S
+    assert record_retry_delay_s(100) == RECORD_RETRY_MAX_S
 
 
 async def test_a_store_error_naks_and_the_job_runs_later(

@@ -47,8 +47,10 @@ CANCEL_TRIES = 10  # a job that keeps changing under a cancel this often: give u
 class ServiceHooks:
     """Points where a test may step in; each does nothing unless a test sets it.
 
-    `after_record(job)`: called once a submit has written the job's record, before the
-    job is queued (the fault tests make the API process die there, as a crash would)."""
+    `after_record(job)`: when set, a submit writes the job's record first, calls this,
+    then queues the job (unset, the two writes are in flight together). The fault tests
+    make the API process die there: the state a crash leaves when the record landed and
+    the message did not."""
 
     after_record: Callable[[Job], None] | None = None
 
@@ -59,13 +61,14 @@ class JobService(JobReader):
     Submit order (what makes a 202 safe): [key policy: models (403), priced models when it
     has a budget (403), rate (429)] -> [Idempotency-Key claimed] -> [the key's queue bound
     (429), its budget reservation (402), its concurrency slot (429)] -> uploads to the
-    object store -> job record created (`pending`, create-only, holding the reservation)
-    and indexed -> message published (deduplicated by job id) in the key's lane -> 202.
-    If the queue refuses the message (full), the record, the key, the slot and the
-    reservation are taken back and the caller gets 429: nothing is accepted that cannot
-    be held. If the API dies between the record and the publish, the record
-    is an orphan no worker will see; the first read of it after `REPAIR_AFTER_S` (a
-    poll, a wait, a list, an idempotent retry) finds no queue message and publishes it.
+    object store -> job record created (`pending`, create-only, holding the reservation),
+    indexed, and its message published (deduplicated by job id) in the key's lane, the
+    three writes together -> 202 once all three are acknowledged. If the queue refuses
+    the message (full), the record, the key, the slot and the reservation are taken back
+    and the caller gets 429: nothing is accepted that cannot be held. If the API dies
+    with the record written and the message not, the record is an orphan no worker will
+    see; the first read of it after `REPAIR_AFTER_S` (a poll, a wait, a list, an
+    idempotent retry) finds no queue message and publishes it.
 
     A cancel is a compare-and-set of the record to `cancelled`; then the worker running
     the job is told to abort it. A worker's result that arrives later loses its own
@@ -181,21 +184,23 @@ class JobService(JobReader):
             if not revision:  # an idempotent duplicate recorded it first (and shares the hold)
                 await self._release(slot, job_id)
                 return job
-            if self.hooks.after_record is not None:
+            if self.hooks.after_record is not None:  # a test's: the record, then the message
                 self.hooks.after_record(job)
-            tracing.annotate(job)  # the submit's span: the job's trace starts here
-            logs.tag(job)
-            try:
-                await self.queue.publish(
-                    job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner
-                )
-            except BaseException as exc:
-                await self._undo(exc, self._take_back(job, caller, key))
-                raise
+                try:
+                    await self._enqueue(job, revision)
+                except BaseException as exc:
+                    await self._undo(exc, self._take_back(job, caller, key))
+                    raise
         except BaseException as exc:
             await self._undo(exc, self._give_back(slot, hold, job_id))
             raise
         return job
+
+    async def _enqueue(self, job: Job, revision: int = 0) -> None:
+        """Publish the job's message in its owner's lane. With the record's revision a
+        worker claims it without a read; without (published together with the record),
+        the worker reads the record first."""
+        await self.queue.publish(job.id, job.dumps(), revision, tracing.carrier(), owner=job.owner)
 
     async def _admit(
         self, policy: KeyPolicy | None, owner: str, job_id: str, estimate: int | None
@@ -271,10 +276,15 @@ class JobService(JobReader):
         *,
         hold: BudgetHold | None = None,
     ) -> tuple[Job, int]:
-        """Upload, then create and index the record. (job, its revision) if this call
-        created it; (the existing job, 0) if an idempotent duplicate did first. A record
-        whose index write failed is taken back (`_take_back`) before the error is raised:
-        an accepted job is always in its owner's list."""
+        """Upload, then create the record, index it and queue its message, the three
+        writes in flight together (one acknowledged round trip; with a test's
+        `after_record` hook set, the message is left to the caller). (job, its revision)
+        if this call created it; (the existing job, 0) if an idempotent duplicate did
+        first. A record whose index write or publish failed is taken back (`_take_back`)
+        before the error is raised: an accepted job is always queued and in its owner's
+        list. A message that landed for a record that did not is dropped by the worker
+        that gets it, once it is older than `RECORD_GRACE_S` (until then the record may
+        still be on its way: the two go to different streams)."""
         nonce = secrets.token_hex(4)  # duplicates of one idempotent submit never share objects
         uploads = [(f"{nonce}.in{i}", u) for i, u in enumerate(request.images)]
         if request.mask is not None:
@@ -301,17 +311,24 @@ class JobService(JobReader):
                 warnings=request.warnings,
             ),
         )
+        tracing.annotate(job)  # the submit's span: the job's trace starts here
+        logs.tag(job)
+        create = asyncio.ensure_future(self.records.create(job))
         try:
-            created, indexed = await asyncio.gather(
-                self.records.create(job),
+            created, indexed, queued = await asyncio.gather(
+                create,
                 self.index.add(caller.owner, job.kind, job.created_at, job.id),
+                # one round trip: the message goes along (a test's hook: it follows)
+                self._enqueue(job) if self.hooks.after_record is None else asyncio.sleep(0),
                 return_exceptions=True,
             )
         except asyncio.CancelledError as exc:
-            # the record may have landed. Without a key its id is this submit's alone and
-            # the 503'd client's retry would make a second job: take it back. With one,
-            # the retry resumes it (another submit of the key may own the record).
-            if not key:
+            # a record this submit made is taken back. One it may have made (its write
+            # was cut short) is too when there is no key: its id is this submit's alone,
+            # and the 503'd client's retry would make a second job. With a key, the
+            # retry resumes it (another submit of the key may own the record).
+            made = create.done() and not create.cancelled() and create.exception() is None
+            if made or not key:
                 await self._undo(exc, self._take_back(job, caller, key))
             raise
         if isinstance(created, RevisionConflict):
@@ -323,10 +340,11 @@ class JobService(JobReader):
             # an earlier submit of this key was taken back, but its key stayed bound
             created = await self.records.recreate(job)
         if isinstance(created, BaseException):
-            raise created
-        if isinstance(indexed, BaseException):
-            await self._take_back(job, caller, key)
-            raise indexed
+            raise created  # a message that did land finds no record: the worker drops it
+        for failed in (indexed, queued):
+            if isinstance(failed, BaseException):
+                await self._undo(failed, self._take_back(job, caller, key))
+                raise failed
         return job, created
 
     async def _upload(self, job_id: str, name: str, upload: Upload) -> ObjectRef:

@@ -19,6 +19,10 @@ MAX_DELIVERIES = 5  # deliveries of one job before it is failed for good
 DUPLICATE_WINDOW_S = 120.0  # JetStream dedupe window for Nats-Msg-Id
 MAX_JOB_AGE_S = 2 * 3600  # a job not terminal this long after submit is failed
 REPAIR_AFTER_S = 10.0  # a pending job this old with no queue message is re-published
+# a queue message this old (by the job's created_at) whose record is missing is dropped:
+# until then its record, written together with it, may still be on its way. Past the
+# dedupe window, so that a later re-publish of the job is not swallowed as a duplicate.
+RECORD_GRACE_S = DUPLICATE_WINDOW_S + 30.0
 IDEMPOTENCY_TTL_S = 24 * 3600  # an Idempotency-Key maps to its job this long
 STORE_TIMEOUT_S = 2.0  # one JetStream request; a lost quorum or an election fails within it
 SUBMIT_TIMEOUT_S = 2 * STORE_TIMEOUT_S  # a whole submit (its several requests) answers within it

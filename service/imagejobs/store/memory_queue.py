@@ -28,7 +28,7 @@ from imagejobs.store.clock import EPSILON_S, Clock
 from imagejobs.store.fairshare import ANONYMOUS, Rotation, lane_of
 from imagejobs.store.jetstream import queue_full_error
 from imagejobs.store.protocols import Closeable, Delivery, OutboxMessage
-from imagejobs.store.queue import first_delivery_record
+from imagejobs.store.queue import carried_job, first_delivery_record
 
 OUTBOX_BOUND = 1_000_000  # the outbox has no bound of its own; this stands for none
 
@@ -62,6 +62,9 @@ class MemoryDelivery:
         m = self._message
         revision = str(m.revision) if m.revision else ""
         return first_delivery_record(m.data, revision, self.num_delivered)
+
+    def submitted(self) -> Job | None:
+        return carried_job(self._message.data)
 
     @property
     def trace(self) -> Mapping[str, str]:

@@ -205,6 +205,10 @@ class Delivery(Settle, Protocol):
         """The pending record (and revision) a first delivery carries; None otherwise."""
         ...
 
+    def submitted(self) -> Job | None:
+        """The job as its submit queued it (any delivery); None for a message without."""
+        ...
+
     @property
     def trace(self) -> Mapping[str, str]:
         """The trace context the message was published with (W3C headers; {} if none)."""

@@ -71,16 +71,24 @@ def cancel_subject(job_id: str) -> str:
     return f"{constants.CANCEL_SUBJECT_PREFIX}.{job_id}"
 
 
-def first_delivery_record(data: bytes, revision: str, num_delivered: int) -> tuple[Job, int] | None:
-    """The record a first delivery carries (as submitted) with its revision; None for a
-    redelivery (the record has moved on since) or a message without one."""
-    if not revision or not data or num_delivered != 1:
+def carried_job(data: bytes) -> Job | None:
+    """The job a queue message carries (as submitted); None for a message without."""
+    if not data:
         return None
     try:
-        job = Job.loads(data)
+        return Job.loads(data)
     except ValueError:
         return None
-    if job.status is not Status.PENDING:
+
+
+def first_delivery_record(data: bytes, revision: str, num_delivered: int) -> tuple[Job, int] | None:
+    """The record a first delivery carries (as submitted) with its revision; None for a
+    redelivery (the record has moved on since) or a message without one (published
+    together with the record, whose revision it could not know)."""
+    if not revision or num_delivered != 1:
+        return None
+    job = carried_job(data)
+    if job is None or job.status is not Status.PENDING:
         return None
     return job, int(revision)
 
@@ -100,6 +108,9 @@ class JetStreamDelivery:
     def record(self) -> tuple[Job, int] | None:
         revision = (self._msg.headers or {}).get(RECORD_REVISION_HEADER, "")
         return first_delivery_record(self._msg.data or b"", revision, self.num_delivered)
+
+    def submitted(self) -> Job | None:
+        return carried_job(self._msg.data or b"")
 
     @property
     def trace(self) -> Mapping[str, str]:

@@ -1,7 +1,9 @@
 """One delivery of a job's message, handled to its end (at-least-once delivery,
 exactly-once completion):
 
-  1. read the record; a terminal job is acked, a missing (expired) one terminated;
+  1. read the record (a first delivery carries it, with its revision, when the submit
+     queued the job after writing it); a terminal job is acked; a missing one is
+     terminated, unless the message is young enough for its record to be on its way;
   2. claim it with a compare-and-set write (`processing`, deliveries + 1); past
      `max_attempts` deliveries (or `max_job_age_s` after submit) the job is failed
      instead, so a job that kills its workers cannot loop forever;
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,6 +53,13 @@ log = logging.getLogger(__name__)
 
 STORE_RETRY_DELAY_S = 2.0  # a delivery that hit a store error comes back after this
 MIN_HEARTBEAT_S = 0.2
+RECORD_RETRY_FIRST_S = 0.02  # a message whose record is not there yet comes back after this,
+RECORD_RETRY_MAX_S = 5.0  # doubling at each delivery up to this
+
+
+def record_retry_delay_s(num_delivered: int) -> float:
+    """When a message whose record is not there yet is delivered again (s)."""
+    return min(RECORD_RETRY_FIRST_S * 2.0 ** min(num_delivered - 1, 16), RECORD_RETRY_MAX_S)
 
 
 CRASH_EXIT_CODE = 137  # what a kill -9 leaves
@@ -137,8 +147,8 @@ class DeliveryHandler:
             if self._give_up(job) is None and await self._claim_and_run(delivery, job, revision):
                 return
         found = await self._records.get(delivery.job_id)
-        if found is None:  # expired (or a submit that was taken back): nothing to do
-            await delivery.term()
+        if found is None:
+            await self._unrecorded(delivery)
             return
         job, revision = found
         logs.tag(job)
@@ -151,6 +161,17 @@ class DeliveryHandler:
             return
         # a lost claim: someone else moved it (a cancel); the redelivery sees the state
         await self._claim_and_run(delivery, job, revision)
+
+    async def _unrecorded(self, delivery: Delivery) -> None:
+        """A message whose record is not there: expired, or taken back by its submit
+        (dropped), or, younger than `RECORD_GRACE_S`, published together with a record
+        that is not stored yet (the two go to different streams): it comes back soon."""
+        carried = delivery.submitted()
+        age_s = self._clock.time() - carried.created_at if carried is not None else math.inf
+        if age_s < constants.RECORD_GRACE_S:
+            await delivery.nak(record_retry_delay_s(delivery.num_delivered))
+            return
+        await delivery.term()
 
     def _give_up(self, job: Job) -> StoredError | None:
         """Why this delivery must fail the job instead of running it, if it must."""
