@@ -21,12 +21,14 @@ from typing import Any
 
 import pytest
 from imagejobs.config import Settings
+from imagejobs.domain import constants
 from imagejobs.domain.errors import BudgetExceeded, QueueFull, RateLimited, RevisionConflict
 from imagejobs.domain.jobs import Job, StoredRequest
 from imagejobs.domain.keys import KeyPolicy, owner_of
 from imagejobs.domain.kinds import Kind
 from imagejobs.domain.models import ModelRef
 from imagejobs.store import jetstream
+from imagejobs.store import objects as object_store
 from imagejobs.store.clock import FakeClock, settle
 from imagejobs.store.deliveries import GoneMarker
 from imagejobs.store.factory import jetstream_backend
@@ -181,6 +183,31 @@ async def test_terminal_record_and_objects_expire_on_their_ttl(store: Store) -> 
     kept = await objects.get("obj-long")
     assert kept is not None and kept.data == b"kept"
     assert await objects.get("never-written") is None
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, object_store.INLINE_BYTES, object_store.INLINE_BYTES + 1, constants.CHUNK_BYTES + 1],
+)
+async def test_an_object_of_any_size_reads_back_whole(store: Store, size: int) -> None:
+    """Small objects are one message on JetStream (inline), larger ones chunks + meta."""
+    data = bytes(i % 251 for i in range(size))
+    assert await store.backend.objects.put(f"obj-{size}", data, "image/png", ttl_s=60) == size
+    got = await store.backend.objects.get(f"obj-{size}")
+    assert got is not None and got.data == data and got.content_type == "image/png"
+
+
+async def test_a_small_object_stored_in_chunks_still_reads(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects a store holds from before inline objects (every one in chunks + meta)."""
+    if not store.real:
+        pytest.skip("the layout is JetStream's")
+    monkeypatch.setattr(object_store, "INLINE_BYTES", -1)  # write the way older versions did
+    await store.backend.objects.put("obj-old", b"small", "image/webp", ttl_s=60)
+    monkeypatch.undo()
+    got = await store.backend.objects.get("obj-old")
+    assert got is not None and got.data == b"small" and got.content_type == "image/webp"
 
 
 async def test_every_record_write_is_announced_in_order(store: Store) -> None:

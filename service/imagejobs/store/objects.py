@@ -6,6 +6,10 @@ slowly, so this is a small one of our own on the IMAGES stream (allow_msg_ttl):
     imagejobs.obj.chunk.<id>   the bytes in CHUNK_BYTES pieces, TTL = ttl + CHUNK_EXTRA_TTL_S
     imagejobs.obj.meta.<id>    JSON {size, chunks, first_seq, sha256, content_type}, TTL = ttl
 
+An object of at most INLINE_BYTES is one message: its meta (with `"inline": true`), a
+newline, then its bytes, on the meta subject (a JSON dump has no raw newline), so that a
+small image (a worker's result, an upload) is one write and one read.
+
 Chunks are written first and outlive the meta record, so a reader that finds the meta
 always finds every chunk. A read is one get of the meta from the stream's leader and one
 batched direct get of the chunks (NATS >= 2.11), joined once. On a cluster the batch may be
@@ -42,12 +46,16 @@ _CHUNK = f"{constants.OBJECT_SUBJECT_PREFIX}.chunk."
 _CHUNK_BUFFER_BYTES = 256 * 1024 * 1024  # a reader's subscription holds a whole object
 
 
-class _Meta(TypedDict):
+INLINE_BYTES = 64 * 1024  # an object this small is stored in its meta message
+
+
+class _Meta(TypedDict, total=False):
     size: int
     chunks: int
     first_seq: int
     sha256: str
     content_type: str
+    inline: bool
 
 
 class JetStreamObjects:
@@ -60,6 +68,11 @@ class JetStreamObjects:
 
     async def put(self, object_id: str, data: bytes, content_type: str, ttl_s: int) -> int:
         """Store `data` under `object_id` for `ttl_s` seconds. Returns its size."""
+        if len(data) <= INLINE_BYTES:
+            inline: _Meta = {"size": len(data), "content_type": content_type, "inline": True}
+            message = json.dumps(inline).encode() + b"\n" + data
+            await publish(self._js, _META + object_id, message, what="object write", ttl_s=ttl_s)
+            return len(data)
         size = constants.CHUNK_BYTES
         pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
         chunk_ttl_s = ttl_s + constants.CHUNK_EXTRA_TTL_S
@@ -85,9 +98,14 @@ class JetStreamObjects:
 
     async def get(self, object_id: str) -> StoredObject | None:
         """The object, or None when it is absent or expired."""
-        meta = await self._meta(object_id)
-        if meta is None:
+        found = await self._meta(object_id)
+        if found is None:
             return None
+        meta, inline = found
+        if meta.get("inline"):
+            if len(inline) != meta["size"]:
+                raise StoreError(f"object {object_id} is corrupt or incomplete")
+            return StoredObject(data=inline, content_type=str(meta["content_type"]))
         first, count = meta["first_seq"], meta["chunks"]
         chunks = await self._read_chunks(object_id, first, count)
         if len(chunks) < count:  # a replica behind the latest writes answered the batch
@@ -98,9 +116,10 @@ class JetStreamObjects:
             raise StoreError(f"object {object_id} is corrupt or incomplete")
         return StoredObject(data=joined, content_type=str(meta["content_type"]))
 
-    async def _meta(self, object_id: str) -> _Meta | None:
-        """The object's meta record from the leader; while there is none, from any replica
-        (an object never changes), StoreUnavailable if that one lacks it."""
+    async def _meta(self, object_id: str) -> tuple[_Meta, bytes] | None:
+        """The object's meta record (and the bytes of an inline object) from the leader;
+        while there is none, from any replica (an object never changes),
+        StoreUnavailable if that one lacks it."""
         subject = _META + object_id
         try:
             data, _ = await last_on_subject(
@@ -114,8 +133,9 @@ class JetStreamObjects:
                 raise
         if not data:
             return None
-        meta: _Meta = json.loads(data)
-        return meta
+        head, _, inline = data.partition(b"\n")
+        meta: _Meta = json.loads(head)
+        return meta, inline
 
     async def _read_chunks(
         self, object_id: str, first_seq: int, count: int
