@@ -67,6 +67,38 @@ async def test_a_large_concurrency_writes_only_about_as_many_slots_as_calls_in_f
     assert max(slots) < LOWEST_CANDIDATES + in_flight  # the lowest free, while 3 are held
 
 
+async def test_a_take_reads_every_slot_only_when_it_knows_of_no_free_one(
+    limits: ProviderLimits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 calls at once and 4,096 slots: a take is one compare-and-set on a slot this
+    process knows to be free (from its last read, or given back by its own calls), not a
+    read of every slot (which made the takes O(calls in flight) each)."""
+    slots = backend_slots(limits)
+    read = slots.any_copies
+    reads: list[str] = []
+
+    async def counted(pattern: str) -> dict[str, tuple[bytes, int]]:
+        reads.append(pattern)
+        return await read(pattern)
+
+    monkeypatch.setattr(slots, "any_copies", counted)
+    for round_ in range(3):
+        leases = [await limits.take("mock", 4096, f"job-{round_}-{i}") for i in range(2000)]
+        assert all(lease is not None for lease in leases)
+        assert len({lease.subject for lease in leases if lease is not None}) == 2000
+        for lease in leases:
+            assert lease is not None
+            await limits.release(lease)
+    assert len(reads) == 1  # the first take's; then the free ones it found, and given back
+    started = await asyncio.gather(*(limits.take("burst", 4096, f"j-{i}") for i in range(2000)))
+    assert None not in started and len(reads) == 2  # 2,000 at once from nothing: one read
+    assert isinstance(limits, ProviderSlots)
+    other = ProviderSlots(slots, limits._window._counters, lease_s=LEASE_S, clock=FakeClock())
+    full = [await other.take("tiny", 2, f"job-{i}") for i in range(2)]
+    assert None not in full and await other.take("tiny", 2, "job-x") is None
+    assert await limits.take("tiny", 2, "job-y") is None  # another process: read, all held
+
+
 async def test_two_workers_gates_hold_at_most_concurrency_calls_and_the_rest_wait(
     limits: ProviderLimits, clock: FakeClock
 ) -> None:

@@ -7,10 +7,14 @@
   written with a TTL of `lease_s` and renewed by its holder (compare-and-set on the
   sequence it wrote) while its call runs, released with a delete marker when the call
   ends. A worker that dies stops renewing, so its slots free themselves within
-  `lease_s`: no crash leaks one. Free slots are found with one read of every slot
-  (`any_copies`, any replica); the compare-and-set that takes one is what counts, so a
-  stale read only costs a retry. The lowest-numbered free slots are tried first, so that
-  the read covers about the calls in flight, not every slot a large `concurrency` has.
+  `lease_s`: no crash leaks one. Each process remembers the slots it knows to be free
+  (from its last read, and the ones its own calls gave back) with the sequence a take
+  must expect, so a take is one compare-and-set; only when none it knows of is left does
+  it read every slot again (`any_copies`, any replica). The compare-and-set is what
+  counts, so a stale memory or read only costs a retry. The lowest-numbered free slots
+  are tried first, so that a read covers about the calls in flight, not every slot a
+  large `concurrency` has. (Reading every slot at every take made a worker with 2,000
+  calls in flight spend ~25 ms of CPU per job: bench/run.py section e.)
 - rate: an optional `requests_per_minute`, as the virtual keys' one (`SlidingWindow`,
   store/quotas.py) on the RATES counters at `imagejobs.rate.provider.<provider>.<minute>`
   (a key's counters have one token fewer, so the two never meet).
@@ -21,10 +25,12 @@ only takes, renews and gives back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import heapq
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
@@ -37,8 +43,11 @@ RELEASED_MARKER_TTL_S = 60  # a released slot's empty marker
 LOWEST_CANDIDATES = 16  # free slots a take tries first, among the lowest-numbered
 
 
+_SLOT_PREFIX = f"{constants.LIMIT_SUBJECT_PREFIX}.provider."
+
+
 def slot_subject(provider: str, n: int) -> str:
-    return f"{constants.LIMIT_SUBJECT_PREFIX}.provider.{provider}.{n}"
+    return f"{_SLOT_PREFIX}{provider}.{n}"
 
 
 def slots_pattern(provider: str) -> str:
@@ -56,16 +65,36 @@ def rate_subject(provider: str, minute: int) -> str:
     return f"{constants.RATE_SUBJECT_PREFIX}.provider.{provider}.{minute}"
 
 
-def _lowest_first(free: list[int]) -> list[int]:
-    """The free slots in the order to try them: the LOWEST_CANDIDATES lowest, shuffled
-    (concurrent takers spread out instead of colliding), then the rest, shuffled. Taking
-    low slots first keeps the slots ever written, and so what every take reads, near the
-    calls actually in flight instead of `concurrency` (measured: a worker did ~4x fewer
-    jobs per CPU-second with 600 slots spread over than with 64; bench/cluster.py)."""
-    low, rest = free[:LOWEST_CANDIDATES], free[LOWEST_CANDIDATES:]
-    random.shuffle(low)
-    random.shuffle(rest)
-    return low + rest
+@dataclass
+class _Free:
+    """The slots of one provider this process knows to be free: number -> the sequence
+    a take must expect (0: never written), and the numbers as a heap, smallest first
+    (entries no longer in `seqs` are skipped, lazily)."""
+
+    seqs: dict[int, int] = field(default_factory=dict)
+    heap: list[int] = field(default_factory=list)
+
+    def add(self, n: int, seq: int) -> None:
+        if n not in self.seqs:
+            heapq.heappush(self.heap, n)
+        self.seqs[n] = seq
+
+    def pick(self, limit: int) -> tuple[int, int] | None:
+        """One of the lowest known free slots below `limit` (among LOWEST_CANDIDATES, at
+        random, so that concurrent takers spread out), forgotten as it is returned."""
+        low: list[int] = []
+        while self.heap and len(low) < LOWEST_CANDIDATES:
+            n = heapq.heappop(self.heap)
+            if n in self.seqs and n < limit:
+                low.append(n)
+            else:
+                self.seqs.pop(n, None)  # stale, or beyond a lowered limit
+        if not low:
+            return None
+        n = low.pop(random.randrange(len(low)))
+        for other in low:
+            heapq.heappush(self.heap, other)
+        return n, self.seqs.pop(n)
 
 
 @dataclass(frozen=True)
@@ -84,17 +113,53 @@ class ProviderSlots:
         self._slots = slots
         self._window = SlidingWindow(counters, clock)
         self.lease_s = lease_s
+        self._free: dict[str, _Free] = {}  # provider -> the slots known to be free
+        self._reading: dict[str, asyncio.Future[None]] = {}  # provider -> its shared read
 
     async def take(self, provider: str, limit: int, holder: str) -> Lease | None:
-        """One of the provider's `limit` slots for `holder`, or None when all are held."""
-        held = await self._slots.any_copies(slots_pattern(provider))
-        free = [n for n in range(limit) if not held.get(slot_subject(provider, n), (b"", 0))[0]]
-        for n in _lowest_first(free):
-            subject = slot_subject(provider, n)
-            expected = held.get(subject, (b"", 0))[1]
-            with contextlib.suppress(RevisionConflict):  # taken meanwhile (or the read was old)
+        """One of the provider's `limit` slots for `holder`, or None when all are held:
+        a free slot this process knows of, else one found by reading every slot."""
+        free = self._free.setdefault(provider, _Free())
+        lease = await self._try(free, provider, limit, holder)
+        if lease is None:
+            await self._read(free, provider, limit)
+            lease = await self._try(free, provider, limit, holder)
+        return lease
+
+    async def _read(self, free: _Free, provider: str, limit: int) -> None:
+        """Read every slot and remember the free ones. Takes that find none known at the
+        same time share one read (2,000 calls starting at once would make 2,000)."""
+        reading = self._reading.get(provider)
+        if reading is None:
+            reading = asyncio.ensure_future(self._remember(free, provider, limit))
+            self._reading[provider] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(provider, None))
+        await asyncio.shield(reading)
+
+    async def _remember(self, free: _Free, provider: str, limit: int) -> None:
+        held: set[int] = set()
+        seqs: dict[int, int] = {}
+        for subject, (data, seq) in (await self._slots.any_copies(slots_pattern(provider))).items():
+            n = int(subject.rpartition(".")[2])
+            if data:
+                held.add(n)
+            else:
+                seqs[n] = seq
+        for n in range(limit):
+            if n not in held:
+                free.add(n, seqs.get(n, 0))
+
+    async def _try(self, free: _Free, provider: str, limit: int, holder: str) -> Lease | None:
+        """Take one of the free slots known, up to LOWEST_CANDIDATES tries (each a slot
+        that was taken meanwhile, or whose marker expired: forgotten); None if none held."""
+        for _ in range(LOWEST_CANDIDATES):
+            picked = free.pick(limit)
+            if picked is None:
+                return None
+            subject = slot_subject(provider, picked[0])
+            with contextlib.suppress(RevisionConflict):
                 seq = await self._slots.put(
-                    subject, holder.encode(), ttl_s=self.lease_s, expected=expected
+                    subject, holder.encode(), ttl_s=self.lease_s, expected=picked[1]
                 )
                 return Lease(subject, holder, seq)
         return None
@@ -111,9 +176,13 @@ class ProviderSlots:
         return Lease(lease.subject, lease.holder, seq)
 
     async def release(self, lease: Lease) -> None:
-        """Give the slot back, if the lease still holds it."""
+        """Give the slot back, if the lease still holds it (and remember it free)."""
         with contextlib.suppress(RevisionConflict):
-            await self._slots.delete(lease.subject, ttl_s=RELEASED_MARKER_TTL_S, expected=lease.seq)
+            seq = await self._slots.delete(
+                lease.subject, ttl_s=RELEASED_MARKER_TTL_S, expected=lease.seq
+            )
+            provider, _, n = lease.subject.removeprefix(_SLOT_PREFIX).rpartition(".")
+            self._free.setdefault(provider, _Free()).add(int(n), seq)
 
     async def take_request(self, provider: str, per_minute: int) -> float:
         """Count one request to `provider`: 0.0 if within `per_minute`, else the seconds
