@@ -39,7 +39,14 @@ from imagejobs.store.clock import Clock
 from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.health import MemoryHealth
 from imagejobs.store.idempotency import IdempotencyClaims
-from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
+from imagejobs.store.index import (
+    IndexPage,
+    index_subject,
+    index_ttl_s,
+    owner_filter,
+    page_of,
+    parse_subject,
+)
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
 from imagejobs.store.presence import ALL_WORKERS, WorkerBeat, parse_beats, presence_subject
@@ -188,8 +195,10 @@ class MemoryIndex:
             index_subject(owner, kind, created_s, job_id), b"", ttl_s=self._ttl_s
         )
 
-    async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
-        return newest_first(await self._subjects.subjects(owner_filter(owner, kind)))
+    async def page(self, owner: str, kind: Kind | None, before: int, limit: int) -> IndexPage:
+        live = await self._subjects.any_copies(owner_filter(owner, kind))
+        found = (parse_subject(subject, seq) for subject, (_, seq) in live.items())
+        return page_of((e for e in found if e is not None), before, limit)
 
 
 class MemoryPresence:
