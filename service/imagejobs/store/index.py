@@ -9,21 +9,26 @@ order; two submits racing may list in either order, whatever their `created_at`)
 page token is the sequence the next page starts below. Entries expire with a TTL that
 outlives any job; a listed id whose record has gone is skipped (`api/reads.py`).
 
-Cost: a page costs a page, not the caller's live jobs. The first page asks the stream's
-leader for the sequence S of the caller's newest entry (`last_by_subj` on the caller's
-wildcard filter), then reads the matching entries of a window of sequences below it in ONE
-batched direct get (`seq` + `next_by_subj` + `batch`, NATS >= 2.11: matching messages
-from `seq` on, in order, then a 204 end-of-batch status). A window that held less than a
-page is widened (doubling) toward the caller's oldest entry, a bounded number of steps;
-one denser than a read (`MAX_READ`) is narrowed again. nats-server 2.15 ignores
-`up_to_seq` in such a batch, so a read runs on past the window; what lies past it is
-dropped, and serves as the proof below.
+Cost: a page costs a page, not the caller's live jobs. A page reads windows of stream
+sequences downward from the stream's last sequence (the first page; one `STREAM.INFO`
+without a subject filter gives it and the first sequence) or from its token, each window
+in ONE batched direct get (`seq` + `batch`, NATS >= 2.11: the messages from `seq` on, in
+order, then a 204 end-of-batch status), keeping the caller's entries; a window that held
+less than a page is widened (doubling). Those reads carry no subject filter on purpose:
+with one, nats-server 2.15 counts the filter's pending messages for every batch
+(`Nats-Num-Pending`), which costs as much as the caller has entries (measured: 15-20 ms
+at 100,000, whatever the batch size), and its `last_by_subj` on a wildcard likewise (5
+ms). A caller whose entries are sparse near the top (an empty window, or `UNFILTERED_MAX`
+sequences read) goes on with filtered windows: those cost what the caller has entries.
+`up_to_seq` does not bound a batch (2.15 ignores it there), so a read runs on past its
+window; what lies past it is dropped, and serves as the proof below.
 
 Leader reads: a direct get is answered by any replica, and one behind the latest writes
-could miss the newest entries. Every window read therefore runs on to an entry known to
-exist (S from the leader, the previous page's last entry, or the lowest entry of the
-window before): a replica that returns it has applied every write below it, so the window
-is complete. A reply that stops short of it is completed with the leader's own gets.
+could miss the newest entries. Every window read therefore asks for one message more than
+the window holds, so that it runs on to a message known to exist (the stream's last one
+from the leader, the previous page's last entry, or the lowest message of the window
+before): a replica that returns it has applied every write below it, so the window is
+complete. A reply that stops short of it is completed with the leader's own gets.
 """
 
 from __future__ import annotations
@@ -44,15 +49,14 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.store.jetstream import (
     REPLICA_READ_TIMEOUT_S,
     direct_batch,
-    last_on_subject,
     nats_errors,
     publish,
 )
 
 ANONYMOUS = "anon"  # the subject token of callers without a key
-FIRST_WINDOW = 64  # sequences a first read spans at least
-MAX_READ = 1024  # entries one batched read returns at most (a bounded reply)
-MAX_STEPS = 48  # window reads of one page: doubling from 64, this spans any stream
+FIRST_WINDOW = 16  # sequences a first read spans at least
+UNFILTERED_MAX = 1024  # sequences a page reads unfiltered before it filters (sparse caller)
+MAX_STEPS = 48  # window reads of one page: doubling from 16, this spans any stream
 _WHAT = "job index read"
 
 
@@ -136,15 +140,41 @@ def _seq(entry: Entry) -> int:
     return entry.seq
 
 
+@dataclass(frozen=True)
+class _Filter:
+    """An owner's entries (of one kind, or all): the NATS filter, and the same test on a
+    subject read without one."""
+
+    pattern: str
+    prefix: str
+    kind: str | None
+
+    @classmethod
+    def of(cls, owner: str, kind: Kind | None) -> _Filter:
+        prefix = f"{constants.INDEX_SUBJECT_PREFIX}.{_owner_token(owner)}."
+        return cls(owner_filter(owner, kind), prefix, kind.value if kind is not None else None)
+
+    def entries(self, messages: Iterable[tuple[str, int]], hi: int) -> list[Entry]:
+        """The entries among (subject, sequence) pairs at or below `hi`, in their order."""
+        found = (
+            parse_subject(subject, seq)
+            for subject, seq in messages
+            if seq <= hi and subject.startswith(self.prefix)
+        )
+        return [e for e in found if e is not None and self.kind in (None, e.kind)]
+
+
 class JetStreamIndex:
-    """`JobIndex` on the JOBINDEX stream; entries live `ttl_s` seconds. `requests` counts
-    the reads this index made (for tests that a page's cost is bounded)."""
+    """`JobIndex` on the JOBINDEX stream; entries live `ttl_s` seconds. `requests` and
+    `messages_read` count the reads made and the messages they returned (tests check that
+    a page's cost is bounded)."""
 
     def __init__(self, nc: Client, js: JetStreamContext, ttl_s: int) -> None:
         self._nc = nc
         self._js = js
         self._ttl_s = ttl_s
         self.requests = 0
+        self.messages_read = 0
 
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
         """Index a job, acknowledged by JetStream (StoreUnavailable if it was not): an
@@ -158,88 +188,91 @@ class JetStreamIndex:
         """Up to `limit` of the owner's entries (of one kind, or all) below sequence
         `before` (0: from the newest), newest first; every entry acknowledged before the
         call is seen (see the module docstring)."""
-        pattern = owner_filter(owner, kind)
-        if not before:
-            self.requests += 1
-            _, newest = await last_on_subject(self._js, constants.INDEX_STREAM, pattern, _WHAT)
-            if not newest:
-                return IndexPage([], 0)
-            return await _Search(self, pattern, limit).run(hi=newest, proof=newest)
-        return await _Search(self, pattern, limit).run(hi=before - 1, proof=before)
+        self.requests += 1
+        with nats_errors(_WHAT):  # from the leader: every acknowledged write counted
+            state = (await self._js.stream_info(constants.INDEX_STREAM)).state
+        first, last = max(state.first_seq, 1), state.last_seq
+        top = min(before - 1, last) if before else last
+        if top < first:
+            return IndexPage([], 0)
+        search = _Search(self, _Filter.of(owner, kind), limit, first)
+        # the previous page's last entry is the caller's: a proof for filtered reads too
+        return await search.run(top, before or last, before or None)
 
-    async def _replica_read(self, pattern: str, lo: int, batch: int) -> list[Entry]:
-        """Up to `batch` of the matching entries from sequence `lo` on, ascending, from any
-        replica (one batched direct get)."""
+    async def _replica_read(self, request: dict[str, object]) -> list[tuple[str, int]]:
+        """(subject, sequence) of the messages one batched direct get returns, in order,
+        from any replica."""
         self.requests += 1
         msgs = await direct_batch(
-            self._nc,
-            constants.INDEX_STREAM,
-            {"seq": lo, "next_by_subj": pattern, "batch": batch},
-            _WHAT,
-            timeout_s=REPLICA_READ_TIMEOUT_S,
+            self._nc, constants.INDEX_STREAM, request, _WHAT, timeout_s=REPLICA_READ_TIMEOUT_S
         )
-        found = (
-            parse_subject(m.headers["Nats-Subject"], int(m.headers["Nats-Sequence"]))
-            for m in msgs
-            if m.headers
-        )
-        return [e for e in found if e is not None]
+        self.messages_read += len(msgs)
+        return [
+            (m.headers["Nats-Subject"], int(m.headers["Nats-Sequence"])) for m in msgs if m.headers
+        ]
 
-    async def _leader_next(self, pattern: str, seq: int) -> Entry | None:
-        """The first matching entry at or after `seq`, from the leader; None if none."""
-        self.requests += 1
-        with nats_errors(_WHAT):
-            try:
-                msg = await self._js.get_msg(
-                    constants.INDEX_STREAM, seq=seq, subject=pattern, next=True
-                )
-            except NotFoundError:
-                return None
-        return parse_subject(msg.subject or "", int(msg.seq or seq))
-
-    async def _leader_read(self, pattern: str, lo: int, hi: int, count: int) -> list[Entry]:
-        """The matching entries in [lo, hi], ascending, from the leader (one get each, at
+    async def _leader_read(self, flt: _Filter, lo: int, hi: int, count: int) -> list[Entry]:
+        """The owner's entries in [lo, hi], ascending, from the leader (one get each, at
         most `count`): for a window a replica answered short."""
         found: list[Entry] = []
         seq = lo
         for _ in range(count):
-            entry = await self._leader_next(pattern, seq)
-            if entry is None or entry.seq > hi:
+            self.requests += 1
+            with nats_errors(_WHAT):
+                try:
+                    msg = await self._js.get_msg(
+                        constants.INDEX_STREAM, seq=seq, subject=flt.pattern, next=True
+                    )
+                except NotFoundError:
+                    break
+            entries = flt.entries([(msg.subject or "", int(msg.seq or seq))], hi)
+            if not entries:
                 break
-            found.append(entry)
-            seq = entry.seq + 1
+            found += entries
+            seq = entries[0].seq + 1
         return found
 
 
 class _Search:
-    """One page's walk down the stream: windows of sequences below `hi`, each read whole,
-    until the page (and one more entry, to know whether there are more) is found or the
-    owner's oldest entry is passed."""
+    """One page's walk down the stream: windows of sequences below the top, each read
+    whole, until the page (and one more entry, to know whether there are more) is found
+    or the stream's first sequence is passed."""
 
-    def __init__(self, index: JetStreamIndex, pattern: str, limit: int) -> None:
+    def __init__(self, index: JetStreamIndex, flt: _Filter, limit: int, first: int) -> None:
         self._index = index
-        self._pattern = pattern
+        self._flt = flt
         self._limit = limit
+        self._first = first
         self._found: list[Entry] = []  # newest first
-        self._floor: int | None = None  # the owner's oldest entry's sequence, once asked
+        self._scanned = 0  # sequences read without a filter
+        self._sparse = False  # an unfiltered window held none of the caller's
 
-    async def run(self, *, hi: int, proof: int) -> IndexPage:
-        """Search below-or-at `hi`; `proof` is the sequence of an entry known to exist at
-        or above `hi` (the read of the first window must reach it)."""
+    async def run(self, hi: int, proof: int, match_proof: int | None) -> IndexPage:
+        """Search at or below `hi`. `proof`: the sequence of a message known to exist at
+        or above `hi`; `match_proof`: one of the caller's entries, if one is known."""
         want = self._limit + 1
-        width = max(2 * want, FIRST_WINDOW)
+        width = max(want + want // 2, FIRST_WINDOW)  # a dense caller's page, and gaps
+        cap = max(4 * want, FIRST_WINDOW)  # a filtered read's reply, at most
         for _ in range(MAX_STEPS):
-            lo = max(hi - width + 1, 1, self._floor or 1)
-            window = await self._window(lo, hi, proof, min(width, MAX_READ))
-            if window is None:  # denser than one read: narrow it, same top
-                width = max(width // 4, FIRST_WINDOW)
-                continue
+            lo = max(hi - width + 1, self._first)
+            if not self._sparse and self._scanned + hi - lo + 1 <= UNFILTERED_MAX:
+                window, proof = await self._unfiltered(lo, hi, proof)
+                self._scanned += hi - lo + 1
+                # none of the caller's there: filter from now on, over all that is left
+                self._sparse = not window
+                grown = hi - self._first + 1 if self._sparse else width * 2
+            else:
+                filtered = await self._filtered(lo, hi, match_proof, cap)
+                if filtered is None:  # more than a read: narrow it, same top
+                    width = max(width // 4, FIRST_WINDOW)
+                    continue
+                window, grown = filtered, width * 4
             self._found.extend(reversed(window))
-            if len(self._found) >= want or await self._at_bottom(lo):
-                return self._page(0)
             if window:
-                proof = window[0].seq
-            hi, width = lo - 1, width * 2
+                match_proof = window[0].seq
+            if len(self._found) >= want or lo <= self._first:
+                return self._page(0)
+            hi, width = lo - 1, grown
         return self._page(hi + 1)  # out of steps: the next page goes on from here
 
     def _page(self, unread_below: int) -> IndexPage:
@@ -250,27 +283,32 @@ class _Search:
             return IndexPage(taken, taken[-1].seq)
         return IndexPage(taken, unread_below)
 
-    async def _at_bottom(self, lo: int) -> bool:
-        """Whether nothing of the owner's lies below `lo` (asks the leader once)."""
-        if lo <= 1:
-            return True
-        if self._floor is None:
-            oldest = await self._index._leader_next(self._pattern, 1)
-            self._floor = oldest.seq if oldest is not None else lo
-        return lo <= self._floor
+    async def _unfiltered(self, lo: int, hi: int, proof: int) -> tuple[list[Entry], int]:
+        """The caller's entries in [lo, hi] from every message there (one read of one more
+        message than the window holds), and the proof for the window below."""
+        got = await self._index._replica_read({"seq": lo, "batch": hi - lo + 2})
+        window = self._flt.entries(got, hi)
+        below = got[0][1] if got else lo
+        if any(seq >= proof for _, seq in got):
+            return window, below
+        # short of `proof`: a replica behind the writes (or that message has gone since);
+        # what it returned is whole up to its last message, the rest from the leader
+        start = got[-1][1] + 1 if got else lo
+        rest = await self._index._leader_read(self._flt, start, hi, hi - start + 2)
+        return window + rest, below
 
-    async def _window(self, lo: int, hi: int, proof: int, cap: int) -> list[Entry] | None:
-        """Every matching entry in [lo, hi] (hi - lo < cap unless `cap` = MAX_READ),
-        ascending; None if there are more than `cap`. The read asks for one more than
-        the window can hold, so a replica that has applied the writes up to `proof`
-        returns an entry at or past it."""
-        got = await self._index._replica_read(self._pattern, lo, cap + 1)
-        inside = [e for e in got if e.seq <= hi]
-        if any(e.seq >= proof for e in got):
-            return inside
-        if len(got) > cap:  # a full reply, all below `proof`: denser than one read
+    async def _filtered(self, lo: int, hi: int, proof: int | None, cap: int) -> list[Entry] | None:
+        """The caller's entries in [lo, hi], ascending, in one filtered read of `cap` + 1
+        (None if there are more than `cap` there): a replica that has applied the writes up to
+        `proof` returns an entry at or past it; without one, the leader confirms (one get
+        when the replica was whole)."""
+        request = {"seq": lo, "next_by_subj": self._flt.pattern, "batch": cap + 1}
+        got = await self._index._replica_read(request)
+        window = self._flt.entries(got, hi)
+        if proof is not None and any(seq >= proof for _, seq in got):
+            return window
+        if len(got) > cap and len(window) == len(got):  # a full reply inside: too dense
             return None
-        # short of `proof`: a replica behind the writes (or the entry at `proof` has gone
-        # since); what it returned is whole up to its last entry, the rest from the leader
-        start = inside[-1].seq + 1 if inside else lo
-        return inside + await self._index._leader_read(self._pattern, start, hi, cap + 1)
+        # no proof: a replica behind the writes, or none known; the leader says the rest
+        start = window[-1].seq + 1 if window else lo
+        return window + await self._index._leader_read(self._flt, start, hi, cap + 1)
