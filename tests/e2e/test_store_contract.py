@@ -428,8 +428,8 @@ async def test_index_pages_follow_the_order_of_the_writes_with_a_kind_filter(
     store: Store,
 ) -> None:
     """Pages are newest write first, each starting below the last one's final entry; the
-    kind filter pages the same way; a rewritten entry (a retried submit) moves to the top;
-    the creation time in the subject does not order them."""
+    kind filter pages the same way; an entry written again (a retried submit) keeps its
+    place; the creation time in the subject does not order them."""
     index = store.backend.index
     now = store.now()
     kinds = [Kind.GENERATION, Kind.EDIT, Kind.GENERATION, Kind.VARIATION, Kind.GENERATION]
@@ -439,16 +439,21 @@ async def test_index_pages_follow_the_order_of_the_writes_with_a_kind_filter(
         await index.add(f"other{n}", Kind.GENERATION, now, str(uuid.uuid4()))
     newest_first = ids[::-1]
     assert await _all_pages(store, "carol", None, 3) == [
-        newest_first[0:3], newest_first[3:6], newest_first[6:9], newest_first[9:10]
+        newest_first[0:3],
+        newest_first[3:6],
+        newest_first[6:9],
+        newest_first[9:10],
     ]
     assert await _all_pages(store, "carol", None, 5) == [newest_first[0:5], newest_first[5:]]
     generations = [i for n, i in enumerate(ids) if kinds[n % 5] is Kind.GENERATION][::-1]
     assert await _all_pages(store, "carol", Kind.GENERATION, 4) == [
-        generations[0:4], generations[4:6]
+        generations[0:4],
+        generations[4:6],
     ]
-    await index.add("carol", kinds[0], now, ids[0])  # a retried submit's index write
+    await index.add("carol", kinds[0], now, ids[0])  # a retried submit's: keeps its place
     [top] = (await index.page("carol", None, 0, 1)).entries
-    assert top.job_id == ids[0] and top.kind == Kind.GENERATION.value
+    assert top.job_id == ids[9] and top.kind == Kind.GENERATION.value
+    assert await _all_pages(store, "carol", None, 5) == [newest_first[0:5], newest_first[5:]]
     assert await _all_pages(store, "nobody", None, 3) == [[]]
 
 
@@ -469,6 +474,25 @@ async def test_an_index_page_spans_other_owners_entries(store: Store) -> None:
     [entry] = (await index.page("dave", None, 0, 1)).entries
     below = await index.page("dave", None, entry.seq - 300, 5)  # a position in the gap
     assert ([e.job_id for e in below.entries], below.next_before) == ([old], 0)
+
+
+async def test_index_pages_of_a_caller_buried_under_another_callers_entries(
+    store: Store,
+) -> None:
+    """300 entries of one caller, then 1,100 of another's on top: every page of the first
+    is whole and in order (the JetStream index narrows its reads to find them)."""
+    index = store.backend.index
+    now = store.now()
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    for first in range(0, 300, 100):  # concurrent on one connection: sequenced as called
+        await asyncio.gather(*(index.add("frank", Kind.EDIT, now, i) for i in ids[first:][:100]))
+    for _ in range(11):
+        await asyncio.gather(
+            *(index.add("gina", Kind.EDIT, now, str(uuid.uuid4())) for _ in range(100))
+        )
+    pages = await _all_pages(store, "frank", Kind.EDIT, 50)
+    assert [len(p) for p in pages] == [50] * 6
+    assert [i for p in pages for i in p] == ids[::-1]
 
 
 async def _equal(value: Awaitable[list[str]], expected: list[str]) -> list[str] | None:

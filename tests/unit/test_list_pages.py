@@ -97,9 +97,7 @@ async def test_a_status_filter_reads_a_bounded_number_of_entries_and_goes_on(
     counting = CountingIndex(backend)
     reader = JobReader(backend, clock=clock)
     reader.index = counting
-    first = await reader.list(
-        ALICE, status=Status.CANCELLED, kind=None, limit=5, page_token=""
-    )
+    first = await reader.list(ALICE, status=Status.CANCELLED, kind=None, limit=5, page_token="")
     assert first.jobs == [] and first.next_page_token
     assert LIST_BATCH_MIN <= counting.entries_read <= 1400
     pages = await every_page(reader, ALICE, 5, Status.CANCELLED)

@@ -5,8 +5,8 @@ stream, everything the list needs written into its subject,
 
 A page is ordered by stream sequence, newest first: the order in which the index writes
 were acknowledged (a submit's write is acknowledged before its 202, so this is submit
-order; two submits racing may list in either order, whatever their `created_at`). The
-page token is the sequence the next page starts below. Entries expire with a TTL that
+order; two submits racing may list in either order, whatever their `created_at`; an
+entry is written create-only, so a retried submit keeps its place). The page token is the sequence the next page starts below. Entries expire with a TTL that
 outlives any job; a listed id whose record has gone is skipped (`api/reads.py`).
 
 Cost: a page costs a page, not the caller's live jobs. A page reads windows of stream
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from nats.js.errors import NotFoundError
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
-from imagejobs.domain.errors import InvalidRequest
+from imagejobs.domain.errors import InvalidRequest, RevisionConflict
 from imagejobs.domain.kinds import Kind
 from imagejobs.store.jetstream import (
     REPLICA_READ_TIMEOUT_S,
@@ -179,10 +180,13 @@ class JetStreamIndex:
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
         """Index a job, acknowledged by JetStream (StoreUnavailable if it was not): an
         unacknowledged entry can be lost while a stream leader moves, and the job would
-        be missing from its owner's list for good. A repeat (a retried submit) rewrites
-        the same subject (at a new sequence: the entry moves to the top)."""
+        be missing from its owner's list for good. Create-only: a repeat (a retried
+        submit) leaves the entry where it is (a rewrite would move it to the top)."""
         subject = index_subject(owner, kind, created_s, job_id)
-        await publish(self._js, subject, b"", what="job index write", ttl_s=self._ttl_s)
+        with contextlib.suppress(RevisionConflict):  # indexed already
+            await publish(
+                self._js, subject, b"", what="job index write", ttl_s=self._ttl_s, expected=0
+            )
 
     async def page(self, owner: str, kind: Kind | None, before: int, limit: int) -> IndexPage:
         """Up to `limit` of the owner's entries (of one kind, or all) below sequence

@@ -26,6 +26,7 @@ the very classes the JetStream store uses (`JobRecords`, `IdempotencyClaims`,
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,9 +192,9 @@ class MemoryIndex:
         self._ttl_s = ttl_s
 
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
-        await self._subjects.put(
-            index_subject(owner, kind, created_s, job_id), b"", ttl_s=self._ttl_s
-        )
+        subject = index_subject(owner, kind, created_s, job_id)
+        with contextlib.suppress(RevisionConflict):  # create-only, as on JetStream
+            await self._subjects.put(subject, b"", ttl_s=self._ttl_s, expected=0)
 
     async def page(self, owner: str, kind: Kind | None, before: int, limit: int) -> IndexPage:
         live = await self._subjects.any_copies(owner_filter(owner, kind))

@@ -251,7 +251,7 @@ class JobIndex(Protocol):
     """Each caller's jobs, for the list."""
 
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
-        """Index a job (`created_s` in epoch seconds)."""
+        """Index a job (`created_s` in epoch seconds), once: a repeat keeps its place."""
         ...
 
     async def page(self, owner: str, kind: Kind | None, before: int, limit: int) -> IndexPage:
@@ -259,7 +259,7 @@ class JobIndex(Protocol):
         writes were acknowledged below stream sequence `before` (0: from the newest),
         newest (highest sequence) first, and the sequence the next page starts below (0:
         none left). Every entry acknowledged before the call is seen (on a cluster: as
-        the leader has it). A rewritten entry (a retried submit) moves to the top."""
+        the leader has it)."""
         ...
 
 
