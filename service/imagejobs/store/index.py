@@ -6,22 +6,25 @@ stream, everything the list needs written into its subject,
 A page is ordered by stream sequence, newest first: the order in which the index writes
 were acknowledged (a submit's write is acknowledged before its 202, so this is submit
 order; two submits racing may list in either order, whatever their `created_at`; an
-entry is written create-only, so a retried submit keeps its place). The page token is the sequence the next page starts below. Entries expire with a TTL that
-outlives any job; a listed id whose record has gone is skipped (`api/reads.py`).
+entry is written create-only, so a retried submit keeps its place). The page token is
+the sequence the next page starts below. Entries expire with a TTL that outlives any
+job; a listed id whose record has gone is skipped (`api/reads.py`).
 
 Cost: a page costs a page, not the caller's live jobs. A page reads windows of stream
 sequences downward from the stream's last sequence (the first page; one `STREAM.INFO`
 without a subject filter gives it and the first sequence) or from its token, each window
 in ONE batched direct get (`seq` + `batch`, NATS >= 2.11: the messages from `seq` on, in
-order, then a 204 end-of-batch status), keeping the caller's entries; a window that held
-less than a page is widened (doubling). Those reads carry no subject filter on purpose:
-with one, nats-server 2.15 counts the filter's pending messages for every batch
-(`Nats-Num-Pending`), which costs as much as the caller has entries (measured: 15-20 ms
-at 100,000, whatever the batch size), and its `last_by_subj` on a wildcard likewise (5
-ms). A caller whose entries are sparse near the top (an empty window, or `UNFILTERED_MAX`
-sequences read) goes on with filtered windows: those cost what the caller has entries.
-`up_to_seq` does not bound a batch (2.15 ignores it there), so a read runs on past its
-window; what lies past it is dropped, and serves as the proof below.
+order, then a 204 end-of-batch status), keeping the caller's entries (other callers'
+subjects are read, never returned); a window that held less than a page is widened
+(doubling). Those reads carry no subject filter on purpose: on nats-server 2.15 a batch
+with a wildcard filter costs as much as the filter has subjects, whatever the batch size
+(measured at 100,000: 15-20 ms even for a batch of 1, against 0.5 ms for a single get
+with that filter; its `Nats-Num-Pending` count, presumably), and `last_by_subj` on a
+wildcard likewise (5 ms). A caller whose entries are sparse near the top (an unfiltered
+window without one, or `UNFILTERED_MAX` sequences read) goes on with filtered windows,
+which cost what that caller has entries. `up_to_seq` does not bound a batch (2.15
+ignores it there), so a read runs on past its window; what lies past it is dropped, and
+serves as the proof below.
 
 Leader reads: a direct get is answered by any replica, and one behind the latest writes
 could miss the newest entries. Every window read therefore asks for one message more than
