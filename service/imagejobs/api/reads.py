@@ -32,7 +32,7 @@ REPAIR_CHECK_EVERY_S = 10.0  # per job and process: how often an orphan check ma
 REPAIR_CHECKS_KEPT = 10_000
 LIST_BATCH_MIN = 16  # index entries (and records) read at once while filling a page
 LIST_BATCH_MAX = 256  # ... as it grows, when entries are skipped
-LIST_INDEX_PAGES = 8  # index pages one list reads at most: some 1,300 entries
+LIST_INDEX_PAGES = 8  # index pages one list reads at most: 1,264 to 1,836 entries (by limit)
 Jobs = list[Job]  # (`JobReader.list` hides the builtin in its class)
 
 
