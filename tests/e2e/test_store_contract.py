@@ -495,6 +495,26 @@ async def test_index_pages_of_a_caller_buried_under_another_callers_entries(
     assert [i for p in pages for i in p] == ids[::-1]
 
 
+async def test_an_index_page_crosses_a_gap_below_a_callers_newest_entries(
+    store: Store,
+) -> None:
+    """100 entries of one caller, 300 of another's, 3 more of the first: its pages of 5
+    cross the gap (the JetStream index probes the leader for the newest entry below it,
+    the caller having too many below for one read)."""
+    index = store.backend.index
+    now = store.now()
+    ids = [str(uuid.uuid4()) for _ in range(103)]
+    await asyncio.gather(*(index.add("hank", Kind.GENERATION, now, i) for i in ids[:100]))
+    for _ in range(3):
+        await asyncio.gather(
+            *(index.add("ivy", Kind.GENERATION, now, str(uuid.uuid4())) for _ in range(100))
+        )
+    await asyncio.gather(*(index.add("hank", Kind.GENERATION, now, i) for i in ids[100:]))
+    pages = await _all_pages(store, "hank", None, 5)
+    assert [i for p in pages for i in p] == ids[::-1]
+    assert [len(p) for p in pages[:-1]] == [5] * 20 and len(pages[-1]) == 3
+
+
 async def _equal(value: Awaitable[list[str]], expected: list[str]) -> list[str] | None:
     got = await value
     return got if got == expected else None
