@@ -16,6 +16,7 @@ import pytest
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.kinds import Kind
+from imagejobs.store import index as index_module
 from imagejobs.store import jetstream
 from imagejobs.store.index import JetStreamIndex, index_ttl_s
 from imagejobs.testing import Stack, require_binary
@@ -118,3 +119,25 @@ async def test_a_page_a_replica_answers_short_is_completed_by_the_leader(
         if not before:
             break
     assert listed == ids[::-1]
+
+
+async def test_a_page_out_of_jumps_is_short_and_its_position_goes_on(
+    index: JetStreamIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no gap jumps allowed, a page that meets a gap ends there, short, with the
+    position below what it read: following the positions still lists every entry once."""
+    monkeypatch.setattr(index_module, "MAX_JUMPS", 0)
+    old = await fill(index, "gappy", 30)
+    await fill(index, "filler", 400)
+    new = await fill(index, "gappy", 3)
+    first = await index.page("gappy", None, 0, LIMIT)
+    assert [e.job_id for e in first.entries] == new[::-1] and first.next_before
+    listed = [e.job_id for e in first.entries]
+    before = first.next_before
+    for _ in range(100):  # windows of the gap, then the older entries
+        page = await index.page("gappy", None, before, LIMIT)
+        listed += [e.job_id for e in page.entries]
+        before = page.next_before
+        if not before:
+            break
+    assert listed == (old + new)[::-1]
