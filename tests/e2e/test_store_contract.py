@@ -428,12 +428,118 @@ async def test_the_index_lists_an_owners_jobs_newest_first(store: Store) -> None
     await index.add("bob", Kind.GENERATION, now, str(uuid.uuid4()))
 
     async def alices() -> list[str]:
-        return [e.job_id for e in await index.entries("alice", None)]
+        return [e.job_id for e in (await index.page("alice", None, 0, 10)).entries]
 
     assert await store.eventually(lambda: _equal(alices(), ids[::-1])) == ids[::-1]
-    generations = await index.entries("alice", Kind.GENERATION)
+    generations = (await index.page("alice", Kind.GENERATION, 0, 10)).entries
     assert [e.job_id for e in generations] == [ids[2], ids[0]]
-    assert [e.job_id for e in await index.entries("", None)] == []
+    assert [e.job_id for e in (await index.page("", None, 0, 10)).entries] == []
+
+
+async def _all_pages(store: Store, owner: str, kind: Kind | None, limit: int) -> list[list[str]]:
+    """Every page of the owner's index, following each page's position (bounded)."""
+    pages: list[list[str]] = []
+    before = 0
+    for _ in range(100):
+        page = await store.backend.index.page(owner, kind, before, limit)
+        pages.append([e.job_id for e in page.entries])
+        assert all(e.seq < before for e in page.entries) or not before
+        if not page.next_before:
+            return pages
+        assert page.next_before == page.entries[-1].seq  # the last entry's position
+        before = page.next_before
+    raise AssertionError("the pages never ended")
+
+
+async def test_index_pages_follow_the_order_of_the_writes_with_a_kind_filter(
+    store: Store,
+) -> None:
+    """Pages are newest write first, each starting below the last one's final entry; the
+    kind filter pages the same way; an entry written again (a retried submit) keeps its
+    place; the creation time in the subject does not order them."""
+    index = store.backend.index
+    now = store.now()
+    kinds = [Kind.GENERATION, Kind.EDIT, Kind.GENERATION, Kind.VARIATION, Kind.GENERATION]
+    ids = [str(uuid.uuid4()) for _ in range(10)]
+    for n, job_id in enumerate(ids):  # created times run backwards: sequence order wins
+        await index.add("carol", kinds[n % 5], now - n, job_id)
+        await index.add(f"other{n}", Kind.GENERATION, now, str(uuid.uuid4()))
+    newest_first = ids[::-1]
+    assert await _all_pages(store, "carol", None, 3) == [
+        newest_first[0:3],
+        newest_first[3:6],
+        newest_first[6:9],
+        newest_first[9:10],
+    ]
+    assert await _all_pages(store, "carol", None, 5) == [newest_first[0:5], newest_first[5:]]
+    generations = [i for n, i in enumerate(ids) if kinds[n % 5] is Kind.GENERATION][::-1]
+    assert await _all_pages(store, "carol", Kind.GENERATION, 4) == [
+        generations[0:4],
+        generations[4:6],
+    ]
+    await index.add("carol", kinds[0], now, ids[0])  # a retried submit's: keeps its place
+    [top] = (await index.page("carol", None, 0, 1)).entries
+    assert top.job_id == ids[9] and top.kind == Kind.GENERATION.value
+    assert await _all_pages(store, "carol", None, 5) == [newest_first[0:5], newest_first[5:]]
+    assert await _all_pages(store, "nobody", None, 3) == [[]]
+
+
+async def test_an_index_page_spans_other_owners_entries(store: Store) -> None:
+    """A caller's entries far apart in the stream (another caller wrote many between)
+    are still found, the page widening down to them; a page token's position in that gap
+    goes on correctly."""
+    index = store.backend.index
+    now = store.now()
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    await index.add("dave", Kind.GENERATION, now, old)
+    await asyncio.gather(
+        *(index.add("erin", Kind.GENERATION, now, str(uuid.uuid4())) for _ in range(600))
+    )
+    await index.add("dave", Kind.GENERATION, now, new)
+    assert await _all_pages(store, "dave", None, 1) == [[new], [old]]
+    assert await _all_pages(store, "dave", None, 20) == [[new, old]]
+    [entry] = (await index.page("dave", None, 0, 1)).entries
+    below = await index.page("dave", None, entry.seq - 300, 5)  # a position in the gap
+    assert ([e.job_id for e in below.entries], below.next_before) == ([old], 0)
+
+
+async def test_index_pages_of_a_caller_buried_under_another_callers_entries(
+    store: Store,
+) -> None:
+    """300 entries of one caller, then 1,100 of another's on top: every page of the first
+    is whole and in order (the JetStream index narrows its reads to find them)."""
+    index = store.backend.index
+    now = store.now()
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    for first in range(0, 300, 100):  # concurrent on one connection: sequenced as called
+        await asyncio.gather(*(index.add("frank", Kind.EDIT, now, i) for i in ids[first:][:100]))
+    for _ in range(11):
+        await asyncio.gather(
+            *(index.add("gina", Kind.EDIT, now, str(uuid.uuid4())) for _ in range(100))
+        )
+    pages = await _all_pages(store, "frank", Kind.EDIT, 50)
+    assert [len(p) for p in pages] == [50] * 6
+    assert [i for p in pages for i in p] == ids[::-1]
+
+
+async def test_an_index_page_crosses_a_gap_below_a_callers_newest_entries(
+    store: Store,
+) -> None:
+    """100 entries of one caller, 300 of another's, 3 more of the first: its pages of 5
+    cross the gap (the JetStream index probes the leader for the newest entry below it,
+    the caller having too many below for one read)."""
+    index = store.backend.index
+    now = store.now()
+    ids = [str(uuid.uuid4()) for _ in range(103)]
+    await asyncio.gather(*(index.add("hank", Kind.GENERATION, now, i) for i in ids[:100]))
+    for _ in range(3):
+        await asyncio.gather(
+            *(index.add("ivy", Kind.GENERATION, now, str(uuid.uuid4())) for _ in range(100))
+        )
+    await asyncio.gather(*(index.add("hank", Kind.GENERATION, now, i) for i in ids[100:]))
+    pages = await _all_pages(store, "hank", None, 5)
+    assert [i for p in pages for i in p] == ids[::-1]
+    assert [len(p) for p in pages[:-1]] == [5] * 20 and len(pages[-1]) == 3
 
 
 async def _equal(value: Awaitable[list[str]], expected: list[str]) -> list[str] | None:

@@ -173,7 +173,7 @@ async def test_unknown_and_disabled_endpoints_are_400_and_nothing_is_kept(
             await service.submit(request(), ttl_s=60, request_id="r", caller=ALICE, webhook=name)
         assert info.value.code == code and info.value.param == "webhook"
     assert await backend.queue.depth() == (0, 0)
-    assert await backend.index.entries(ALICE.owner, None) == []
+    assert (await backend.index.page(ALICE.owner, None, 0, 10)).entries == []
 
 
 # --- retries -----------------------------------------------------------------------------
@@ -317,7 +317,7 @@ async def test_a_cancel_of_an_orphan_first_queues_it_so_the_intent_cannot_be_los
     rig.service.hooks.after_record = lambda job: (_ for _ in ()).throw(SystemExit)  # API dies
     with pytest.raises(SystemExit):
         await rig.submit(webhook="all")
-    [entry] = await rig.backend.index.entries(ALICE.owner, None)
+    [entry] = (await rig.backend.index.page(ALICE.owner, None, 0, 10)).entries
     assert not await rig.backend.queue.contains(entry.job_id)  # never queued
     broken = dataclasses.replace(rig.backend, outbox=FailingOutbox(rig.backend, failures=9))
     await JobService(broken, clock=rig.clock, webhooks=rig.hooks).cancel(GEN, entry.job_id, ALICE)

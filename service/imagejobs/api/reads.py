@@ -22,7 +22,7 @@ from imagejobs.domain.keys import Caller
 from imagejobs.domain.kinds import Kind
 from imagejobs.runtime import logs
 from imagejobs.store.clock import Clock, SystemClock
-from imagejobs.store.index import Entry, after, encode_token
+from imagejobs.store.index import Entry, IndexPage, decode_token, encode_token
 from imagejobs.store.protocols import Backend, StoredObject
 from imagejobs.worker.finish import job_ended
 
@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 REPAIR_CHECK_EVERY_S = 10.0  # per job and process: how often an orphan check may run
 REPAIR_CHECKS_KEPT = 10_000
-LIST_BATCH_MIN = 16  # records read at once while filling a page
+LIST_BATCH_MIN = 16  # index entries (and records) read at once while filling a page
+LIST_BATCH_MAX = 256  # ... as it grows, when entries are skipped
+LIST_INDEX_PAGES = 8  # index pages one list reads at most: 1,264 to 1,836 entries (by limit)
+Jobs = list[Job]  # (`JobReader.list` hides the builtin in its class)
 
 
 @dataclass(frozen=True)
@@ -265,21 +268,34 @@ class JobReader:
         limit: int,
         page_token: str,
     ) -> Page:
-        """The caller's own jobs (never another's, public or not), newest first, `limit`
-        per page."""
-        entries = after(await self.index.entries(caller.owner, kind), page_token)
+        """The caller's own jobs (never another's, public or not), newest first (the order
+        their index writes were acknowledged: store/index.py), `limit` per page. Entries
+        whose record has gone, or not of `status`, are skipped; the index is read a page
+        at a time (growing), LIST_INDEX_PAGES at most: a page that found fewer than
+        `limit` by then is returned short, its token going on from where it stopped."""
+        before = decode_token(page_token) if page_token else 0
         jobs: list[Job] = []
-        last = -1
-        position = 0
-        while position < len(entries) and len(jobs) < limit:
-            batch = entries[position : position + max(limit, LIST_BATCH_MIN)]
-            for offset, job in enumerate(await self._listed(batch, caller, status)):
-                if job is None:
-                    continue
-                jobs.append(job)
-                last = position + offset
-                if len(jobs) == limit:
-                    break
-            position += len(batch)
-        more = len(jobs) == limit and last + 1 < len(entries)
-        return Page(jobs=jobs, next_page_token=encode_token(entries[last]) if more else "")
+        batch = max(limit, LIST_BATCH_MIN)
+        for _ in range(LIST_INDEX_PAGES):
+            page = await self.index.page(caller.owner, kind, before, batch)
+            token = await self._fill(jobs, page, caller, status, limit)
+            if token is not None:
+                return Page(jobs=jobs, next_page_token=token)
+            before = page.next_before
+            batch = min(batch * 2, LIST_BATCH_MAX)
+        return Page(jobs=jobs, next_page_token=encode_token(before))
+
+    async def _fill(
+        self, jobs: Jobs, page: IndexPage, caller: Caller, status: Status | None, limit: int
+    ) -> str | None:
+        """Add the page's listed jobs to `jobs`, up to `limit`; the next page token once the
+        list page is done ("" when nothing is left), None while it needs more entries."""
+        entries = page.entries
+        for n, job in enumerate(await self._listed(entries, caller, status)):
+            if job is None:
+                continue
+            jobs.append(job)
+            if len(jobs) == limit:
+                more = n + 1 < len(entries) or page.next_before
+                return encode_token(entries[n].seq) if more else ""
+        return None if page.next_before else ""

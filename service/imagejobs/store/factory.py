@@ -68,7 +68,7 @@ def jetstream_backend(
         queue=queue,
         work=queue,
         objects=JetStreamObjects(nc, js, settings.store_timeout_s),
-        index=JetStreamIndex(js, ttl_s=index_ttl_s(settings)),
+        index=JetStreamIndex(nc, js, ttl_s=index_ttl_s(settings)),
         idempotency=IdempotencyClaims(
             jetstream.StreamSubjects(nc, js, constants.IDEMPOTENCY_STREAM, "idempotency"),
             ttl_s=settings.idempotency_ttl_s,

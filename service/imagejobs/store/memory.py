@@ -26,6 +26,7 @@ the very classes the JetStream store uses (`JobRecords`, `IdempotencyClaims`,
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,14 @@ from imagejobs.store.clock import Clock
 from imagejobs.store.deliveries import DeliveryRecords
 from imagejobs.store.health import MemoryHealth
 from imagejobs.store.idempotency import IdempotencyClaims
-from imagejobs.store.index import Entry, index_subject, index_ttl_s, newest_first, owner_filter
+from imagejobs.store.index import (
+    IndexPage,
+    index_subject,
+    index_ttl_s,
+    owner_filter,
+    page_of,
+    parse_subject,
+)
 from imagejobs.store.memory_queue import MemoryOutbox, MemoryQueue
 from imagejobs.store.notifier import Notifier
 from imagejobs.store.presence import ALL_WORKERS, WorkerBeat, parse_beats, presence_subject
@@ -184,12 +192,14 @@ class MemoryIndex:
         self._ttl_s = ttl_s
 
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
-        await self._subjects.put(
-            index_subject(owner, kind, created_s, job_id), b"", ttl_s=self._ttl_s
-        )
+        subject = index_subject(owner, kind, created_s, job_id)
+        with contextlib.suppress(RevisionConflict):  # create-only, as on JetStream
+            await self._subjects.put(subject, b"", ttl_s=self._ttl_s, expected=0)
 
-    async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
-        return newest_first(await self._subjects.subjects(owner_filter(owner, kind)))
+    async def page(self, owner: str, kind: Kind | None, before: int, limit: int) -> IndexPage:
+        live = await self._subjects.any_copies(owner_filter(owner, kind))
+        found = (parse_subject(subject, seq) for subject, (_, seq) in live.items())
+        return page_of((e for e in found if e is not None), before, limit)
 
 
 class MemoryPresence:

@@ -30,7 +30,7 @@ from imagejobs.domain.kinds import Kind
 if TYPE_CHECKING:  # the value types live with their JetStream implementation
     from imagejobs.store.deliveries import GoneMarker
     from imagejobs.store.idempotency import Claim
-    from imagejobs.store.index import Entry
+    from imagejobs.store.index import IndexPage
     from imagejobs.store.notifier import Listener
     from imagejobs.store.presence import WorkerBeat
     from imagejobs.store.provider_limits import Lease
@@ -255,11 +255,15 @@ class JobIndex(Protocol):
     """Each caller's jobs, for the list."""
 
     async def add(self, owner: str, kind: Kind, created_s: float, job_id: str) -> None:
-        """Index a job (`created_s` in epoch seconds)."""
+        """Index a job (`created_s` in epoch seconds), once: a repeat keeps its place."""
         ...
 
-    async def entries(self, owner: str, kind: Kind | None) -> list[Entry]:
-        """The owner's indexed jobs (of one kind, or all), newest first."""
+    async def page(self, owner: str, kind: Kind | None, before: int, limit: int) -> IndexPage:
+        """Up to `limit` of the owner's indexed jobs (of one kind, or all) whose index
+        writes were acknowledged below stream sequence `before` (0: from the newest),
+        newest (highest sequence) first, and the sequence the next page starts below (0:
+        none left). Every entry acknowledged before the call is seen (on a cluster: as
+        the leader has it)."""
         ...
 
 
