@@ -166,6 +166,17 @@ async def test_a_deleted_record_is_gone_and_its_marker_blocks_a_create(store: St
         await records.recreate(job)  # a record is there now
 
 
+async def test_the_records_of_many_jobs_are_read_in_one_go(store: Store) -> None:
+    records = store.backend.records
+    jobs = [new_job(store) for _ in range(300)]  # more than one request's worth
+    revisions = [await records.create(job) for job in jobs]
+    gone = jobs.pop()
+    await records.delete(gone.id)
+    revisions.pop()
+    found = await records.any_copies([j.id for j in jobs] + [gone.id, str(uuid.uuid4())])
+    assert found == {j.id: (j, r) for j, r in zip(jobs, revisions, strict=True)}
+
+
 async def test_terminal_record_and_objects_expire_on_their_ttl(store: Store) -> None:
     records, objects = store.backend.records, store.backend.objects
     job = new_job(store, ttl_s=1)

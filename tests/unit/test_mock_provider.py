@@ -124,6 +124,7 @@ async def test_generation_is_deterministic_and_derived_from_prompt_and_seed(
     provider: Provider,
 ) -> None:
     first = await provider.run(gen(seed=7, size="256x256"))
+    mock._rendered.clear()  # rendered afresh, not answered from the cache
     again = await provider.run(gen(seed=7, size="256x256"))
     other_seed = await provider.run(gen(seed=8, size="256x256"))
     other_prompt = await provider.run(gen("a bowl of ramen", seed=7, size="256x256"))
@@ -135,6 +136,30 @@ async def test_generation_is_deterministic_and_derived_from_prompt_and_seed(
     ]
     assert means[0] != means[2]
     assert means[0] != means[1]
+
+
+async def test_a_repeated_generation_is_answered_from_the_last_ones_rendered(
+    provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mock._rendered.clear()
+    renders: list[ProviderRequest] = []
+    render = mock._render
+
+    def counted(request: ProviderRequest, out: Any) -> Any:
+        renders.append(request)
+        return render(request, out)
+
+    monkeypatch.setattr(mock, "_render", counted)
+    first = await provider.run(gen(seed=1, size="64x64"))
+    again = await provider.run(gen(seed=1, size="64x64"))
+    assert again.images[0].data == first.images[0].data and len(renders) == 1
+    for seed in range(2, mock.RENDER_CACHE_SIZE + 2):  # the first one falls out
+        await provider.run(gen(seed=seed, size="16x16"))
+    assert len(mock._rendered) == mock.RENDER_CACHE_SIZE
+    before = len(renders)
+    await provider.run(gen(seed=1, size="64x64"))
+    assert len(renders) == before + 1
+    await provider.run(gen(seed=[1, 2], size="16x16"))  # an unhashable seed is fine too
 
 
 @pytest.mark.parametrize(

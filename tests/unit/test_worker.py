@@ -34,6 +34,7 @@ from tests.unit.conftest import (
     ANONYMOUS,
     MAX_ATTEMPTS,
     MAX_JOB_AGE_S,
+    QUEUE_MAX,
     ScriptedRunner,
     limited,
     make_worker,
@@ -303,6 +304,49 @@ async def test_a_message_whose_record_is_gone_is_terminated(
     await worker.run(burst=True)
     assert runner.started == []
     assert not await backend.queue.contains("00000000-0000-4000-8000-000000000001")
+
+
+async def test_the_records_of_one_fetch_are_read_together(
+    service: JobService, backend: Backend, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message written together with its record cannot carry the record's revision:
+    the worker reads the records of the jobs it fetched in one request, not one each."""
+    jobs = [await submit(service) for _ in range(QUEUE_MAX)]
+    reads: list[object] = []
+    get, any_copies = backend.records.get, backend.records.any_copies
+
+    async def one(job_id: str, **kwargs: bool) -> tuple[Job, int] | None:
+        reads.append(job_id)
+        return await get(job_id, **kwargs)
+
+    async def together(job_ids: list[str]) -> dict[str, tuple[Job, int]]:
+        reads.append(sorted(job_ids))
+        return await any_copies(job_ids)
+
+    monkeypatch.setattr(backend.records, "get", one)
+    monkeypatch.setattr(backend.records, "any_copies", together)
+    await worker.run(burst=True)
+    assert reads == [sorted(j.id for j in jobs)]
+    for job in jobs:
+        assert (await record(backend, job.id)).status is Status.COMPLETED
+
+
+async def test_a_claim_on_a_stale_prefetched_record_reads_the_record_again(
+    service: JobService, backend: Backend, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await submit(service)
+    stale = await backend.records.any_copies([job.id])
+    found = await backend.records.get(job.id)
+    assert found is not None
+    await backend.records.update(found[0], found[1])  # changed since: a new revision
+
+    async def old(job_ids: list[str]) -> dict[str, tuple[Job, int]]:
+        return stale
+
+    monkeypatch.setattr(backend.records, "any_copies", old)
+    await worker.run(burst=True)
+    done = await record(backend, job.id)
+    assert done.status is Status.COMPLETED and done.deliveries == 1
 
 
 async def test_a_message_that_comes_before_its_record_waits_for_it(

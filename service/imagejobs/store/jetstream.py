@@ -192,11 +192,11 @@ class StreamSubjects:
     async def any_copy(self, subject: str) -> tuple[bytes, int]:
         return await any_replica_last(self._replicas, self._stream, subject, f"{self._what} read")
 
-    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
+    async def any_copies(self, *patterns: str) -> dict[str, tuple[bytes, int]]:
         msgs = await direct_batch(
             self._nc,
             self._stream,
-            {"multi_last": [pattern], "batch": MULTI_LAST_BATCH},
+            {"multi_last": list(patterns), "batch": MULTI_LAST_BATCH},
             f"{self._what} read",
             timeout_s=REPLICA_READ_TIMEOUT_S,
         )

@@ -106,8 +106,8 @@ class MemorySubjects:
     async def any_copy(self, subject: str) -> tuple[bytes, int]:
         return self._last(subject)  # one copy: always the latest
 
-    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
-        return {s: self._last(s) for s in await self.subjects(pattern)}
+    async def any_copies(self, *patterns: str) -> dict[str, tuple[bytes, int]]:
+        return {s: self._last(s) for p in patterns for s in await self.subjects(p)}
 
     async def put(
         self, subject: str, data: bytes, *, ttl_s: int, expected: int | None = None

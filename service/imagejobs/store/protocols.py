@@ -55,10 +55,10 @@ class Subjects(Protocol):
         lacks it. Only for values that never change once written."""
         ...
 
-    async def any_copies(self, pattern: str) -> dict[str, tuple[bytes, int]]:
-        """The last message of every subject matching `pattern` (a NATS wildcard), from
-        any copy in one request: maybe older values, so only for reads that a
-        compare-and-set then confirms (a free slot taken)."""
+    async def any_copies(self, *patterns: str) -> dict[str, tuple[bytes, int]]:
+        """The last message of every subject matching one of `patterns` (NATS wildcards,
+        or subjects), from any copy in one request: maybe older values, so only for reads
+        that a compare-and-set then confirms (a free slot taken, a job claimed)."""
         ...
 
     async def put(
@@ -123,6 +123,12 @@ class JobStore(Protocol):
         """The record and its revision as last written, or None when absent, deleted or
         expired. While the latest write cannot be read (or with `leaderless`: the caller
         knows it cannot), only a terminal record is returned; else StoreUnavailable."""
+        ...
+
+    async def any_copies(self, job_ids: list[str]) -> dict[str, tuple[Job, int]]:
+        """The records of `job_ids` that are there, in one request to any copy: maybe
+        older than the latest write, so only for what a compare-and-set then confirms (a
+        worker's claim of the jobs it fetched)."""
         ...
 
 

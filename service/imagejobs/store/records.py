@@ -19,6 +19,7 @@ from imagejobs.store.protocols import Subjects
 
 JOBS_STREAM = f"KV_{constants.JOBS_BUCKET}"
 _PREFIX = f"$KV.{constants.JOBS_BUCKET}."
+ANY_COPIES_BATCH = 256  # records one `any_copies` request asks for
 
 
 def job_subject(job_id: str) -> str:
@@ -72,6 +73,18 @@ class JobRecords:
                 return None
             return Job.loads(data), revision
         return await self._settled(subject)
+
+    async def any_copies(self, job_ids: list[str]) -> dict[str, tuple[Job, int]]:
+        """The records of `job_ids` that are there, from any copy, in requests of at most
+        ANY_COPIES_BATCH ids (maybe older than the latest write: for claims only)."""
+        found: dict[str, tuple[Job, int]] = {}
+        for start in range(0, len(job_ids), ANY_COPIES_BATCH):
+            batch = [job_subject(i) for i in job_ids[start : start + ANY_COPIES_BATCH]]
+            for subject, (data, revision) in (await self._subjects.any_copies(*batch)).items():
+                job_id = job_id_of_record(subject)
+                if data and job_id is not None:
+                    found[job_id] = (Job.loads(data), revision)
+        return found
 
     async def _settled(self, subject: str) -> tuple[Job, int]:
         """A terminal record from any copy; StoreUnavailable if none has one."""

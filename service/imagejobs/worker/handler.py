@@ -43,7 +43,7 @@ from imagejobs.domain.errors import (
     RevisionConflict,
     StoreError,
 )
-from imagejobs.domain.jobs import Job, StoredError, age_limit_error
+from imagejobs.domain.jobs import Job, Status, StoredError, age_limit_error
 from imagejobs.runtime import logs, tracing
 from imagejobs.store.clock import Clock
 from imagejobs.store.protocols import Backend, Delivery
@@ -114,9 +114,24 @@ class DeliveryHandler:
         self._running: dict[str, asyncio.Task[Job]] = {}  # job id -> its runner work
         self._aborted: set[str] = set()  # job ids whose work was cancelled with the job
 
-    async def handle(self, delivery: Delivery) -> None:
-        """Take the delivery to its end; never raises a store error (it naks). The whole
-        of it is one trace span, a child of the submit's (the message carries it)."""
+    async def prefetch(self, deliveries: list[Delivery]) -> dict[str, tuple[Job, int]]:
+        """The records of the first deliveries among `deliveries` that carry none, read
+        together from any copy (one request instead of one each); {} if that failed
+        (each is then read on its own)."""
+        ids = [d.job_id for d in deliveries if d.num_delivered == 1 and d.record() is None]
+        if not ids:
+            return {}
+        try:
+            return await self._records.any_copies(ids)
+        except StoreError as exc:
+            log.debug("records not prefetched: %s", exc)
+            return {}
+
+    async def handle(self, delivery: Delivery, known: tuple[Job, int] | None = None) -> None:
+        """Take the delivery to its end; never raises a store error (it naks). `known`:
+        its record as prefetched (maybe older than the latest: the claim's
+        compare-and-set decides). The whole of it is one trace span, a child of the
+        submit's (the message carries it)."""
         attributes: tracing.Attributes = {
             tracing.PREFIX + "job_id": delivery.job_id,
             tracing.PREFIX + "delivery": delivery.num_delivered,
@@ -131,16 +146,19 @@ class DeliveryHandler:
             ),
         ):
             try:
-                await self._process(delivery)
+                await self._process(delivery, known)
             except StoreError as exc:  # the job store hiccuped: let the queue redeliver
                 log.warning("job %s: store error, will be redelivered: %s", delivery.job_id, exc)
                 with contextlib.suppress(StoreError):
                     await delivery.nak(STORE_RETRY_DELAY_S)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery, known: tuple[Job, int] | None) -> None:
         # first delivery: the message carries the record as submitted and its revision,
-        # so the claim needs no read; if the record changed since, decide on the record
-        submitted = delivery.record()
+        # or it was prefetched, so the claim needs no read of its own; if the record
+        # changed since, decide on the record
+        submitted = delivery.record() or (
+            known if known is not None and known[0].status is Status.PENDING else None
+        )
         if submitted is not None:
             job, revision = submitted
             logs.tag(job)

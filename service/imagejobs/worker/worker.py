@@ -29,6 +29,7 @@ import httpx
 from imagejobs.config import Settings
 from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreError
+from imagejobs.domain.jobs import Job
 from imagejobs.runtime import metrics, process, tracing
 from imagejobs.store.clock import Clock, SystemClock
 from imagejobs.store.factory import open_backend
@@ -134,15 +135,16 @@ class Worker:
                 log.warning("fetch failed: %s", exc)
                 await self._clock.sleep(FETCH_RETRY_S)
                 continue
+            known = await self._handler.prefetch(deliveries)
             for delivery in deliveries:
-                self._start(delivery)
+                self._start(delivery, known.get(delivery.job_id))
             if burst and not deliveries:
                 if not self._tasks:
                     return
                 await self._wait_for_a_slot()  # a job that ends may make more work
 
-    def _start(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._handler.handle(delivery))
+    def _start(self, delivery: Delivery, known: tuple[Job, int] | None = None) -> None:
+        task = asyncio.create_task(self._handler.handle(delivery, known))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
