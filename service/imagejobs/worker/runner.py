@@ -148,7 +148,10 @@ class JobRunner:
         """The request with its uploaded images and mask read back from the object store;
         `model` and `attempt` are filled in per provider tried."""
         refs = list(job.request.images) + ([job.request.mask] if job.request.mask else [])
-        objects = await asyncio.gather(*(self._objects.get(r.object_id) for r in refs))
+        # (a generation has none: no gather of nothing)
+        objects = (
+            await asyncio.gather(*(self._objects.get(r.object_id) for r in refs)) if refs else []
+        )
         inputs = []
         for ref, obj in zip(refs, objects, strict=True):
             if obj is None:
