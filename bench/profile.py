@@ -2,7 +2,9 @@
 
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile.py submit   # API process under REST submits (32 conns)
+    .venv/bin/python bench/profile.py grpc     # API process under typed gRPC submits, direct
     .venv/bin/python bench/profile.py e2e      # worker process draining a full queue
+    .venv/bin/python bench/profile.py slow     # worker taking 2,000 slow jobs at once
     .venv/bin/python bench/profile.py large    # API process serving 16 MB polls
     .venv/bin/python bench/profile.py list --jobs 100000   # API process answering first
                                                # list pages, the caller having that many jobs
@@ -30,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
+
+from imagejobs.v1 import jobs_pb2
 
 from bench import load, store_rows
 from bench.run import FULL, GEN_BODY, SUBMIT_PATH, burst, fetch, multipart, noise_png
@@ -105,6 +109,45 @@ async def profile_submit(bs: BenchStack, seconds: float, out: Path) -> subproces
     return proc
 
 
+async def profile_grpc(bs: BenchStack, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """API 0 under typed gRPC submits straight to it (4 connections x 16 streams, as
+    bench/run.py's (b) row), with h2load."""
+    if not load.have_h2load():
+        raise SystemExit("grpc needs h2load (scripts/toolchains.sh installs nghttp2-client)")
+    message = jobs_pb2.SubmitImageJobRequest(
+        kind=jobs_pb2.JOB_KIND_GENERATION,
+        request=jobs_pb2.ImageRequest(model="mock/m", prompt="bench", size="16x16"),
+    )
+    proc = record(bs.api_pids[0], seconds, out)
+    await asyncio.to_thread(
+        load.h2load,
+        f"http://127.0.0.1:{bs.stack.api_ports[0]}{load.SUBMIT_PATH}",
+        load.grpc_frame(message.SerializeToString()),
+        {"content-type": "application/grpc", "te": "trailers"},
+        total=int(2000 * seconds),
+        connections=4,
+        streams=16,
+        timeout_s=seconds + 5,
+    )
+    await bs.purge_queue()
+    return proc
+
+
+async def profile_slow(bs: BenchStack, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """The worker taking 2,000 queued jobs of 5 s mock latency at once (bench/run.py's
+    (e) row), sampled from its thaw."""
+    bs.start_workers(1, env={"IMAGEJOBS_WORKER_CONCURRENCY": "2000"})
+    _, worker = bs.workers[0]
+    worker.send_signal(signal.SIGSTOP)
+    body = json.dumps({**GEN_BODY, "mock_latency_ms": 5000}).encode()
+    async with Completions(bs.stack.nats_port) as done:
+        filled = await burst(FULL, bs.gateway_one_api, body, 2000)
+        proc = record(worker.pid, seconds, out)
+        worker.send_signal(signal.SIGCONT)
+        await done.wait_until(lambda: len(done.done) >= filled.ok, seconds + 60)
+    return proc
+
+
 async def profile_e2e(bs: BenchStack, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     """The worker draining a queue filled while it was frozen."""
     bs.start_workers(1)
@@ -162,7 +205,13 @@ async def main_async(what: str, seconds: float, out: Path, top: int, jobs: int) 
         if what == "list":
             proc = await profile_list(bs, seconds, out, jobs)
         else:
-            run = {"submit": profile_submit, "e2e": profile_e2e, "large": profile_large}[what]
+            run = {
+                "submit": profile_submit,
+                "grpc": profile_grpc,
+                "e2e": profile_e2e,
+                "slow": profile_slow,
+                "large": profile_large,
+            }[what]
             proc = await run(bs, seconds, out)
         proc.wait(timeout=seconds + 30)
     finally:
@@ -173,7 +222,7 @@ async def main_async(what: str, seconds: float, out: Path, top: int, jobs: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("submit", "e2e", "large", "list"))
+    parser.add_argument("what", choices=("submit", "grpc", "e2e", "slow", "large", "list"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, help=f"default {OUT_DIR}/profile-WHAT.collapsed")
     parser.add_argument("--top", type=int, default=25)
