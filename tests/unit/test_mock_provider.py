@@ -160,6 +160,10 @@ async def test_a_repeated_generation_is_answered_from_the_last_ones_rendered(
     await provider.run(gen(seed=1, size="64x64"))
     assert len(renders) == before + 1
     await provider.run(gen(seed=[1, 2], size="16x16"))  # an unhashable seed is fine too
+    before = len(renders)
+    together = await asyncio.gather(*(provider.run(gen(seed=99, size="16x16")) for _ in range(50)))
+    assert len(renders) == before + 1  # 50 at once: rendered once
+    assert len({r.images[0].data for r in together}) == 1
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,7 @@ def _decode(image: ImageInput, param: str) -> Image.Image:
 
 RENDER_CACHE_SIZE = 64  # generations kept, rendered (a few KB each at small sizes)
 _rendered: OrderedDict[Hashable, _Rendered] = OrderedDict()
+_rendering: dict[Hashable, asyncio.Future[_Rendered]] = {}  # renders under way
 
 
 def _generation_key(request: ProviderRequest, out: _Output) -> Hashable | None:
@@ -257,17 +258,31 @@ def _generation_key(request: ProviderRequest, out: _Output) -> Hashable | None:
 
 
 async def _render_once(request: ProviderRequest, out: _Output) -> _Rendered:
-    """The request's images: a repeated generation from the cache, else rendered."""
+    """The request's images: a repeated generation from the cache (or from the render
+    of it already under way: 2,000 calls ending at once render it once), else rendered."""
     key = _generation_key(request, out)
-    if key is not None and key in _rendered:
+    if key is None:
+        return await asyncio.to_thread(_render, request, out)
+    if key in _rendered:
         _rendered.move_to_end(key)
         return _rendered[key]
-    rendered = await asyncio.to_thread(_render, request, out)
-    if key is not None:
-        _rendered[key] = rendered
-        if len(_rendered) > RENDER_CACHE_SIZE:
-            _rendered.popitem(last=False)
-    return rendered
+    rendering = _rendering.get(key)
+    if rendering is None or rendering.get_loop() is not asyncio.get_running_loop():
+        rendering = asyncio.ensure_future(asyncio.to_thread(_render, request, out))
+        _rendering[key] = rendering
+        rendering.add_done_callback(lambda done: _keep(key, done))
+    return await asyncio.shield(rendering)
+
+
+def _keep(key: Hashable, done: asyncio.Future[_Rendered]) -> None:
+    """A render ended: keep what it made (a failed one is not kept)."""
+    if _rendering.get(key) is done:
+        del _rendering[key]
+    if done.cancelled() or done.exception() is not None:
+        return
+    _rendered[key] = done.result()
+    if len(_rendered) > RENDER_CACHE_SIZE:
+        _rendered.popitem(last=False)
 
 
 def _render(request: ProviderRequest, out: _Output) -> _Rendered:
