@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from imagejobs.config import Settings
@@ -19,22 +19,11 @@ from imagejobs.domain.kinds import Kind
 from imagejobs.store import index as index_module
 from imagejobs.store import jetstream
 from imagejobs.store.index import JetStreamIndex, index_ttl_s
-from imagejobs.testing import Stack, require_binary
+from imagejobs.testing import Stack
 
 pytestmark = pytest.mark.e2e
 
 LIMIT = 20
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_binary("nats-server")
-    s = Stack(tmp_path_factory.mktemp("index"), workers=0)
-    try:
-        s.start_nats()
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

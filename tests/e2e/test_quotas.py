@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,23 +19,12 @@ from imagejobs.domain.models import ModelRef
 from imagejobs.store import jetstream as connector
 from imagejobs.store.factory import jetstream_backend
 from imagejobs.store.protocols import JobStore, Quotas
-from imagejobs.testing import Stack, require_binary
-
-
-@pytest.fixture(scope="module")
-def nats_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_binary("nats-server")
-    s = Stack(tmp_path_factory.mktemp("quotas"), workers=0)
-    try:
-        s.start_nats()
-        yield s
-    finally:
-        s.stop()
+from imagejobs.testing import Stack
 
 
 @pytest.fixture
-async def quotas(nats_only: Stack, tmp_path: Path) -> AsyncIterator[tuple[Quotas, JobStore]]:
-    settings = load_settings(nats_only.config_path)
+async def quotas(nats_server: Stack, tmp_path: Path) -> AsyncIterator[tuple[Quotas, JobStore]]:
+    settings = load_settings(nats_server.config_path)
     nc, js = await connector.connect(settings, "test-quotas")
     await connector.declare(js, settings)
     backend = jetstream_backend(nc, js, settings)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from imagejobs.store.factory import jetstream_backend
 from imagejobs.store.memory import memory_backend
 from imagejobs.store.notifier import JetStreamNotifier
 from imagejobs.store.protocols import Backend, Delivery, OutboxMessage
-from imagejobs.testing import Stack, require_binary
+from imagejobs.testing import Stack
 from imagejobs.webhooks.delivery import DeliveryRecord
 from imagejobs.webhooks.endpoints import Event
 
@@ -85,17 +85,6 @@ def settings_for(nats_port: int = 4222) -> Settings:
             "virtual_keys": {"heavy": {"key_sha256": "a" * 64, "weight": 3}},
         }
     )
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_binary("nats-server")
-    s = Stack(tmp_path_factory.mktemp("contract"), workers=0)
-    try:
-        s.start_nats()
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(params=["memory", "jetstream"])
