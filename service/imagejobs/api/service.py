@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import secrets
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,13 +184,6 @@ class JobService(JobReader):
             if not revision:  # an idempotent duplicate recorded it first (and shares the hold)
                 await self._release(slot, job_id)
                 return job
-            if self.hooks.after_record is not None:  # a test's: the record, then the message
-                self.hooks.after_record(job)
-                try:
-                    await self._enqueue(job, revision)
-                except BaseException as exc:
-                    await self._undo(exc, self._take_back(job, caller, key))
-                    raise
         except BaseException as exc:
             await self._undo(exc, self._give_back(slot, hold, job_id))
             raise
@@ -278,7 +271,7 @@ class JobService(JobReader):
     ) -> tuple[Job, int]:
         """Upload, then create the record, index it and queue its message, the three
         writes in flight together (one acknowledged round trip; with a test's
-        `after_record` hook set, the message is left to the caller). (job, its revision)
+        `after_record` hook set, the message follows the hook). (job, its revision)
         if this call created it; (the existing job, 0) if an idempotent duplicate did
         first. A record whose index write or publish failed is taken back (`_take_back`)
         before the error is raised: an accepted job is always queued and in its owner's
@@ -341,6 +334,9 @@ class JobService(JobReader):
             created = await self.records.recreate(job)
         if isinstance(created, BaseException):
             raise created  # a message that did land finds no record: the worker drops it
+        if self.hooks.after_record is not None and not isinstance(indexed, BaseException):
+            self.hooks.after_record(job)  # a test's: the record landed, the message not yet
+            queued = await _outcome(self._enqueue(job, created))
         for failed in (indexed, queued):
             if isinstance(failed, BaseException):
                 await self._undo(failed, self._take_back(job, caller, key))
@@ -416,3 +412,13 @@ class JobService(JobReader):
             await self._ended(cancelled)
             return cancelled
         raise StoreUnavailable(f"job {job_id} kept changing while being cancelled")
+
+
+async def _outcome(write: Awaitable[None]) -> BaseException | None:
+    """What `write` raised, if anything, as `asyncio.gather(return_exceptions=True)`
+    reports it."""
+    try:
+        await write
+    except BaseException as exc:
+        return exc
+    return None
