@@ -22,3 +22,7 @@ def test_an_older_sha256_meta_is_still_checked() -> None:
     assert _intact(DATA, meta)
     assert not _intact(DATA[:-1] + b"\x00", meta)
     assert not _intact(DATA, {"size": len(DATA)})  # no checksum at all: not intact
+
+
+def test_an_inline_object_has_no_checksum_beyond_its_size() -> None:
+    assert _intact(b"small", {"size": 5, "inline": True})

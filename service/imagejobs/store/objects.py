@@ -65,7 +65,10 @@ class _Meta(TypedDict, total=False):
 
 
 def _intact(data: bytes, meta: _Meta) -> bool:
-    """Whether `data` is what the meta's checksum says it was."""
+    """Whether `data` is what the meta's checksum says it was (an inline object, one
+    message with its meta, has none beyond its size)."""
+    if meta.get("inline"):
+        return True
     if "crc32" in meta:
         return zlib.crc32(data) == meta["crc32"]
     return hashlib.sha256(data).hexdigest() == meta.get("sha256")
@@ -115,19 +118,19 @@ class JetStreamObjects:
         if found is None:
             return None
         meta, inline = found
-        if meta.get("inline"):
-            if len(inline) != meta["size"]:
-                raise StoreError(f"object {object_id} is corrupt or incomplete")
-            return StoredObject(data=inline, content_type=str(meta["content_type"]))
+        data = inline if meta.get("inline") else await self._joined(object_id, meta)
+        if len(data) != meta["size"] or not _intact(data, meta):
+            raise StoreError(f"object {object_id} is corrupt or incomplete")
+        return StoredObject(data=data, content_type=str(meta["content_type"]))
+
+    async def _joined(self, object_id: str, meta: _Meta) -> bytes:
+        """A chunked object's bytes: its chunks in one batch, the rest from the leader."""
         first, count = meta["first_seq"], meta["chunks"]
         chunks = await self._read_chunks(object_id, first, count)
         if len(chunks) < count:  # a replica behind the latest writes answered the batch
             after = chunks[-1][0] + 1 if chunks else first
             chunks += await self._chunks_from_leader(object_id, after, count - len(chunks))
-        joined = b"".join(data for _, data in chunks)
-        if len(joined) != meta["size"] or not _intact(joined, meta):
-            raise StoreError(f"object {object_id} is corrupt or incomplete")
-        return StoredObject(data=joined, content_type=str(meta["content_type"]))
+        return b"".join(data for _, data in chunks)
 
     async def _meta(self, object_id: str) -> tuple[_Meta, bytes] | None:
         """The object's meta record (and the bytes of an inline object) from the leader;

@@ -50,7 +50,7 @@ class _Wait:
     and never past the deadline. Returns seconds. `before` attempts were made before
     tenacity's loop began (its attempt n is the call's attempt n + before)."""
 
-    def __init__(self, policy: RetryPolicy, deadline: float, clock: Clock, before: int = 0) -> None:
+    def __init__(self, policy: RetryPolicy, deadline: float, clock: Clock, before: int) -> None:
         self._policy = policy
         self._deadline = deadline
         self._clock = clock
@@ -98,6 +98,7 @@ async def call_with_retries(
     ProviderError."""
     # the first attempt outside tenacity's loop: nearly every call succeeds at once, and
     # the loop's own bookkeeping was ~12% of a busy worker's CPU (bench/RESULTS.md)
+    wait = _Wait(policy, deadline, clock, before=1)
     if on_attempt is not None:
         on_attempt(request.attempt)
     try:
@@ -105,13 +106,13 @@ async def call_with_retries(
     except ProviderError as exc:
         if not exc.retryable or policy.max_retries == 0 or clock.now() >= deadline:
             raise
-        await clock.sleep(_Wait(policy, deadline, clock).after(1, exc))
+        await clock.sleep(wait.after(1, exc))
     attempt = request.attempt + 1
     retrying = AsyncRetrying(
         sleep=clock.sleep,
         retry=retry_if_exception(_is_retryable),
         stop=stop_after_attempt(policy.max_retries) | _StopAtDeadline(deadline, clock),
-        wait=_Wait(policy, deadline, clock, before=1),
+        wait=wait,
         reraise=True,
     )
     async for try_ in retrying:
