@@ -52,7 +52,6 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from imagejobs.config import Settings
 from imagejobs.domain import constants
@@ -62,6 +61,7 @@ from imagejobs.store.jetstream import (
     REPLICA_READ_TIMEOUT_S,
     direct_batch,
     last_on_subject,
+    leader_next,
     nats_errors,
     publish,
 )
@@ -239,13 +239,9 @@ class JetStreamIndex:
     async def _leader_next(self, flt: _Filter, seq: int) -> Entry | None:
         """The owner's first entry at or after `seq`, from the leader; None if none."""
         self.requests += 1
-        with nats_errors(_WHAT):
-            try:
-                msg = await self._js.get_msg(
-                    constants.INDEX_STREAM, seq=seq, subject=flt.pattern, next=True
-                )
-            except NotFoundError:
-                return None
+        msg = await leader_next(self._js, constants.INDEX_STREAM, flt.pattern, seq, _WHAT)
+        if msg is None:
+            return None
         found = flt.entries([(msg.subject or "", int(msg.seq or seq))], int(msg.seq or seq))
         return found[0] if found else None
 

@@ -175,6 +175,18 @@ async def direct_batch(
     return found
 
 
+async def leader_next(
+    js: JetStreamContext, stream: str, subject: str, seq: int, what: str
+) -> js_api.RawStreamMsg | None:
+    """The first message on `subject` (a subject or a filter) at or after sequence `seq`,
+    from the stream's leader; None when there is none."""
+    with nats_errors(what):
+        try:
+            return await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return None
+
+
 async def any_replica_last(
     js: JetStreamContext, stream: str, subject: str, what: str
 ) -> tuple[bytes, int]:

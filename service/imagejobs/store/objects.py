@@ -33,7 +33,6 @@ from typing import TypedDict
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from imagejobs.domain import constants
 from imagejobs.domain.errors import StoreError, StoreUnavailable
@@ -41,7 +40,7 @@ from imagejobs.store.jetstream import (
     any_replica_last,
     direct_batch,
     last_on_subject,
-    nats_errors,
+    leader_next,
     publish,
 )
 from imagejobs.store.protocols import StoredObject
@@ -175,14 +174,12 @@ class JetStreamObjects:
         has fewer (the object is incomplete: its chunks expired)."""
         chunks: list[tuple[int, bytes]] = []
         seq = from_seq
-        with nats_errors("object read"):
-            for _ in range(count):
-                try:
-                    msg = await self._js.get_msg(
-                        constants.OBJECT_STREAM, seq=seq, subject=_CHUNK + object_id, next=True
-                    )
-                except NotFoundError:
-                    raise StoreError(f"object {object_id}: chunks missing") from None
-                chunks.append((int(msg.seq or seq), msg.data or b""))
-                seq = chunks[-1][0] + 1
+        for _ in range(count):
+            msg = await leader_next(
+                self._js, constants.OBJECT_STREAM, _CHUNK + object_id, seq, "object read"
+            )
+            if msg is None:
+                raise StoreError(f"object {object_id}: chunks missing")
+            chunks.append((int(msg.seq or seq), msg.data or b""))
+            seq = chunks[-1][0] + 1
         return chunks
