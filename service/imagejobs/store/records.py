@@ -12,6 +12,8 @@ TTL, so the clock of a result starts at completion.
 
 from __future__ import annotations
 
+import asyncio
+
 from imagejobs.domain import constants
 from imagejobs.domain.errors import RevisionConflict, StoreUnavailable
 from imagejobs.domain.jobs import Job
@@ -75,15 +77,21 @@ class JobRecords:
         return await self._settled(subject)
 
     async def any_copies(self, job_ids: list[str]) -> dict[str, tuple[Job, int]]:
-        """The records of `job_ids` that are there, from any copy, in requests of at most
-        ANY_COPIES_BATCH ids (maybe older than the latest write: for claims only)."""
+        """The records of `job_ids` that are there, from any copy, in concurrent requests
+        of at most ANY_COPIES_BATCH ids (maybe older than the latest write: for claims
+        only)."""
+        subjects = [job_subject(i) for i in job_ids]
+        replies = await asyncio.gather(
+            *(
+                self._subjects.any_copies(*subjects[start : start + ANY_COPIES_BATCH])
+                for start in range(0, len(subjects), ANY_COPIES_BATCH)
+            )
+        )
         found: dict[str, tuple[Job, int]] = {}
-        for start in range(0, len(job_ids), ANY_COPIES_BATCH):
-            batch = [job_subject(i) for i in job_ids[start : start + ANY_COPIES_BATCH]]
-            for subject, (data, revision) in (await self._subjects.any_copies(*batch)).items():
-                job_id = job_id_of_record(subject)
-                if data and job_id is not None:
-                    found[job_id] = (Job.loads(data), revision)
+        for subject, (data, revision) in (item for reply in replies for item in reply.items()):
+            job_id = job_id_of_record(subject)
+            if data and job_id is not None:
+                found[job_id] = (Job.loads(data), revision)
         return found
 
     async def _settled(self, subject: str) -> tuple[Job, int]:
