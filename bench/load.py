@@ -134,6 +134,27 @@ def h2load(
 # --- Python HTTP/1.1 -------------------------------------------------------------------
 
 
+def h2load_grpc(
+    port: int,
+    message: jobs_pb2.SubmitImageJobRequest,
+    *,
+    total: int,
+    connections: int,
+    streams: int,
+    timeout_s: float = 60.0,
+) -> LoadResult:
+    """`h2load` of typed gRPC submits of `message` to the server on `port`."""
+    return h2load(
+        f"http://127.0.0.1:{port}{SUBMIT_PATH}",
+        grpc_frame(message.SerializeToString()),
+        {"content-type": "application/grpc", "te": "trailers"},
+        total=total,
+        connections=connections,
+        streams=streams,
+        timeout_s=timeout_s,
+    )
+
+
 def http_request(
     method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> bytes:

@@ -33,10 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is not installed
 
-from imagejobs.v1 import jobs_pb2
-
 from bench import load, store_rows
-from bench.run import FULL, GEN_BODY, SUBMIT_PATH, burst, fetch, multipart, noise_png
+from bench.run import FULL, GEN_BODY, GRPC_SUBMIT, SUBMIT_PATH, burst, fetch, multipart, noise_png
 from bench.stack import BenchStack, Completions, job_id
 
 NATIVE = False
@@ -114,16 +112,11 @@ async def profile_grpc(bs: BenchStack, seconds: float, out: Path) -> subprocess.
     bench/run.py's (b) row), with h2load."""
     if not load.have_h2load():
         raise SystemExit("grpc needs h2load (scripts/toolchains.sh installs nghttp2-client)")
-    message = jobs_pb2.SubmitImageJobRequest(
-        kind=jobs_pb2.JOB_KIND_GENERATION,
-        request=jobs_pb2.ImageRequest(model="mock/m", prompt="bench", size="16x16"),
-    )
     proc = record(bs.api_pids[0], seconds, out)
     await asyncio.to_thread(
-        load.h2load,
-        f"http://127.0.0.1:{bs.stack.api_ports[0]}{load.SUBMIT_PATH}",
-        load.grpc_frame(message.SerializeToString()),
-        {"content-type": "application/grpc", "te": "trailers"},
+        load.h2load_grpc,
+        bs.stack.api_ports[0],
+        GRPC_SUBMIT,
         total=int(2000 * seconds),
         connections=4,
         streams=16,

@@ -49,6 +49,10 @@ from bench.report import Report, ms, rate, render
 from bench.stack import BenchStack, Completions, job_id, memory_kb, metric
 
 GEN_BODY = {"model": "mock/m", "prompt": "bench", "size": "16x16"}
+GRPC_SUBMIT = jobs_pb2.SubmitImageJobRequest(  # GEN_BODY as a typed gRPC submit
+    kind=jobs_pb2.JOB_KIND_GENERATION,
+    request=jobs_pb2.ImageRequest(model="mock/m", prompt="bench", size="16x16"),
+)
 SUBMIT_PATH = "/v1/async/images/generations"
 
 
@@ -163,10 +167,7 @@ class Submits:
         self.ours_ok = 0
         self.ours_done = 0
         self.rest_body = json.dumps(GEN_BODY).encode()
-        self.grpc_msg = jobs_pb2.SubmitImageJobRequest(
-            kind=jobs_pb2.JOB_KIND_GENERATION,
-            request=jobs_pb2.ImageRequest(model="mock/m", prompt="bench", size="16x16"),
-        )
+        self.grpc_msg = GRPC_SUBMIT
 
     def _size(self, warm: LoadResult) -> int:
         wanted = int(warm.rate * self.plan.seconds)
@@ -217,10 +218,9 @@ class Submits:
         async def run(total: int) -> LoadResult:
             if plan.tool == "h2load":
                 return await asyncio.to_thread(
-                    load.h2load,
-                    f"http://127.0.0.1:{port}{load.SUBMIT_PATH}",
-                    load.grpc_frame(self.grpc_msg.SerializeToString()),
-                    {"content-type": "application/grpc", "te": "trailers"},
+                    load.h2load_grpc,
+                    port,
+                    self.grpc_msg,
                     total=total,
                     connections=plan.grpc_connections,
                     streams=plan.grpc_streams,
