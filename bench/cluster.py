@@ -191,13 +191,12 @@ def worker_metrics_port(stack: Stack, name: str) -> int:
 async def queue_jobs(stack: Stack, plan: Plan, total: int, body: bytes) -> load.LoadResult:
     """`total` REST submits of `body` through Envoy (h2load)."""
     return await asyncio.to_thread(
-        load.h2load,
-        f"http://127.0.0.1:{stack.gateway_port}{SUBMIT_PATH}",
+        load.h2load_rest,
+        stack.gateway_port,
+        SUBMIT_PATH,
         body,
-        {"content-type": "application/json"},
         total=total,
         connections=plan.connections,
-        h1=True,
         timeout_s=plan.timeout_s,
     )
 

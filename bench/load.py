@@ -134,6 +134,21 @@ def h2load(
 # --- Python HTTP/1.1 -------------------------------------------------------------------
 
 
+def h2load_rest(
+    port: int, path: str, body: bytes, *, total: int, connections: int, timeout_s: float = 60.0
+) -> LoadResult:
+    """`h2load` of JSON POSTs of `body` to `path` on `port`, over HTTP/1.1 keep-alive."""
+    return h2load(
+        f"http://127.0.0.1:{port}{path}",
+        body,
+        {"content-type": "application/json"},
+        total=total,
+        connections=connections,
+        h1=True,
+        timeout_s=timeout_s,
+    )
+
+
 def h2load_grpc(
     port: int,
     message: jobs_pb2.SubmitImageJobRequest,

@@ -86,13 +86,12 @@ async def profile_submit(bs: BenchStack, seconds: float, out: Path) -> subproces
     total = int(3000 * seconds)
     if load.have_h2load():
         await asyncio.to_thread(
-            load.h2load,
-            f"http://127.0.0.1:{bs.gateway_one_api}{SUBMIT_PATH}",
+            load.h2load_rest,
+            bs.gateway_one_api,
+            SUBMIT_PATH,
             body,
-            {"content-type": "application/json"},
             total=total,
             connections=32,
-            h1=True,
             timeout_s=seconds + 5,
         )
     else:

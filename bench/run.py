@@ -187,13 +187,12 @@ class Submits:
         async def run(total: int) -> LoadResult:
             if plan.tool == "h2load":
                 return await asyncio.to_thread(
-                    load.h2load,
-                    f"http://127.0.0.1:{port}{SUBMIT_PATH}",
+                    load.h2load_rest,
+                    port,
+                    SUBMIT_PATH,
                     self.rest_body,
-                    {"content-type": "application/json"},
                     total=total,
                     connections=connections,
-                    h1=True,
                     timeout_s=plan.run_timeout_s,
                 )
             request = load.http_request(
@@ -454,13 +453,12 @@ async def burst(plan: Plan, port: int, body: bytes, total: int) -> LoadResult:
     """`total` REST submits of `body` as fast as 64 connections go (count + time bound)."""
     if plan.tool == "h2load":
         return await asyncio.to_thread(
-            load.h2load,
-            f"http://127.0.0.1:{port}{SUBMIT_PATH}",
+            load.h2load_rest,
+            port,
+            SUBMIT_PATH,
             body,
-            {"content-type": "application/json"},
             total=total,
             connections=64,
-            h1=True,
             timeout_s=60,
         )
     request = load.http_request("POST", SUBMIT_PATH, body, {"Content-Type": "application/json"})
